@@ -1,0 +1,167 @@
+"""The ``trainkit`` command: one short function per verb.
+
+Nothing heavy is imported at module level, so ``trainkit --help`` and ``--version`` answer
+without loading torch or Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+from trainkit import __version__
+from trainkit.errors import UserError
+
+USAGE = """\
+usage: trainkit [--version] [--help] COMMAND [ARGS]
+
+Config-driven training for PyTorch.
+
+commands:
+  train [OVERRIDES]             train a model; `trainkit train --help` lists the config
+                                groups (data, model, loss, optimizer, scheduler, ...)
+  eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR]
+                                evaluate a checkpoint on its run's test split
+
+examples:
+  trainkit train
+  trainkit train optimizer=adam scheduler=cosine
+  trainkit train -m optimizer=adam,sgd
+  trainkit eval checkpoint=outputs/2026-01-01/12-00-00-000000/checkpoints/best.pt
+"""
+
+# Hydra's command-line flags that take a value (`--cfg job`): not overrides.
+_HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn",
+                           "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+_HYDRA_FLAGS_NO_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+                       "--shell-completion", "-sc"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return
+    if argv[0] == "--version":
+        print(f"trainkit {__version__}")
+        return
+    commands = {"train": train, "eval": evaluate}
+    command, args = argv[0], argv[1:]
+    try:
+        if command not in commands:
+            hint = difflib.get_close_matches(command, commands, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            raise UserError(f"unknown command '{command}'; {did_you_mean}commands: train, eval")
+        commands[command](args)
+    except UserError as error:
+        fail(error)
+
+
+def fail(error: UserError | str) -> None:
+    """The one way a user's mistake ends: one line on stderr, exit status 2."""
+    print(f"trainkit: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+def train(args: list[str]) -> None:
+    """Validate the overrides, then hand over to Hydra, which makes the run directory."""
+    from trainkit import config
+
+    overrides, flags = _split_hydra_args(args)
+    rewritten = config.prepare(overrides)
+    if not _multirun(flags) and not (_HYDRA_FLAGS_NO_RUN & set(flags)):
+        # Composed and checked here first, so a mistake leaves no run directory behind.
+        config.validate(config.compose(rewritten))
+    sys.argv = ["trainkit train", *flags, *rewritten]
+    _run_hydra(_train_job)
+
+
+def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    overrides, flags, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("-"):
+            flags.append(arg)
+            takes_value = arg in _HYDRA_FLAGS_WITH_VALUE and arg not in ("--info", "-i")
+            if takes_value and index + 1 < len(args):
+                flags.append(args[index + 1])
+                index += 1
+        else:
+            overrides.append(arg)
+        index += 1
+    return overrides, flags
+
+
+def _multirun(flags: list[str]) -> bool:
+    return "-m" in flags or "--multirun" in flags
+
+
+def _run_hydra(task) -> None:
+    import hydra
+
+    from trainkit.paths import config_dir
+
+    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(task)()
+
+
+def _train_job(cfg) -> float:
+    """Hydra's task: one training run in Hydra's run directory; returns the best monitored value."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from trainkit import config, runner
+    from trainkit.logging import print_summary
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config.validate(cfg)
+        summary = runner.train(cfg, run_dir)
+    except UserError as error:
+        _remove_unused_run_dir(run_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job
+        fail(error)
+    print_summary(summary, run_dir)
+    return summary[summary["monitor"]]
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    """A run that failed before training leaves no directory that looks like a run."""
+    import shutil
+
+    if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # the day's directory, if this was its only run
+        except OSError:
+            pass
+
+
+# --- eval ----------------------------------------------------------------------------------
+
+
+def evaluate(args: list[str]) -> None:
+    """``trainkit eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR]``."""
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise UserError(f"eval takes KEY=VALUE arguments; got {arg!r}")
+        options[key] = value
+    if "checkpoint" not in options:
+        raise UserError("eval needs checkpoint=PATH (a .pt file or a run directory)")
+    checkpoint_path = Path(options.pop("checkpoint")).expanduser()
+    output_dir = options.pop("output_dir", None)
+
+    from trainkit import runner
+    from trainkit.logging import print_summary, setup_console_logging
+
+    setup_console_logging()
+    summary, written_to = runner.evaluate_checkpoint(
+        checkpoint_path, [f"{k}={v}" for k, v in options.items()], output_dir
+    )
+    print_summary(summary, written_to, eval_only=True)

@@ -1,0 +1,256 @@
+"""Composing, validating and describing the run config.
+
+Hydra composes ``conf/train.yaml`` with the chosen group options, recipe and overrides.
+``validate`` then checks every node against the builder or settings class that will
+consume it, so that a mistake fails in one line before a run directory exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainkit import paths
+from trainkit.errors import UserError
+from trainkit.registry import (
+    AUGMENTATIONS,
+    DATASETS,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    REGULARIZERS,
+    SCHEDULERS,
+    Registry,
+    check_params,
+    load_components,
+)
+
+# Config groups whose single option is built through a registry.
+GROUP_REGISTRIES: dict[str, Registry] = {
+    "data": DATASETS,
+    "model": MODELS,
+    "loss": LOSSES,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "augmentation": AUGMENTATIONS,
+}
+MULTI_GROUPS: dict[str, Registry] = {"regularization": REGULARIZERS}  # several options at once
+TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins"}
+
+
+# --- before composing: plugins, recipes ----------------------------------------------------
+
+
+def prepare(overrides: list[str]) -> list[str]:
+    """Load components and plugins, register recipes; return the overrides to compose with.
+
+    ``recipe=path/to/file.yaml`` is accepted too: the file is registered under its stem
+    and the override rewritten to ``recipe=<stem>``.
+    """
+    parsed = _parse_overrides(overrides)
+    plugins = next((o.value() for o in parsed if o.key_or_group == "plugins"), []) or []
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    load_components(plugins)
+    _register_plugin_options()
+    for recipe in sorted(paths.recipes_dir().glob("*.yaml")):
+        _register_recipe(recipe)
+    rewritten = []
+    for override, text in zip(parsed, overrides, strict=True):
+        value = override.value() if override.key_or_group == "recipe" else None
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            recipe = Path(value).expanduser()
+            if not recipe.is_file():
+                raise UserError(f"recipe={value}: no such file")
+            _register_recipe(recipe)
+            text = f"recipe={recipe.stem}"
+        rewritten.append(text)
+    return rewritten
+
+
+def _parse_overrides(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as error:
+        raise UserError(f"cannot parse override {error.override!r}: {_first_line(error.message)}") from None
+
+
+def _register_recipe(path: Path) -> None:
+    try:
+        node = OmegaConf.load(path)
+    except Exception as error:  # yaml's errors carry the line and column
+        raise UserError(f"recipe {path} is not valid YAML: {_one_line(str(error))}") from None
+    if not isinstance(node, DictConfig):
+        raise UserError(f"recipe {path} must be a mapping of config keys")
+    ConfigStore.instance().store(group="recipe", name=path.stem, node=node, package="_global_")
+
+
+def _register_plugin_options() -> None:
+    """Let ``model=my_model`` select a plugin's component that has no YAML file of its own.
+
+    Its config node is the builder's signature defaults (required ones left as ``???``).
+    """
+    store = ConfigStore.instance()
+    for group, registry in {**GROUP_REGISTRIES, **MULTI_GROUPS}.items():
+        for name in registry.names():
+            if (paths.config_dir() / group / f"{name}.yaml").exists():
+                continue
+            node = {"name": name, **_signature_defaults(registry, name)}
+            store.store(group=group, name=name, node={name: node} if group in MULTI_GROUPS else node)
+
+
+def _signature_defaults(registry: Registry, name: str) -> dict[str, Any]:
+    defaults = {}
+    for parameter in inspect.signature(registry.get(name)).parameters.values():
+        if parameter.name in registry.runtime or parameter.kind in (
+            parameter.VAR_POSITIONAL,
+            parameter.VAR_KEYWORD,
+        ):
+            continue
+        value = parameter.default
+        defaults[parameter.name] = (
+            "???" if value is inspect.Parameter.empty
+            else list(value) if isinstance(value, tuple)
+            else value
+        )
+    return defaults
+
+
+# --- composing -----------------------------------------------------------------------------
+
+
+def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """The composed config for ``overrides`` (call ``prepare`` first); UserError on mistakes."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(paths.config_dir()), version_base="1.3"):
+        try:
+            return hydra_compose(config_name, overrides=overrides)
+        except MissingConfigException as error:
+            group, _, option = (error.missing_cfg_file or "").rpartition("/")
+            options = error.options or _group_options(group)
+            raise UserError(_unknown_option(group, option, options)) from None
+        except OverrideParseException as error:
+            raise UserError(
+                f"cannot parse override {error.override!r}: {_first_line(error.message)}"
+            ) from None
+        except HydraException as error:
+            key = _overridden_key(str(error))
+            if key is not None:
+                raise UserError(_unknown_key(key, overrides, config_name)) from None
+            raise UserError(_one_line(str(error))) from None
+        except OmegaConfBaseException as error:
+            raise UserError(_one_line(str(error))) from None
+
+
+def _group_options(group: str) -> list[str]:
+    return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def _unknown_option(group: str, option: str, options: Iterable[str]) -> str:
+    registry = GROUP_REGISTRIES.get(group) or MULTI_GROUPS.get(group)
+    kind = registry.kind if registry else group
+    options = sorted(options)
+    hint = difflib.get_close_matches(option, options, n=1)
+    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    return f"unknown {kind} '{option}'; {did_you_mean}available: {', '.join(options)}"
+
+
+def _overridden_key(message: str) -> str | None:
+    prefix = "Could not override '"
+    if message.startswith(prefix):
+        return message[len(prefix) :].split("'", 1)[0]
+    return None
+
+
+def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
+    """"unknown key optimizer.lrr; did you mean 'lr'? ..." from the config without the typo."""
+    others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = hydra_compose(config_name, overrides=others)
+        siblings = OmegaConf.select(node, parent) if parent else node
+    except Exception:
+        siblings = None
+    if parent and siblings is None:
+        return f"unknown key {key}: the config has no {parent}"
+    if not isinstance(siblings, Mapping):
+        return f"unknown key {key}"
+    keys = [str(k) for k in siblings]
+    hint = difflib.get_close_matches(leaf, keys, n=1)
+    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    return f"unknown key {key}; {did_you_mean}allowed keys: {', '.join(keys)}"
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-2] if len(lines) > 1 and lines[-1].startswith("See ") else lines[0]
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+
+
+# --- validating ----------------------------------------------------------------------------
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain Python data, interpolations resolved; UserError on a bad one."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:
+        raise UserError(f"cannot resolve the config: {_one_line(str(error))}") from None
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every node of a composed config; raise UserError naming the first bad key."""
+    # Imported here: they pull in torch, which `trainkit --help` must not wait for.
+    from trainkit.data import split_data_node
+    from trainkit.logging import LoggerSettings
+    from trainkit.runner import TrainerSettings
+
+    container = to_container(cfg)
+    _reject_missing(container)
+    for key in container:
+        if key not in TOP_LEVEL_KEYS:
+            hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            raise UserError(f"unknown key {key}; {did_you_mean}allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for group, registry in GROUP_REGISTRIES.items():
+        node = _mapping(container, group)
+        if group == "data":
+            node, _ = split_data_node(node)
+        registry.check(node, group)
+    for group, registry in MULTI_GROUPS.items():
+        for key, node in (container.get(group) or {}).items():
+            if not isinstance(node, Mapping):
+                raise UserError(f"{group}.{key} must be a mapping with a name; got {node!r}")
+            registry.check(node, f"{group}.{key}")
+    check_params("trainer", _mapping(container, "trainer"), TrainerSettings)
+    check_params("logger", _mapping(container, "logger"), LoggerSettings)
+
+
+def _mapping(container: dict[str, Any], key: str) -> Mapping[str, Any]:
+    node = container.get(key)
+    if not isinstance(node, Mapping):
+        raise UserError(f"{key} must be a config node (a mapping), got {node!r}")
+    return node
+
+
+def _reject_missing(node: Any, where: str = "") -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _reject_missing(value, f"{where}.{key}" if where else str(key))
+    elif node == "???":
+        raise UserError(f"{where} is required; set it with {where}=VALUE")

@@ -1,0 +1,170 @@
+"""Where a run's numbers go: metrics.jsonl, TensorBoard, the console and the log file.
+
+Only the main process logs: on other ranks every method returns at once.
+The console and the log file are fed through Python's logging (configured by Hydra in
+conf/train.yaml: rich on the terminal, plain text in the run's train.log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from trainkit.registry import PositiveInt
+
+log = logging.getLogger("trainkit")
+
+# The epoch line (kept under 80 columns) shows these, when present; files have everything.
+_EPOCH_LINE_KEYS = {"train/loss": "loss", "val/loss": "val_loss", "val/acc": "val_acc", "lr": "lr"}
+
+
+@dataclass
+class LoggerSettings:
+    tensorboard: bool = True
+    progress_bar: bool = True
+    log_every_n_steps: PositiveInt = 25
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, settings: LoggerSettings, enabled: bool = True):
+        self.enabled, self.settings = enabled, settings
+        self.writer = None
+        if not enabled:
+            return
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        if settings.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    # --- per step -----------------------------------------------------------------------
+
+    def should_log_step(self, step: int) -> bool:
+        return self.enabled and step % self.settings.log_every_n_steps == 0
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    @contextmanager
+    def progress(self, description: str, total: int):
+        """A transient progress bar; yields ``advance(steps, **fields)``."""
+        if not (self.enabled and self.settings.progress_bar):
+            yield lambda *args, **kwargs: None
+            return
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[throughput]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, loss="-", throughput="")
+            yield lambda steps=1, **fields: bar.update(task, advance=steps, **fields)
+
+    # --- per epoch ----------------------------------------------------------------------
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl, TensorBoard scalars at the record's step, a console line."""
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
+        shown = "  ".join(
+            f"{label} {_format(record[key])}"
+            for key, label in _EPOCH_LINE_KEYS.items()
+            if key in record
+        )
+        log.info(f"epoch {record['epoch']:>3}  {shown}  {record['epoch_time_s']:.1f}s")
+
+    # --- at the end ---------------------------------------------------------------------
+
+    def log_final(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int):
+        """Final scalars, and the run in TensorBoard's HParams dashboard."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        for key, value in final_metrics.items():
+            self.writer.add_scalar(key, value, step)
+        # Written into this run's own event file (SummaryWriter.add_hparams would make a
+        # new sub-run), so `tensorboard --logdir outputs/` lists one row per run.
+        for summary in hparams_summary(hparams, final_metrics):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.metrics_file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2e}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return str(value)
+
+
+def flatten_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config to flat ``{"optimizer.lr": 0.1}`` with TensorBoard-friendly values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, str)) or (
+            isinstance(value, float) and math.isfinite(value)
+        ):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def setup_console_logging() -> None:
+    """Console logging for commands that run outside Hydra (``trainkit eval``)."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_time=False, show_path=False, show_level=False)],
+    )
+
+
+def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = False) -> None:
+    """The test metrics as a table, then where the files are and how to look at them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="test metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in ("loss", "acc", "acc_top5", "precision", "recall", "f1"):
+        if f"test/{name}" in summary:
+            table.add_row(name, f"{summary[f'test/{name}']:.4f}")
+    console = Console()
+    console.print(table)
+    if eval_only:
+        console.print(f"summary.json and predictions.csv written to {output_dir}")
+    else:
+        console.print(f"run directory: {output_dir}")
+        console.print(f"compare runs:  tensorboard --logdir {output_dir.parent}")

@@ -1,0 +1,286 @@
+"""Name-to-builder maps for every configurable component, their parameter checks, and plugins.
+
+A config node such as ``{name: adam, lr: 0.001}`` is built by looking ``name`` up in a
+registry and calling the builder with the remaining keys. Before anything is built, the keys
+are checked against the builder's signature: unknown keys, wrong types and out-of-range values
+become one-line ``UserError``s that name the key.
+
+Objects that only exist at run time (the model's parameters, the number of classes) are
+declared per registry as ``runtime`` names and passed by keyword to the builders that ask
+for them; a user cannot set them from the config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Annotated, Any, Literal
+
+from trainkit.errors import UserError
+
+PLUGIN_ENTRY_POINT_GROUP = "trainkit.plugins"
+
+
+# --- parameter constraints ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Range:
+    """A bound on a number, used as ``Annotated[float, Range(gt=0)]``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def describe(self) -> str:
+        parts = [
+            f"{symbol} {bound:g}"
+            for symbol, bound in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+            if bound is not None
+        ]
+        return " and ".join(parts)
+
+    def allows(self, value: float) -> bool:
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
+
+
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+Probability = Annotated[float, Range(ge=0, lt=1)]  # dropout, smoothing, split fractions
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple, Iterable, typing.Sequence) or annotation in (list, tuple):
+        return "a list"
+    if origin is dict or annotation is dict:
+        return "a mapping"
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        type(None): "null",
+    }.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_value(key: str, value: Any, annotation: Any) -> None:
+    """Raise UserError unless ``value`` fits ``annotation`` (types, Literal, Range bounds)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *extras = typing.get_args(annotation)
+        check_value(key, value, base)
+        for bound in extras:
+            if isinstance(bound, Range) and not bound.allows(value):
+                raise UserError(f"{key}={value!r} is out of range: it must be {bound.describe()}")
+        return
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        errors = []
+        for option in options:
+            try:
+                check_value(key, value, option)
+                return
+            except UserError as error:
+                errors.append(error)
+        # A value of the right type but out of range: report the range, not the type.
+        in_range_errors = [e for e in errors if "out of range" in str(e)]
+        raise in_range_errors[0] if in_range_errors else _type_error(key, value, annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise _type_error(key, value, annotation)
+        return
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            raise _type_error(key, value, annotation)
+        item_types = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        for index, item in enumerate(value):
+            if item_types:
+                check_value(f"{key}[{index}]", item, item_types[0])
+        return
+    if origin is dict or annotation is dict:
+        if not isinstance(value, Mapping):
+            raise _type_error(key, value, annotation)
+        return
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is type(None):
+        ok = value is None
+    elif isinstance(annotation, type):
+        ok = isinstance(value, annotation)
+    else:
+        ok = True  # an annotation we do not interpret (a protocol, a forward reference)
+    if not ok:
+        raise _type_error(key, value, annotation)
+
+
+def _type_error(key: str, value: Any, annotation: Any) -> UserError:
+    return UserError(f"{key}={value!r} has the wrong type: it must be {_type_name(annotation)}")
+
+
+def check_params(
+    where: str, params: Mapping[str, Any], target: Callable, runtime: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Check config ``params`` against ``target``'s signature; return them as a plain dict.
+
+    ``where`` is the config key of the node (``optimizer``), used in every message.
+    """
+    signature = inspect.signature(target)
+    hints = typing.get_type_hints(target, include_extras=True) if _has_hints(target) else {}
+    runtime = set(runtime)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    settable = {
+        name: p
+        for name, p in signature.parameters.items()
+        if name not in runtime and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    for key in params:
+        if key in runtime:
+            raise UserError(f"{where}.{key} is set by trainkit at run time; remove it from the config")
+        if key not in settable and not accepts_any:
+            hint = difflib.get_close_matches(key, settable, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            allowed = ", ".join(settable) or "none"
+            raise UserError(f"unknown key {where}.{key}; {did_you_mean}allowed keys: {allowed}")
+    for name, parameter in settable.items():
+        if name in params:
+            check_value(f"{where}.{name}", params[name], hints.get(name, parameter.annotation))
+        elif parameter.default is inspect.Parameter.empty:
+            raise UserError(f"{where}.{name} is required; set it with {where}.{name}=VALUE")
+    return dict(params)
+
+
+def _has_hints(target: Callable) -> bool:
+    try:
+        typing.get_type_hints(target, include_extras=True)
+        return True
+    except Exception:  # unresolvable forward references in a user's plugin: check keys only
+        return False
+
+
+# --- the registry --------------------------------------------------------------------------
+
+
+class Registry:
+    """Maps a config ``name:`` to the callable that builds that component."""
+
+    def __init__(self, kind: str, runtime: Iterable[str] = ()):
+        self.kind = kind
+        self.runtime = tuple(runtime)
+        self._builders: dict[str, Callable] = {}
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        """Decorator: ``@OPTIMIZERS.register("adam")`` on a function or class."""
+
+        def add(builder: Callable) -> Callable:
+            if name in self._builders:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._builders[name] = builder
+            return builder
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders
+
+    def get(self, name: str) -> Callable:
+        if name not in self._builders:
+            hint = difflib.get_close_matches(str(name), self._builders, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            raise UserError(
+                f"unknown {self.kind} '{name}'; {did_you_mean}available: {', '.join(self.names())}"
+            )
+        return self._builders[name]
+
+    def check(self, node: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+        """Validate a config node (``name`` plus parameters) without building anything."""
+        where = where or self.kind
+        params = dict(node)
+        if "name" not in params:
+            raise UserError(f"{where}.name is missing; set it to one of: {', '.join(self.names())}")
+        builder = self.get(params.pop("name"))
+        return check_params(where, params, builder, self.runtime)
+
+    def build(self, node: Mapping[str, Any], where: str | None = None, **runtime: Any) -> Any:
+        """Check ``node`` and call its builder; runtime objects go to builders that take them."""
+        params = self.check(node, where)
+        builder = self._builders[node["name"]]
+        accepted = inspect.signature(builder).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        wanted = {k: v for k, v in runtime.items() if takes_any or k in accepted}
+        return builder(**params, **wanted)
+
+
+MODELS = Registry("model", runtime=("num_classes", "input_shape"))
+DATASETS = Registry("dataset")
+LOSSES = Registry("loss", runtime=("num_classes",))
+OPTIMIZERS = Registry("optimizer", runtime=("model",))
+SCHEDULERS = Registry("scheduler", runtime=("optimizer", "steps_per_epoch", "max_epochs"))
+REGULARIZERS = Registry("regularizer")
+AUGMENTATIONS = Registry("augmentation", runtime=("image_size",))
+
+_BUILTIN_MODULES = (
+    "trainkit.data",
+    "trainkit.models",
+    "trainkit.losses",
+    "trainkit.optim",
+    "trainkit.schedulers",
+    "trainkit.regularization",
+    "trainkit.augment",
+)
+
+
+def load_components(plugins: Iterable[str] = ()) -> None:
+    """Import the built-in components, installed plugins (entry points) and ``plugins``."""
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for entry_point in entry_points(group=PLUGIN_ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as error:
+            raise UserError(
+                f"plugin entry point '{entry_point.name}' ({entry_point.value}) failed to load: "
+                f"{error}"
+            ) from error
+    if plugins and os.getcwd() not in sys.path:
+        # A console script's sys.path starts at its own bin/ directory, not where the user is.
+        sys.path.insert(0, os.getcwd())
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module and not module.startswith(f"{error.name}."):
+                raise  # the plugin itself imports something missing: show the real error
+            raise UserError(
+                f"plugins: cannot import '{module}'; put {module}.py in the current directory "
+                "or install the package that provides it"
+            ) from None

@@ -1,0 +1,444 @@
+"""The training loop: build every component from the config, train, validate, test.
+
+Read it top to bottom: ``Runner.__init__`` builds, ``fit`` runs epochs of ``train_epoch``
+and ``validate``, ``test`` evaluates the best checkpoint. Everything a checkpoint must
+restore is in ``state_dict``. The loop calls the other modules directly; nothing calls
+back into it.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from trainkit import checkpoint, distributed
+from trainkit.data import Splits, build_loaders, split_data_node
+from trainkit.errors import UserError
+from trainkit.logging import LoggerSettings, RunLogger, flatten_hparams, log
+from trainkit.metrics import ClassificationMetrics
+from trainkit.registry import (
+    AUGMENTATIONS,
+    DATASETS,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    REGULARIZERS,
+    SCHEDULERS,
+    PositiveInt,
+    check_params,
+    load_components,
+)
+
+
+@dataclass
+class TrainerSettings:
+    """The ``trainer`` node: how long, where, and what "best" means."""
+
+    max_epochs: PositiveInt = 30
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
+    seed: int = 0
+    monitor: str = "val/acc"
+    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses, else max
+    deterministic: bool = False
+
+
+# --- building blocks shared by `train` and `eval` -----------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_data(cfg: DictConfig, seed: int) -> tuple[Splits, dict[str, DataLoader]]:
+    """The data set's splits (train split augmented) and a loader for each."""
+    dataset_node, loader_settings = split_data_node(cfg.data)
+    splits = DATASETS.build(dataset_node, "data")
+    for split_name in ("val", "test"):
+        if len(getattr(splits, split_name)) == 0:
+            raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
+    splits.train.transform = AUGMENTATIONS.build(
+        cfg.augmentation, "augmentation", image_size=splits.image_size
+    )
+    loaders = build_loaders(
+        splits, loader_settings, seed, distributed.world_size(), distributed.rank()
+    )
+    return splits, loaders
+
+
+def build_model(cfg: DictConfig, splits: Splits) -> nn.Module:
+    return MODELS.build(
+        cfg.model, "model", num_classes=splits.num_classes, input_shape=splits.input_shape
+    )
+
+
+@dataclass
+class Predictions:
+    index: torch.Tensor
+    target: torch.Tensor
+    probabilities: torch.Tensor
+
+    def write_csv(self, path: Path) -> None:
+        """``index,target,prediction,prob_0,...``: one row per sample, in index order."""
+        order = torch.argsort(self.index)
+        predicted = self.probabilities.argmax(dim=1)
+        classes = self.probabilities.shape[1]
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "target", "prediction", *(f"prob_{c}" for c in range(classes))])
+            for row in order.tolist():
+                probabilities = (f"{p:.6g}" for p in self.probabilities[row].tolist())
+                writer.writerow(
+                    [int(self.index[row]), int(self.target[row]), int(predicted[row]), *probabilities]
+                )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    metrics: ClassificationMetrics,
+    device: torch.device,
+    prefix: str,
+    class_names: list[str] | None = None,
+    keep_predictions: bool = False,
+) -> tuple[dict[str, Any], Predictions | None]:
+    """Metrics of ``model`` on one split; the predictions too when asked for."""
+    model.eval()
+    metrics.reset()
+    kept: list[tuple[torch.Tensor, ...]] = []
+    for inputs, targets, indices in loader:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(inputs)
+        metrics.update(logits, targets, loss_fn(logits, targets))
+        if keep_predictions:
+            kept.append((indices, targets.cpu(), logits.float().softmax(dim=1).cpu()))
+    predictions = Predictions(*(torch.cat(parts) for parts in zip(*kept))) if kept else None
+    return metrics.compute(prefix, class_names), predictions
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types that ``torch.load(weights_only=True)`` reads."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the runner ----------------------------------------------------------------------------
+
+
+class Runner:
+    """One training run: built from a composed config, writing into ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
+        self.device = resolve_device(self.settings.device)
+        distributed.setup(self.device)
+        if self.settings.deterministic:
+            torch.use_deterministic_algorithms(True)
+        # Each rank gets its own stream of augmentation randomness; the split seed is shared.
+        seed_everything(self.settings.seed + distributed.rank())
+
+        # --- data ---
+        self.splits, self.loaders = build_data(cfg, self.settings.seed)
+        self.class_names = self.splits.class_names
+
+        # --- model, loss, optimizer, schedule, regularizers ---
+        self.model = build_model(cfg, self.splits).to(self.device)
+        self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
+        self.loss_fn = self.loss_fn.to(self.device)
+        self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
+        self.scheduler = SCHEDULERS.build(
+            cfg.scheduler,
+            "scheduler",
+            optimizer=self.optimizer,
+            steps_per_epoch=len(self.loaders["train"]),
+            max_epochs=self.settings.max_epochs,
+        )
+        self.regularizers = [
+            REGULARIZERS.build(node, f"regularization.{key}")
+            for key, node in (cfg.get("regularization") or {}).items()
+        ]
+        # DDP averages gradients across processes during backward; one process: the model.
+        self.train_model = self.model
+        if distributed.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+        # --- metrics and what "best" means ---
+        self.val_metrics = ClassificationMetrics(self.splits.num_classes).to(self.device)
+        self.monitor = self.settings.monitor
+        self.mode = self.settings.monitor_mode
+        if self.mode == "auto":
+            self.mode = "min" if self.monitor.endswith("loss") else "max"
+        known = {"train/loss", "train/acc", "val/loss", "val/acc", "val/precision", "val/recall",
+                 "val/f1"} | ({"val/acc_top5"} if self.splits.num_classes >= 5 else set())
+        if self.monitor not in known:
+            raise UserError(
+                f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
+                + ", ".join(sorted(known))
+            )
+
+        # --- state: everything `state_dict` saves ---
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.best_value: float | None = None
+        self.best_record: dict[str, Any] = {}
+
+        logger_settings = LoggerSettings(**check_params("logger", cfg.logger, LoggerSettings))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = RunLogger(self.run_dir, logger_settings, distributed.is_main_process())
+
+    # --- one epoch of training ---
+
+    def train_epoch(self) -> dict[str, float]:
+        self.train_model.train()
+        loader = self.loaders["train"]
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(self.epoch)  # a different shuffle each epoch
+        # Sums stay on the device: reading a loss back every step would wait for the GPU.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        started = time.perf_counter()
+        with self.logger.progress(f"epoch {self.epoch + 1}", len(loader)) as advance:
+            for inputs, targets, _ in loader:
+                inputs = inputs.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                logits = self.train_model(inputs)
+                loss = self.loss_fn(logits, targets)
+                for regularizer in self.regularizers:
+                    penalty = regularizer.penalty(self.model)
+                    if penalty is not None:
+                        loss = loss + penalty
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for regularizer in self.regularizers:
+                    regularizer.before_optimizer_step(self.model)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+
+                loss_sum += loss.detach() * targets.shape[0]
+                correct += (logits.argmax(dim=1) == targets).sum()
+                seen += targets.shape[0]
+                if self.logger.should_log_step(self.step):
+                    step_loss = loss.item()  # the one host-device sync, every N steps
+                    self.logger.log_step(self.step, {"train/step_loss": step_loss, "lr": self.lr})
+                    rate = seen / (time.perf_counter() - started)
+                    advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
+                advance()
+        totals = torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                              torch.tensor(float(seen), device=self.device)])
+        distributed.all_reduce_sum(totals)
+        loss_total, correct_total, seen_total = totals.tolist()
+        return {"train/loss": loss_total / seen_total, "train/acc": correct_total / seen_total}
+
+    def validate(self) -> dict[str, float]:
+        values, _ = evaluate(
+            self.model, self.loaders["val"], self.loss_fn, self.val_metrics, self.device, "val"
+        )
+        return values
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # --- the whole run ---
+
+    def fit(self) -> dict[str, Any]:
+        """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
+        log.info(
+            f"training {self.cfg.model.name} on {self.cfg.data.name} "
+            f"({len(self.splits.train)} train / {len(self.splits.val)} val / "
+            f"{len(self.splits.test)} test) on {self.device}"
+        )
+        started = time.perf_counter()
+        while self.epoch < self.settings.max_epochs:
+            epoch_started = time.perf_counter()
+            record = {"epoch": self.epoch + 1, "step": 0, "lr": self.lr}  # lr the epoch began with
+            record.update(self.train_epoch())
+            record.update(self.validate())
+            self.epoch += 1
+            record["step"] = self.step
+            record["epoch_time_s"] = time.perf_counter() - epoch_started
+
+            improved = self._update_best(record)
+            stop = any(r.should_stop(record[self.monitor], self.mode) for r in self.regularizers)
+            self.logger.log_epoch(record)
+            self.save_checkpoint("last.pt")
+            if improved:
+                self.save_checkpoint("best.pt")
+            if stop:
+                log.info(f"early stopping: {self.monitor} has not improved for a while")
+                break
+        return self.test(train_time_s=time.perf_counter() - started)
+
+    def _update_best(self, record: dict[str, Any]) -> bool:
+        value = record[self.monitor]
+        if self.best_value is None or (
+            value > self.best_value if self.mode == "max" else value < self.best_value
+        ):
+            self.best_value, self.best_record = value, dict(record)
+            return True
+        return False
+
+    def test(self, train_time_s: float) -> dict[str, Any]:
+        """Evaluate the best checkpoint on the test split; write predictions and the summary."""
+        distributed.barrier()  # best.pt is written by the main process
+        best = checkpoint.load(self.checkpoint_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        test_metrics = ClassificationMetrics(self.splits.num_classes, per_class=True)
+        values, predictions = evaluate(
+            self.model, self.loaders["test"], self.loss_fn, test_metrics.to(self.device),
+            self.device, "test", self.class_names, keep_predictions=True,
+        )
+        summary = {
+            "run_dir": str(self.run_dir),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "train_time_s": round(train_time_s, 3),
+            "monitor": self.monitor,
+            "best_epoch": self.best_record["epoch"],
+            **{k: v for k, v in self.best_record.items() if k.startswith(("val/", "train/"))},
+            **values,
+        }
+        if distributed.is_main_process():
+            predictions.write_csv(self.run_dir / "predictions.csv")
+            checkpoint.save_json(summary, self.run_dir / "summary.json")
+            scalars = {k: v for k, v in values.items() if k.count("/") == 1 and k != "test/confusion_matrix"}
+            hparams = flatten_hparams(OmegaConf.to_container(self.cfg, resolve=True))
+            self.logger.log_final(hparams, scalars, self.step)
+        self.logger.close()
+        return summary
+
+    # --- checkpoints ---
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_value": self.best_value,
+            "best_record": self.best_record,
+            "rng": rng_state(),
+            "train_generator": self.loaders["train"].generator.get_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for regularizer, regularizer_state in zip(self.regularizers, state["regularizers"], strict=True):
+            regularizer.load_state_dict(regularizer_state)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_value, self.best_record = state["best_value"], state["best_record"]
+        set_rng_state(state["rng"])
+        self.loaders["train"].generator.set_state(state["train_generator"])
+
+    def save_checkpoint(self, name: str) -> None:
+        if distributed.is_main_process():
+            checkpoint.save(self.state_dict(), self.checkpoint_dir / name)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
+    runner = Runner(cfg, run_dir)
+    try:
+        return runner.fit()
+    finally:
+        distributed.teardown()
+
+
+def evaluate_checkpoint(
+    path: Path, overrides: list[str], output_dir: str | Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it.
+
+    Writes summary.json and predictions.csv to ``output_dir``, by default a directory
+    ``eval_<checkpoint name>`` beside the checkpoint. Returns the summary and that directory.
+    """
+    from trainkit import config
+
+    path = checkpoint.find(path)
+    state = checkpoint.load(path)
+    cfg = OmegaConf.create(state["config"])
+    load_components(cfg.get("plugins") or [])
+    for override in overrides:
+        key = override.partition("=")[0]
+        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise UserError(f"unknown key {key}: the checkpoint's config has no such key")
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    config.validate(cfg)
+
+    settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
+    device = resolve_device(settings.device)
+    seed_everything(settings.seed)
+    splits, loaders = build_data(cfg, settings.seed)
+    model = build_model(cfg, splits)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit model {cfg.model.name}: {first}") from None
+    loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
+    metrics = ClassificationMetrics(splits.num_classes, per_class=True).to(device)
+    values, predictions = evaluate(
+        model.to(device), loaders["test"], loss_fn, metrics, device, "test", splits.class_names,
+        keep_predictions=True,
+    )
+    summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
+    output_dir = Path(output_dir) if output_dir else path.parent / f"eval_{path.stem}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions.write_csv(output_dir / "predictions.csv")
+    checkpoint.save_json(summary, output_dir / "summary.json")
+    return summary, output_dir
+
+
+_ABSENT = object()
