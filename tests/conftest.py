@@ -1,0 +1,49 @@
+"""Shared fixtures: running the real `trainkit` command in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_trainkit(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run `python -m trainkit ARGS` in ``cwd``; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories (those holding .hydra/) under ``root``/outputs."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """`trainkit train` with no override, as a user first runs it; returns its run dir."""
+    cwd = tmp_path_factory.mktemp("default_run")
+    result = run_trainkit("train", cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = run_dirs(cwd)
+    run_dir.joinpath("console.txt").write_text(result.stdout + result.stderr)
+    return run_dir

@@ -1,0 +1,103 @@
+"""Every user mistake ends in one line on stderr, exit status 2, and no run directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import run_dirs, run_trainkit
+from trainkit.cli import main
+
+# Mistakes caught before Hydra makes a run directory: checked in-process (fast).
+EARLY_MISTAKES = [
+    (["optimizer=adamm"], "unknown optimizer 'adamm'; did you mean 'adam'? available: adam, sgd"),
+    (["optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean 'adam'?"),
+    (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
+    (["+optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
+    (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' has the wrong type: it must be an integer"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be >= 1"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is out of range: it must be > 0"),
+    (["optimizer.lr=0"], "optimizer.lr=0 is out of range: it must be > 0"),
+    (["model.dropout=1.5"], "model.dropout=1.5 is out of range: it must be >= 0 and < 1"),
+    (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is out of range"),
+    (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
+    (["optimizer.nesterov=maybe"], "optimizer.nesterov='maybe' has the wrong type: it must be true or false"),
+    (["model=resnet"], "unknown model 'resnet'; did you mean 'resnet_cifar'?"),
+    (["regularization=[grad_clp]"], "unknown regularizer 'grad_clp'; did you mean 'grad_clip'?"),
+    (["scheduler=cosin"], "unknown scheduler 'cosin'; did you mean 'cosine'?"),
+    (["recipe=nope"], "unknown recipe 'nope'"),
+    (["recipe=missing.yaml"], "recipe=missing.yaml: no such file"),
+    (["+foo=1"], "unknown key foo"),
+    (["optimizer.lr=[1"], "cannot parse override 'optimizer.lr=[1'"),
+    (["plugins=[no_such_module_xyz]"], "plugins: cannot import 'no_such_module_xyz'"),
+    (["logger.log_every_n_steps=-3"], "logger.log_every_n_steps=-3 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), EARLY_MISTAKES)
+def test_mistakes_fail_in_one_line_before_any_run_dir(overrides, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("trainkit: error: ")
+    assert message in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_recipe_with_a_yaml_syntax_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.yaml").write_text("# @package _global_\noptimizer:\n  lr: [0.1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "recipe=broken.yaml"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "recipe broken.yaml is not valid YAML" in err and err.count("\n") == 1
+
+
+def test_unknown_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err
+
+
+# Mistakes found while building the run (they need the data): a real subprocess, and the
+# run directory Hydra had made is removed again.
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.val_fraction=0.6", "data.test_fraction=0.5"], "must sum to less than 1"),
+        (["trainer.monitor=val/auc"], "trainer.monitor='val/auc' is not a logged metric"),
+        (["model.depth=9"], "model.depth=9 is not 6n+2"),
+    ],
+)
+def test_mistakes_found_at_build_time_leave_no_run_dir(overrides, message, tmp_path):
+    result = run_trainkit("train", *overrides, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys; from trainkit.cli import main; main(['--help']); main(['--version']); "
+        "assert 'torch' not in sys.modules and 'hydra' not in sys.modules, 'heavy import'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "usage: trainkit" in result.stdout and "trainkit 0." in result.stdout
+
+
+def test_train_help_lists_the_groups_and_options(tmp_path):
+    result = run_trainkit("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for line in ("optimizer: adam, sgd", "scheduler: constant, cosine, step", "loss: cross_entropy",
+                 "recipe: digits_resnet", "regularization: early_stopping, grad_clip"):
+        assert line in result.stdout
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,163 @@
+"""End to end: the default `trainkit train`, every file it leaves, and `trainkit eval`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_trainkit
+
+EPOCH_KEYS = {"epoch", "step", "lr", "train/loss", "val/loss", "val/acc", "val/precision",
+              "val/recall", "val/f1", "epoch_time_s"}
+TEST_KEYS = ["test/loss", "test/acc", "test/precision", "test/recall", "test/f1"]
+
+
+def test_default_run_reaches_97_percent(default_run):
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert summary["test/acc"] >= 0.97
+    assert summary["epochs"] == 30
+
+
+def test_run_dir_holds_the_composed_config_and_a_log(default_run):
+    config = (default_run / ".hydra" / "config.yaml").read_text()
+    assert "name: resnet_cifar" in config and "name: sgd" in config
+    log = (default_run / "train.log").read_text()
+    assert "epoch  30" in log
+
+
+def test_metrics_jsonl_has_one_record_per_epoch(default_run):
+    records = [json.loads(line) for line in (default_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 31))
+    for record in records:
+        assert EPOCH_KEYS <= record.keys()
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and steps[0] > 0 and steps[-1] == 30 * steps[0]
+    # Cosine: the lr each epoch starts with never grows.
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(0.1) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_summary_has_best_val_and_test_metrics_per_class_and_confusion(default_run):
+    summary = json.loads((default_run / "summary.json").read_text())
+    records = [json.loads(line) for line in (default_run / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["val/acc"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["val/acc"] == pytest.approx(best["val/acc"])
+    for key in TEST_KEYS:
+        assert 0 <= summary[key] <= (1 if key != "test/loss" else math.inf)
+    for metric in ("precision", "recall", "f1"):
+        assert all(f"test/{metric}/{c}" in summary for c in range(10))
+    matrix = np.array(summary["test/confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 270
+
+
+def test_predictions_match_the_summary_metrics(default_run):
+    """The saved predictions, scored by scikit-learn, give the summary's numbers."""
+    with open(default_run / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:3] == ["index", "target", "prediction"]
+    assert [f"prob_{c}" for c in range(10)] == list(rows[0])[3:]
+    assert len(rows) == 270 and len({r["index"] for r in rows}) == 270
+    target = [int(r["target"]) for r in rows]
+    predicted = [int(r["prediction"]) for r in rows]
+    probabilities = np.array([[float(r[f"prob_{c}"]) for c in range(10)] for r in rows])
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (probabilities.argmax(axis=1) == predicted).all()
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert summary["test/acc"] == pytest.approx(accuracy_score(target, predicted), abs=1e-6)
+    for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        expected = score(target, predicted, average="macro", zero_division=0)
+        assert summary[f"test/{name}"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_checkpoints_load_as_data_only(default_run):
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(default_run / "checkpoints" / name, weights_only=True)
+        for key in ("model", "optimizer", "scheduler", "epoch", "step", "config", "rng"):
+            assert key in state
+        assert state["config"]["optimizer"]["name"] == "sgd"
+    best = torch.load(default_run / "checkpoints" / "best.pt", weights_only=True)
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert best["epoch"] == summary["best_epoch"]
+
+
+def test_tensorboard_has_every_metric_the_lr_and_hparams(default_run):
+    events = EventAccumulator(str(default_run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/acc", "val/f1", "lr", "test/acc", "test/f1"} <= scalars
+    assert len(events.Scalars("val/acc")) == 30
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(summary["test/acc"])
+    hparams = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+
+
+def test_console_shows_epochs_the_run_dir_and_tensorboard(default_run):
+    console = (default_run / "console.txt").read_text()
+    assert "epoch  30" in console
+    assert str(default_run) in console.replace("\n", "")
+    assert "tensorboard --logdir" in console
+
+
+def test_eval_reproduces_the_run_test_metrics(default_run, tmp_path):
+    result = run_trainkit(
+        "eval", f"checkpoint={default_run / 'checkpoints' / 'best.pt'}", f"output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((default_run / "summary.json").read_text())
+    for key in TEST_KEYS:
+        assert evaluated[key] == pytest.approx(summary[key], abs=1e-6)
+    assert (tmp_path / "predictions.csv").read_text() == (default_run / "predictions.csv").read_text()
+
+
+def test_eval_accepts_a_run_dir_and_overrides(default_run, tmp_path):
+    result = run_trainkit(
+        "eval", f"checkpoint={default_run}", "data.eval_batch_size=7", f"output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((default_run / "summary.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(summary["test/acc"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["checkpoint=nowhere.pt"], "does not exist"),
+        (["checkpoint={run}", "data.nope=1"], "unknown key data.nope"),
+        ([], "eval needs checkpoint=PATH"),
+    ],
+)
+def test_eval_mistakes_are_one_line(default_run, tmp_path, args, message):
+    args = [a.format(run=default_run) for a in args]
+    result = run_trainkit("eval", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_adam_with_cosine_and_step_schedules_train(tmp_path):
+    for scheduler in ("cosine", "step"):
+        result = run_trainkit(
+            "train", "optimizer=adam", f"scheduler={scheduler}", "trainer.max_epochs=2",
+            "scheduler.step_size=1" if scheduler == "step" else "scheduler.min_lr=0.0001",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+    records = []
+    for metrics in sorted(tmp_path.glob("outputs/*/*/metrics.jsonl")):
+        records.append([json.loads(line) for line in metrics.read_text().splitlines()])
+    assert len(records) == 2
+    step_run = records[1]  # names sort by start time: cosine first, then step
+    assert step_run[0]["lr"] == pytest.approx(1e-3) and step_run[1]["lr"] == pytest.approx(1e-4)
