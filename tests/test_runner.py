@@ -1,0 +1,77 @@
+"""The Runner in-process: its state is one object, and restoring it continues exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainkit import checkpoint, config
+from trainkit.runner import Runner
+
+SMALL = ["data=synthetic", "model=mlp", "model.hidden=[32]", "augmentation=none",
+         "logger.tensorboard=false", "logger.progress_bar=false", "trainer.max_epochs=3"]
+
+
+def make_runner(run_dir, *overrides):
+    return Runner(config.compose(config.prepare([*SMALL, *overrides])), run_dir)
+
+
+def weights(runner):
+    return {k: v.clone() for k, v in runner.model.state_dict().items()}
+
+
+def test_restored_state_continues_bitwise(tmp_path):
+    straight = make_runner(tmp_path / "straight")
+    for _ in range(2):
+        straight.train_epoch()
+        straight.epoch += 1
+
+    interrupted = make_runner(tmp_path / "interrupted")
+    interrupted.train_epoch()
+    interrupted.epoch += 1
+    checkpoint.save(interrupted.state_dict(), tmp_path / "state.pt")
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+
+    resumed = make_runner(tmp_path / "resumed")
+    resumed.load_state_dict(checkpoint.load(tmp_path / "state.pt"))
+    assert (resumed.epoch, resumed.step) == (interrupted.epoch, interrupted.step)
+    resumed.train_epoch()
+    for name, value in weights(straight).items():
+        assert torch.equal(value, weights(resumed)[name]), name
+    assert resumed.lr == straight.lr
+
+
+def test_fit_writes_best_and_last_and_tests_the_best(tmp_path):
+    runner = make_runner(tmp_path / "run")
+    summary = runner.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["val/acc"])  # first of equals, as the runner keeps it
+    assert summary["best_epoch"] == best["epoch"]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
+    assert summary["test/acc"] > 0.5
+
+
+def test_monitoring_a_loss_keeps_the_lowest(tmp_path):
+    runner = make_runner(tmp_path / "run", "trainer.monitor=val/loss")
+    assert runner.mode == "min"
+    summary = runner.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["best_epoch"] == min(records, key=lambda r: r["val/loss"])["epoch"]
+
+
+def test_early_stopping_ends_the_run(tmp_path):
+    runner = make_runner(
+        tmp_path / "run", "regularization=[early_stopping]", "regularization.early_stopping.patience=1",
+        "regularization.early_stopping.min_delta=10", "trainer.max_epochs=20",
+    )
+    summary = runner.fit()
+    assert summary["epochs"] == 2  # the first validation sets the best; nothing beats it by 10
+
+
+def test_the_default_monitor_must_exist(tmp_path):
+    from trainkit.errors import UserError
+
+    with pytest.raises(UserError, match="not a logged metric"):
+        make_runner(tmp_path / "run", "trainer.monitor=val/acc_top5", "data.num_classes=3")
