@@ -16,14 +16,20 @@ EARLY_MISTAKES = [
     (["optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean 'adam'?"),
     (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
     (["+optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
-    (["trainer.max_epochs=ten"], "trainer.max_epochs='ten' has the wrong type: it must be an integer"),
+    (
+        ["trainer.max_epochs=ten"],
+        "trainer.max_epochs='ten' has the wrong type: it must be an integer",
+    ),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be >= 1"),
     (["optimizer.lr=-1"], "optimizer.lr=-1 is out of range: it must be > 0"),
     (["optimizer.lr=0"], "optimizer.lr=0 is out of range: it must be > 0"),
     (["model.dropout=1.5"], "model.dropout=1.5 is out of range: it must be >= 0 and < 1"),
     (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is out of range"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
-    (["optimizer.nesterov=maybe"], "optimizer.nesterov='maybe' has the wrong type: it must be true or false"),
+    (
+        ["optimizer.nesterov=maybe"],
+        "optimizer.nesterov='maybe' has the wrong type: it must be true or false",
+    ),
     (["model=resnet"], "unknown model 'resnet'; did you mean 'resnet_cifar'?"),
     (["regularization=[grad_clp]"], "unknown regularizer 'grad_clp'; did you mean 'grad_clip'?"),
     (["scheduler=cosin"], "unknown scheduler 'cosin'; did you mean 'cosine'?"),
@@ -37,7 +43,9 @@ EARLY_MISTAKES = [
 
 
 @pytest.mark.parametrize(("overrides", "message"), EARLY_MISTAKES)
-def test_mistakes_fail_in_one_line_before_any_run_dir(overrides, message, tmp_path, monkeypatch, capsys):
+def test_mistakes_fail_in_one_line_before_any_run_dir(
+    overrides, message, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *overrides])
@@ -97,7 +105,12 @@ def test_help_and_version_do_not_import_torch():
 def test_train_help_lists_the_groups_and_options(tmp_path):
     result = run_trainkit("train", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for line in ("optimizer: adam, sgd", "scheduler: constant, cosine, step", "loss: cross_entropy",
-                 "recipe: digits_resnet", "regularization: early_stopping, grad_clip"):
+    for line in (
+        "optimizer: adam, sgd",
+        "scheduler: constant, cosine, step",
+        "loss: cross_entropy",
+        "recipe: digits_resnet",
+        "regularization: early_stopping, grad_clip",
+    ):
         assert line in result.stdout
     assert not (tmp_path / "outputs").exists()

@@ -17,9 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_carries_conf_and_recipes_and_runs_from_them(tmp_path):
     pytest.importorskip("hatchling")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr
     (wheel,) = tmp_path.glob("trainkit-*.whl")
@@ -32,11 +43,18 @@ def test_wheel_carries_conf_and_recipes_and_runs_from_them(tmp_path):
     zipfile.ZipFile(wheel).extractall(unpacked)
     env = {**os.environ, "PYTHONPATH": str(unpacked)}
     code = "import trainkit.paths as p; print(p.config_dir()); print(p.recipes_dir())"
-    where = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, cwd=tmp_path)
+    where = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert where.stdout.splitlines() == [
-        str(unpacked / "trainkit" / "conf"), str(unpacked / "trainkit" / "recipes")
+        str(unpacked / "trainkit" / "conf"),
+        str(unpacked / "trainkit" / "recipes"),
     ]
-    helped = subprocess.run([sys.executable, "-m", "trainkit", "train", "--help"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    helped = subprocess.run(
+        [sys.executable, "-m", "trainkit", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert "recipe: digits_resnet" in helped.stdout, helped.stderr

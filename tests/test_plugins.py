@@ -33,8 +33,12 @@ PLUGIN = textwrap.dedent(
 def test_plugin_module_from_the_command_line(tmp_path):
     (tmp_path / "my_components.py").write_text(PLUGIN)
     result = run_trainkit(
-        "train", "plugins=[my_components]", "model=tiny_mlp", "model.hidden=16",
-        "trainer.max_epochs=2", cwd=tmp_path,
+        "train",
+        "plugins=[my_components]",
+        "model=tiny_mlp",
+        "model.hidden=16",
+        "trainer.max_epochs=2",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
@@ -62,10 +66,15 @@ def test_plugin_from_an_installed_entry_point(tmp_path):
     (site / "my_components.py").write_text(PLUGIN)
     dist_info = site / "my_components-0.1.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-components\nVersion: 0.1\n")
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: my-components\nVersion: 0.1\n"
+    )
     (dist_info / "entry_points.txt").write_text("[trainkit.plugins]\nmine = my_components\n")
     result = run_trainkit(
-        "train", "model=tiny_mlp", "trainer.max_epochs=1", cwd=tmp_path,
+        "train",
+        "model=tiny_mlp",
+        "trainer.max_epochs=1",
+        cwd=tmp_path,
         env={"PYTHONPATH": str(site)},
     )
     assert result.returncode == 0, result.stderr

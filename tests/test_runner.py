@@ -10,8 +10,15 @@ import torch
 from trainkit import checkpoint, config
 from trainkit.runner import Runner
 
-SMALL = ["data=synthetic", "model=mlp", "model.hidden=[32]", "augmentation=none",
-         "logger.tensorboard=false", "logger.progress_bar=false", "trainer.max_epochs=3"]
+SMALL = [
+    "data=synthetic",
+    "model=mlp",
+    "model.hidden=[32]",
+    "augmentation=none",
+    "logger.tensorboard=false",
+    "logger.progress_bar=false",
+    "trainer.max_epochs=3",
+]
 
 
 def make_runner(run_dir, *overrides):
@@ -46,7 +53,9 @@ def test_restored_state_continues_bitwise(tmp_path):
 def test_fit_writes_best_and_last_and_tests_the_best(tmp_path):
     runner = make_runner(tmp_path / "run")
     summary = runner.fit()
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     best = max(records, key=lambda r: r["val/acc"])  # first of equals, as the runner keeps it
     assert summary["best_epoch"] == best["epoch"]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
@@ -57,14 +66,19 @@ def test_monitoring_a_loss_keeps_the_lowest(tmp_path):
     runner = make_runner(tmp_path / "run", "trainer.monitor=val/loss")
     assert runner.mode == "min"
     summary = runner.fit()
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert summary["best_epoch"] == min(records, key=lambda r: r["val/loss"])["epoch"]
 
 
 def test_early_stopping_ends_the_run(tmp_path):
     runner = make_runner(
-        tmp_path / "run", "regularization=[early_stopping]", "regularization.early_stopping.patience=1",
-        "regularization.early_stopping.min_delta=10", "trainer.max_epochs=20",
+        tmp_path / "run",
+        "regularization=[early_stopping]",
+        "regularization.early_stopping.patience=1",
+        "regularization.early_stopping.min_delta=10",
+        "trainer.max_epochs=20",
     )
     summary = runner.fit()
     assert summary["epochs"] == 2  # the first validation sets the best; nothing beats it by 10

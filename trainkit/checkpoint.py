@@ -19,7 +19,9 @@ def _write_atomically(path: Path, write) -> None:
     A crash or a full disk mid-write leaves the previous file at ``path`` intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
@@ -46,7 +48,11 @@ def find(path: str | Path) -> Path:
     """The checkpoint file meant by ``path``: the file itself, or a run directory's best.pt."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt" if (path / "checkpoints").is_dir() else path / "best.pt"
+        path = (
+            path / "checkpoints" / "best.pt"
+            if (path / "checkpoints").is_dir()
+            else path / "best.pt"
+        )
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     return path

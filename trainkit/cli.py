@@ -32,10 +32,30 @@ examples:
 """
 
 # Hydra's command-line flags that take a value (`--cfg job`): not overrides.
-_HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn",
-                           "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
-_HYDRA_FLAGS_NO_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
-                       "--shell-completion", "-sc"}
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
+_HYDRA_FLAGS_NO_RUN = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

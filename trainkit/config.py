@@ -84,7 +84,9 @@ def _parse_overrides(overrides: list[str]):
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as error:
-        raise UserError(f"cannot parse override {error.override!r}: {_first_line(error.message)}") from None
+        raise UserError(
+            f"cannot parse override {error.override!r}: {_first_line(error.message)}"
+        ) from None
 
 
 def _register_recipe(path: Path) -> None:
@@ -108,7 +110,9 @@ def _register_plugin_options() -> None:
             if (paths.config_dir() / group / f"{name}.yaml").exists():
                 continue
             node = {"name": name, **_signature_defaults(registry, name)}
-            store.store(group=group, name=name, node={name: node} if group in MULTI_GROUPS else node)
+            store.store(
+                group=group, name=name, node={name: node} if group in MULTI_GROUPS else node
+            )
 
 
 def _signature_defaults(registry: Registry, name: str) -> dict[str, Any]:
@@ -121,8 +125,10 @@ def _signature_defaults(registry: Registry, name: str) -> dict[str, Any]:
             continue
         value = parameter.default
         defaults[parameter.name] = (
-            "???" if value is inspect.Parameter.empty
-            else list(value) if isinstance(value, tuple)
+            "???"
+            if value is inspect.Parameter.empty
+            else list(value)
+            if isinstance(value, tuple)
             else value
         )
     return defaults
@@ -175,7 +181,7 @@ def _overridden_key(message: str) -> str | None:
 
 
 def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
-    """"unknown key optimizer.lrr; did you mean 'lr'? ..." from the config without the typo."""
+    """ "unknown key optimizer.lrr; did you mean 'lr'? ..." from the config without the typo."""
     others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
     parent, _, leaf = key.rpartition(".")
     try:
@@ -226,7 +232,9 @@ def validate(cfg: DictConfig) -> None:
         if key not in TOP_LEVEL_KEYS:
             hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
-            raise UserError(f"unknown key {key}; {did_you_mean}allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+            raise UserError(
+                f"unknown key {key}; {did_you_mean}allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}"
+            )
     for group, registry in GROUP_REGISTRIES.items():
         node = _mapping(container, group)
         if group == "data":

@@ -162,7 +162,9 @@ def check_params(
     }
     for key in params:
         if key in runtime:
-            raise UserError(f"{where}.{key} is set by trainkit at run time; remove it from the config")
+            raise UserError(
+                f"{where}.{key} is set by trainkit at run time; remove it from the config"
+            )
         if key not in settable and not accepts_any:
             hint = difflib.get_close_matches(key, settable, n=1)
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""

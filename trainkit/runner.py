@@ -109,11 +109,18 @@ class Predictions:
         classes = self.probabilities.shape[1]
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["index", "target", "prediction", *(f"prob_{c}" for c in range(classes))])
+            writer.writerow(
+                ["index", "target", "prediction", *(f"prob_{c}" for c in range(classes))]
+            )
             for row in order.tolist():
                 probabilities = (f"{p:.6g}" for p in self.probabilities[row].tolist())
                 writer.writerow(
-                    [int(self.index[row]), int(self.target[row]), int(predicted[row]), *probabilities]
+                    [
+                        int(self.index[row]),
+                        int(self.target[row]),
+                        int(predicted[row]),
+                        *probabilities,
+                    ]
                 )
 
 
@@ -133,12 +140,17 @@ def evaluate(
     metrics.reset()
     kept: list[tuple[torch.Tensor, ...]] = []
     for inputs, targets, indices in loader:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs, targets = (
+            inputs.to(device, non_blocking=True),
+            targets.to(device, non_blocking=True),
+        )
         logits = model(inputs)
         metrics.update(logits, targets, loss_fn(logits, targets))
         if keep_predictions:
             kept.append((indices, targets.cpu(), logits.float().softmax(dim=1).cpu()))
-    predictions = Predictions(*(torch.cat(parts) for parts in zip(*kept))) if kept else None
+    predictions = None
+    if kept:
+        predictions = Predictions(*(torch.cat(parts) for parts in zip(*kept, strict=True)))
     return metrics.compute(prefix, class_names), predictions
 
 
@@ -213,8 +225,15 @@ class Runner:
         self.mode = self.settings.monitor_mode
         if self.mode == "auto":
             self.mode = "min" if self.monitor.endswith("loss") else "max"
-        known = {"train/loss", "train/acc", "val/loss", "val/acc", "val/precision", "val/recall",
-                 "val/f1"} | ({"val/acc_top5"} if self.splits.num_classes >= 5 else set())
+        known = {
+            "train/loss",
+            "train/acc",
+            "val/loss",
+            "val/acc",
+            "val/precision",
+            "val/recall",
+            "val/f1",
+        } | ({"val/acc_top5"} if self.splits.num_classes >= 5 else set())
         if self.monitor not in known:
             raise UserError(
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
@@ -270,8 +289,9 @@ class Runner:
                     rate = seen / (time.perf_counter() - started)
                     advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
                 advance()
-        totals = torch.stack([loss_sum, correct.to(loss_sum.dtype),
-                              torch.tensor(float(seen), device=self.device)])
+        totals = torch.stack(
+            [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)]
+        )
         distributed.all_reduce_sum(totals)
         loss_total, correct_total, seen_total = totals.tolist()
         return {"train/loss": loss_total / seen_total, "train/acc": correct_total / seen_total}
@@ -332,8 +352,14 @@ class Runner:
         self.model.load_state_dict(best["model"])
         test_metrics = ClassificationMetrics(self.splits.num_classes, per_class=True)
         values, predictions = evaluate(
-            self.model, self.loaders["test"], self.loss_fn, test_metrics.to(self.device),
-            self.device, "test", self.class_names, keep_predictions=True,
+            self.model,
+            self.loaders["test"],
+            self.loss_fn,
+            test_metrics.to(self.device),
+            self.device,
+            "test",
+            self.class_names,
+            keep_predictions=True,
         )
         summary = {
             "run_dir": str(self.run_dir),
@@ -348,7 +374,11 @@ class Runner:
         if distributed.is_main_process():
             predictions.write_csv(self.run_dir / "predictions.csv")
             checkpoint.save_json(summary, self.run_dir / "summary.json")
-            scalars = {k: v for k, v in values.items() if k.count("/") == 1 and k != "test/confusion_matrix"}
+            scalars = {
+                k: v
+                for k, v in values.items()
+                if k.count("/") == 1 and k != "test/confusion_matrix"
+            }
             hparams = flatten_hparams(OmegaConf.to_container(self.cfg, resolve=True))
             self.logger.log_final(hparams, scalars, self.step)
         self.logger.close()
@@ -375,7 +405,9 @@ class Runner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for regularizer, regularizer_state in zip(self.regularizers, state["regularizers"], strict=True):
+        for regularizer, regularizer_state in zip(
+            self.regularizers, state["regularizers"], strict=True
+        ):
             regularizer.load_state_dict(regularizer_state)
         self.epoch, self.step = state["epoch"], state["step"]
         self.best_value, self.best_record = state["best_value"], state["best_record"]
@@ -430,7 +462,13 @@ def evaluate_checkpoint(
     loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
     metrics = ClassificationMetrics(splits.num_classes, per_class=True).to(device)
     values, predictions = evaluate(
-        model.to(device), loaders["test"], loss_fn, metrics, device, "test", splits.class_names,
+        model.to(device),
+        loaders["test"],
+        loss_fn,
+        metrics,
+        device,
+        "test",
+        splits.class_names,
         keep_predictions=True,
     )
     summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
