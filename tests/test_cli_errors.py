@@ -114,3 +114,20 @@ def test_train_help_lists_the_groups_and_options(tmp_path):
     ):
         assert line in result.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+def test_too_few_samples_for_a_stratified_split(tmp_path):
+    result = run_trainkit(
+        "train", "data=synthetic", "data.num_samples=20", "trainer.max_epochs=1", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "data: cannot split 20 samples of 10 classes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert run_dirs(tmp_path) == []
+
+
+def test_a_fixed_length_tuple_checks_its_length(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train", "optimizer=adam", "optimizer.betas=[0.9]"])
+    assert "optimizer.betas=[0.9] must have 2 items" in capsys.readouterr().err

@@ -84,15 +84,22 @@ def stratified_split(
     n_test = round(len(labels) * test_fraction)
     n_val = round(len(labels) * val_fraction)
     rest, test = (everything, everything[:0])
-    if n_test:
-        rest, test = train_test_split(
-            everything, test_size=n_test, stratify=labels, random_state=seed
-        )
-    train, val = (rest, rest[:0])
-    if n_val:
-        train, val = train_test_split(
-            rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1
-        )
+    try:
+        if n_test:
+            rest, test = train_test_split(
+                everything, test_size=n_test, stratify=labels, random_state=seed
+            )
+        train, val = (rest, rest[:0])
+        if n_val:
+            train, val = train_test_split(
+                rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1
+            )
+    except ValueError as error:  # too few samples of some class for a stratified split
+        raise UserError(
+            f"data: cannot split {len(labels)} samples of {len(np.unique(labels))} classes "
+            f"with val_fraction={val_fraction:g} and test_fraction={test_fraction:g} "
+            f"and keep every class in each split ({error})"
+        ) from None
     return np.sort(train), np.sort(val), np.sort(test)
 
 

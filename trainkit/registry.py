@@ -117,10 +117,14 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
     if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
             raise _type_error(key, value, annotation)
-        item_types = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        args = typing.get_args(annotation)
+        fixed_length = origin is tuple and args and Ellipsis not in args
+        if fixed_length and len(value) != len(args):
+            raise UserError(f"{key}={_plain(value)!r} must have {len(args)} items")
         for index, item in enumerate(value):
-            if item_types:
-                check_value(f"{key}[{index}]", item, item_types[0])
+            if args:
+                item_type = args[index] if fixed_length else args[0]
+                check_value(f"{key}[{index}]", item, item_type)
         return
     if origin is dict or annotation is dict:
         if not isinstance(value, Mapping):
@@ -138,6 +142,10 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
         ok = True  # an annotation we do not interpret (a protocol, a forward reference)
     if not ok:
         raise _type_error(key, value, annotation)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, Iterable) and not isinstance(value, str) else value
 
 
 def _type_error(key: str, value: Any, annotation: Any) -> UserError:

@@ -1,0 +1,194 @@
+"""ClassificationMetrics against scikit-learn on the same predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    top_k_accuracy_score,
+)
+
+from trainkit.metrics import ClassificationMetrics
+
+NUM_CLASSES = 10
+BATCHES = (64, 100, 36)  # 200 samples in batches of different sizes
+
+
+def random_predictions(seed: int = 0, num_classes: int = NUM_CLASSES, n: int = 200):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, num_classes, generator=generator)
+    targets = torch.randint(0, num_classes, (n,), generator=generator)
+    # Make about half the predictions right, so the scores are not all near chance.
+    right = torch.rand(n, generator=generator) < 0.5
+    logits[right, targets[right]] += 3.0
+    return logits, targets
+
+
+def feed(metrics: ClassificationMetrics, logits, targets, batches=BATCHES):
+    losses, sizes = [], []
+    start = 0
+    for size in batches:
+        batch_logits = logits[start : start + size]
+        batch_targets = targets[start : start + size]
+        loss = torch.nn.functional.cross_entropy(batch_logits, batch_targets)
+        metrics.update(batch_logits, batch_targets, loss)
+        losses.append(loss.item())
+        sizes.append(size)
+        start += size
+    assert start == len(targets)
+    return np.array(losses), np.array(sizes)
+
+
+@pytest.fixture(scope="module")
+def computed():
+    logits, targets = random_predictions()
+    metrics = ClassificationMetrics(NUM_CLASSES, per_class=True)
+    losses, sizes = feed(metrics, logits, targets)
+    values = metrics.compute("test")
+    return values, logits, targets, losses, sizes
+
+
+def test_accuracy(computed):
+    values, logits, targets, _, _ = computed
+    expected = accuracy_score(targets.numpy(), logits.argmax(1).numpy())
+    assert 0.3 < expected < 0.9  # the data is neither trivial nor random
+    assert values["test/acc"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "score"), [("precision", precision_score), ("recall", recall_score), ("f1", f1_score)]
+)
+def test_macro_scores(computed, name, score):
+    values, logits, targets, _, _ = computed
+    expected = score(targets.numpy(), logits.argmax(1).numpy(), average="macro", zero_division=0)
+    assert values[f"test/{name}"] == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "score"), [("precision", precision_score), ("recall", recall_score), ("f1", f1_score)]
+)
+def test_per_class_scores(computed, name, score):
+    values, logits, targets, _, _ = computed
+    expected = score(
+        targets.numpy(),
+        logits.argmax(1).numpy(),
+        labels=list(range(NUM_CLASSES)),
+        average=None,
+        zero_division=0,
+    )
+    got = [values[f"test/{name}/{c}"] for c in range(NUM_CLASSES)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_confusion_matrix(computed):
+    values, logits, targets, _, _ = computed
+    expected = confusion_matrix(
+        targets.numpy(), logits.argmax(1).numpy(), labels=list(range(NUM_CLASSES))
+    )
+    assert values["test/confusion_matrix"] == expected.tolist()
+    assert sum(map(sum, values["test/confusion_matrix"])) == 200
+
+
+def test_top5_accuracy(computed):
+    values, logits, targets, _, _ = computed
+    expected = top_k_accuracy_score(
+        targets.numpy(), logits.numpy(), k=5, labels=list(range(NUM_CLASSES))
+    )
+    assert values["test/acc"] < expected < 1.0
+    assert values["test/acc_top5"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_loss_is_the_sample_weighted_mean_of_batch_losses(computed):
+    values, logits, targets, losses, sizes = computed
+    expected = float((losses * sizes).sum() / sizes.sum())
+    # With unequal batches this differs from the plain mean of the batch losses.
+    assert abs(expected - losses.mean()) > 1e-4
+    assert values["test/loss"] == pytest.approx(expected, rel=1e-5)
+    # ... and equals the loss over all samples at once.
+    whole = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert values["test/loss"] == pytest.approx(whole, rel=1e-5)
+
+
+def test_keys_without_per_class():
+    logits, targets = random_predictions(seed=1)
+    metrics = ClassificationMetrics(NUM_CLASSES)
+    feed(metrics, logits, targets)
+    assert set(metrics.compute("val")) == {
+        "val/loss",
+        "val/acc",
+        "val/acc_top5",
+        "val/precision",
+        "val/recall",
+        "val/f1",
+    }
+
+
+def test_class_names_label_per_class_values():
+    logits, targets = random_predictions(seed=2, num_classes=3)
+    metrics = ClassificationMetrics(3, per_class=True)
+    feed(metrics, logits, targets)
+    values = metrics.compute("test", class_names=["cat", "dog", "eel"])
+    expected = f1_score(targets.numpy(), logits.argmax(1).numpy(), labels=[0, 1, 2], average=None)
+    got = [values[f"test/f1/{name}"] for name in ("cat", "dog", "eel")]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert "test/f1/0" not in values
+
+
+def test_a_class_absent_from_targets_and_predictions():
+    logits, targets = random_predictions(seed=3)
+    absent = 7
+    targets = torch.where(targets == absent, torch.full_like(targets, 2), targets)
+    logits[:, absent] = -100.0  # never predicted
+    preds = logits.argmax(1)
+    assert not (targets == absent).any() and not (preds == absent).any()
+    metrics = ClassificationMetrics(NUM_CLASSES, per_class=True)
+    feed(metrics, logits, targets)
+    values = metrics.compute("test")
+    present = sorted(set(targets.tolist()) | set(preds.tolist()))
+    assert absent not in present and len(present) == NUM_CLASSES - 1
+    for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        expected = score(
+            targets.numpy(), preds.numpy(), labels=present, average="macro", zero_division=0
+        )
+        # Averaging over all 10 labels would give a smaller value: the absent class is left out.
+        all_labels = score(
+            targets.numpy(),
+            preds.numpy(),
+            labels=list(range(10)),
+            average="macro",
+            zero_division=0,
+        )
+        assert all_labels < expected
+        assert values[f"test/{name}"] == pytest.approx(expected, abs=1e-6)
+        assert values[f"test/{name}/{absent}"] == 0.0
+    assert values["test/acc"] == pytest.approx(accuracy_score(targets, preds), abs=1e-6)
+    matrix = np.array(values["test/confusion_matrix"])
+    assert matrix[absent].sum() == 0 and matrix[:, absent].sum() == 0
+
+
+def test_no_top5_with_three_classes():
+    logits, targets = random_predictions(seed=4, num_classes=3)
+    metrics = ClassificationMetrics(3, per_class=True)
+    feed(metrics, logits, targets)
+    values = metrics.compute("val")
+    assert "val/acc_top5" not in values
+    assert "val/acc" in values
+
+
+def test_reset_starts_over():
+    logits, targets = random_predictions(seed=5)
+    metrics = ClassificationMetrics(NUM_CLASSES)
+    feed(metrics, -logits, targets)  # mostly wrong
+    metrics.reset()
+    feed(metrics, logits, targets)
+    values = metrics.compute("val")
+    expected = accuracy_score(targets.numpy(), logits.argmax(1).numpy())
+    assert values["val/acc"] == pytest.approx(expected, abs=1e-6)
+    whole = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert values["val/loss"] == pytest.approx(whole, rel=1e-5)

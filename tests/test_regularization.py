@@ -1,0 +1,156 @@
+"""Regularizers: gradient clipping and early stopping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainkit.registry import REGULARIZERS, load_components
+from trainkit.regularization import EarlyStopping, GradClip, Regularizer
+
+
+def model_with_grads(scale: float) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    generator = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = scale * torch.randn(p.shape, generator=generator)
+    return model
+
+
+def total_norm(model: nn.Module, p: float = 2.0) -> float:
+    return torch.linalg.vector_norm(
+        torch.cat([q.grad.flatten() for q in model.parameters()]), ord=p
+    ).item()
+
+
+def grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0])
+def test_clip_by_norm_limits_the_total_norm(norm_type):
+    model = model_with_grads(10.0)
+    before = grads(model)
+    norm_before = total_norm(model, norm_type)
+    assert norm_before > 5.0
+    GradClip(max_norm=1.5, by="norm", norm_type=norm_type).before_optimizer_step(model)
+    assert total_norm(model, norm_type) == pytest.approx(1.5, rel=1e-4)
+    assert total_norm(model, norm_type) <= 1.5 * (1 + 1e-5)
+    # The direction is kept: every gradient is scaled by the same factor.
+    factor = 1.5 / norm_before
+    for g, p in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g * factor, rtol=1e-4, atol=1e-6)
+
+
+def test_clip_by_norm_leaves_small_gradients_alone():
+    model = model_with_grads(0.01)
+    before = grads(model)
+    assert total_norm(model) < 1.0
+    GradClip(max_norm=1.0).before_optimizer_step(model)
+    for g, p in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=0)
+
+
+def test_clip_by_value_clamps_each_element():
+    model = model_with_grads(1.0)
+    before = grads(model)
+    assert max(g.abs().max().item() for g in before) > 0.5
+    GradClip(max_norm=0.5, by="value").before_optimizer_step(model)
+    for g, p in zip(before, model.parameters(), strict=True):
+        assert torch.equal(p.grad, g.clamp(-0.5, 0.5))
+        assert p.grad.abs().max().item() <= 0.5
+
+
+def test_clip_defaults_and_other_hooks():
+    clip = GradClip()
+    assert (clip.max_norm, clip.by, clip.norm_type) == (1.0, "norm", 2.0)
+    assert clip.penalty(nn.Linear(1, 1)) is None
+    assert clip.should_stop(0.5, "max") is False
+    assert clip.state_dict() == {}
+
+
+@pytest.mark.parametrize("patience", [1, 3])
+def test_early_stopping_max_mode(patience):
+    stopper = EarlyStopping(patience=patience, min_delta=0.01)
+    assert not stopper.should_stop(0.50, "max")  # first value: the best so far
+    assert not stopper.should_stop(0.60, "max")  # improves
+    decisions = [stopper.should_stop(v, "max") for v in [0.605, 0.59, 0.609, 0.2][:patience]]
+    # 0.605 and 0.609 improve on 0.60 by less than min_delta: no improvement either.
+    assert decisions == [False] * (patience - 1) + [True]
+    assert stopper.best == 0.60
+    assert stopper.bad_epochs == patience
+
+
+def test_early_stopping_min_mode():
+    stopper = EarlyStopping(patience=2, min_delta=0.0)
+    values = [1.0, 0.8, 0.8, 0.7, 0.9, 0.75, 0.6, 0.65, 0.6]
+    decisions = [stopper.should_stop(v, "min") for v in values]
+    # 0.8 again does not improve (improvement must be > min_delta); 0.7 resets; 0.9 and
+    # 0.75 are two bad ones in a row -> stop.
+    assert decisions == [False, False, False, False, False, True, False, False, True]
+    assert stopper.best == 0.6
+
+
+def test_early_stopping_improvement_resets_the_count():
+    stopper = EarlyStopping(patience=2)
+    assert [stopper.should_stop(v, "max") for v in [0.1, 0.1, 0.2, 0.1, 0.3, 0.3, 0.3]] == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+def test_early_stopping_in_min_mode_ignores_increases():
+    stopper = EarlyStopping(patience=1)
+    stopper.should_stop(1.0, "min")
+    assert stopper.should_stop(2.0, "min") is True
+    assert stopper.best == 1.0
+
+
+def test_early_stopping_state_dict_round_trip():
+    stopper = EarlyStopping(patience=3, min_delta=0.05)
+    for v in [0.5, 0.7, 0.72]:
+        stopper.should_stop(v, "max")
+    state = stopper.state_dict()
+    assert state == {"best": 0.7, "bad_epochs": 1}
+    restored = EarlyStopping(patience=3, min_delta=0.05)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+    # The restored one and the original make the same decisions from here.
+    for v in [0.74, 0.71]:
+        assert restored.should_stop(v, "max") == stopper.should_stop(v, "max")
+    assert restored.bad_epochs == stopper.bad_epochs == 3
+    assert restored.should_stop(0.7, "max") is True
+
+
+def test_fresh_early_stopping_state():
+    stopper = EarlyStopping()
+    assert (stopper.patience, stopper.min_delta) == (10, 0.0)
+    state = stopper.state_dict()
+    assert math.isnan(state["best"]) and state["bad_epochs"] == 0
+
+
+def test_base_regularizer_does_nothing():
+    regularizer = Regularizer()
+    model = model_with_grads(3.0)
+    before = grads(model)
+    assert regularizer.penalty(model) is None
+    regularizer.before_optimizer_step(model)
+    assert all(torch.equal(g, p.grad) for g, p in zip(before, model.parameters(), strict=True))
+    assert regularizer.should_stop(0.0, "min") is False
+
+
+def test_registry_builds_regularizers():
+    load_components()
+    clip = REGULARIZERS.build({"name": "grad_clip", "max_norm": 2.0, "by": "value"})
+    assert isinstance(clip, GradClip) and (clip.max_norm, clip.by) == (2.0, "value")
+    stopper = REGULARIZERS.build({"name": "early_stopping", "patience": 4})
+    assert isinstance(stopper, EarlyStopping) and stopper.patience == 4
