@@ -250,7 +250,18 @@ def test_builtin_registries_are_not_empty(kind):
 def test_expected_builtin_components_are_registered():
     assert {"mlp", "resnet_cifar"} <= set(MODELS.names())
     assert {"sgd", "adam"} <= set(OPTIMIZERS.names())
-    assert {"constant", "cosine", "step"} <= set(SCHEDULERS.names())
+    assert {
+        "constant",
+        "cosine",
+        "step",
+        "multistep",
+        "exponential",
+        "cosine_restarts",
+        "poly",
+        "onecycle",
+        "inverse_sqrt",
+        "plateau",
+    } <= set(SCHEDULERS.names())
     assert {"grad_clip", "early_stopping"} <= set(REGULARIZERS.names())
     assert {"digits", "synthetic"} <= set(DATASETS.names())
     assert {"none", "digits"} <= set(AUGMENTATIONS.names())
@@ -281,6 +292,10 @@ def test_every_yaml_key_is_a_parameter_of_the_builder(kind, name):
         from trainkit.data import split_data_node
 
         node, _ = split_data_node(node)  # batch sizes etc. go to the loaders
+    if group == "scheduler":
+        from trainkit.schedulers import split_scheduler_node
+
+        node, _ = split_scheduler_node(node)  # interval and warmup are shared by all
     parameters = inspect.signature(registry.get(name)).parameters
     for key in node:
         if key != "name":

@@ -225,6 +225,7 @@ def validate(cfg: DictConfig) -> None:
     from trainkit.data import split_data_node
     from trainkit.logging import LoggerSettings
     from trainkit.runner import TrainerSettings
+    from trainkit.schedulers import split_scheduler_node
 
     container = to_container(cfg)
     _reject_missing(container)
@@ -239,6 +240,8 @@ def validate(cfg: DictConfig) -> None:
         node = _mapping(container, group)
         if group == "data":
             node, _ = split_data_node(node)
+        if group == "scheduler":
+            node, _ = split_scheduler_node(node)
         registry.check(node, group)
     for group, registry in MULTI_GROUPS.items():
         for key, node in (container.get(group) or {}).items():

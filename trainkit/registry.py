@@ -254,7 +254,9 @@ MODELS = Registry("model", runtime=("num_classes", "input_shape"))
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss", runtime=("num_classes",))
 OPTIMIZERS = Registry("optimizer", runtime=("model",))
-SCHEDULERS = Registry("scheduler", runtime=("optimizer", "steps_per_epoch", "max_epochs"))
+SCHEDULERS = Registry(
+    "scheduler", runtime=("optimizer", "per_epoch", "total", "interval", "monitor_mode")
+)
 REGULARIZERS = Registry("regularizer")
 AUGMENTATIONS = Registry("augmentation", runtime=("image_size",))
 

@@ -34,11 +34,11 @@ from trainkit.registry import (
     MODELS,
     OPTIMIZERS,
     REGULARIZERS,
-    SCHEDULERS,
     PositiveInt,
     check_params,
     load_components,
 )
+from trainkit.schedulers import build_schedule
 
 
 @dataclass
@@ -202,13 +202,7 @@ class Runner:
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
-        self.scheduler = SCHEDULERS.build(
-            cfg.scheduler,
-            "scheduler",
-            optimizer=self.optimizer,
-            steps_per_epoch=len(self.loaders["train"]),
-            max_epochs=self.settings.max_epochs,
-        )
+        # (the schedule is built below, once the monitored metric's direction is known)
         self.regularizers = [
             REGULARIZERS.build(node, f"regularization.{key}")
             for key, node in (cfg.get("regularization") or {}).items()
@@ -239,6 +233,14 @@ class Runner:
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
                 + ", ".join(sorted(known))
             )
+        self.scheduler = build_schedule(
+            cfg.scheduler,
+            self.optimizer,
+            steps_per_epoch=len(self.loaders["train"]),
+            max_epochs=self.settings.max_epochs,
+            monitor=self.monitor,
+            monitor_mode=self.mode,
+        )
 
         # --- state: everything `state_dict` saves ---
         self.epoch = 0  # epochs completed
@@ -277,15 +279,16 @@ class Runner:
                 for regularizer in self.regularizers:
                     regularizer.before_optimizer_step(self.model)
                 self.optimizer.step()
-                self.scheduler.step()
                 self.step += 1
+                self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
+                self.scheduler.step_batch()
 
                 loss_sum += loss.detach() * targets.shape[0]
                 correct += (logits.argmax(dim=1) == targets).sum()
                 seen += targets.shape[0]
                 if self.logger.should_log_step(self.step):
                     step_loss = loss.item()  # the one host-device sync, every N steps
-                    self.logger.log_step(self.step, {"train/step_loss": step_loss, "lr": self.lr})
+                    self.logger.log_step(self.step, {"train/step_loss": step_loss})
                     rate = seen / (time.perf_counter() - started)
                     advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
                 advance()
@@ -321,6 +324,7 @@ class Runner:
             record = {"epoch": self.epoch + 1, "step": 0, "lr": self.lr}  # lr the epoch began with
             record.update(self.train_epoch())
             record.update(self.validate())
+            self.scheduler.step_epoch(record)
             self.epoch += 1
             record["step"] = self.step
             record["epoch_time_s"] = time.perf_counter() - epoch_started
