@@ -154,3 +154,75 @@ def test_registry_builds_regularizers():
     assert isinstance(clip, GradClip) and (clip.max_norm, clip.by) == (2.0, "value")
     stopper = REGULARIZERS.build({"name": "early_stopping", "patience": 4})
     assert isinstance(stopper, EarlyStopping) and stopper.patience == 4
+
+
+# --- penalties and settings ------------------------------------------------------------
+
+
+def _linear_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+
+
+def test_l1_adds_strength_times_sign_to_the_gradient():
+    from trainkit.regularization import L1
+
+    model = _linear_model()
+    L1(strength=0.01).penalty(model).backward()
+    for parameter in model.parameters():
+        if parameter.ndim > 1:
+            assert torch.allclose(parameter.grad, 0.01 * parameter.detach().sign())
+        else:
+            assert parameter.grad is None  # biases are not penalized by default
+
+
+def test_l2_adds_strength_times_weight_to_the_gradient():
+    from trainkit.regularization import L2
+
+    model = _linear_model()
+    penalty = L2(strength=0.1).penalty(model)
+    expected = 0.05 * sum((p.detach() ** 2).sum() for p in model.parameters() if p.ndim > 1)
+    assert penalty.item() == pytest.approx(expected.item())
+    penalty.backward()
+    assert torch.allclose(model[0].weight.grad, 0.1 * model[0].weight.detach())
+
+
+def test_penalty_include_patterns_choose_parameters():
+    from trainkit.errors import UserError
+    from trainkit.regularization import L1
+
+    model = _linear_model()
+    L1(strength=1.0, include=["1.*"], weights_only=False).penalty(model).backward()
+    assert model[0].weight.grad is None and model[1].bias.grad is not None
+    with pytest.raises(UserError, match="matches no parameter"):
+        L1(include=["classifier.*"]).penalty(_linear_model())
+
+
+def test_settings_regularizers_configure_the_other_nodes():
+    from trainkit import config
+    from trainkit.errors import UserError
+    from trainkit.registry import REGULARIZERS
+
+    cfg = config.compose(config.prepare(["model=mlp"]))
+    REGULARIZERS.build({"name": "weight_decay", "strength": 0.01}).configure(cfg)
+    REGULARIZERS.build({"name": "dropout", "rate": 0.3}).configure(cfg)
+    REGULARIZERS.build({"name": "label_smoothing", "smoothing": 0.2}).configure(cfg)
+    assert cfg.optimizer.weight_decay == 0.01
+    assert cfg.model.dropout == 0.3
+    assert cfg.loss.label_smoothing == 0.2
+    cfg.loss = {"name": "no_smoothing_loss"}
+    with pytest.raises(UserError):
+        REGULARIZERS.build({"name": "label_smoothing"}).configure(cfg)
+
+
+def test_label_smoothing_target_matches_the_documented_convention():
+    """-sum(((1 - eps) * onehot + eps / C) * log_softmax), as torch documents it."""
+    from trainkit.registry import LOSSES
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    target = torch.tensor([0, 2])
+    eps = 0.2
+    smoothed = (1 - eps) * torch.nn.functional.one_hot(target, 3) + eps / 3
+    expected = -(smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    loss = LOSSES.build({"name": "cross_entropy", "label_smoothing": eps}, num_classes=3)
+    assert loss(logits, target).item() == pytest.approx(expected.item())

@@ -1,22 +1,37 @@
-"""Regularizers that act inside the train loop. Several can be chosen at once.
+"""Regularizers. Several can be chosen at once: ``'regularization=[l1,grad_clip]'``.
 
-The runner calls each regularizer at three fixed points, in this order of the loop:
-``penalty`` (added to the loss), ``before_optimizer_step`` (after backward, e.g. clipping)
-and ``should_stop`` (after validation). Each does nothing unless it overrides the method.
+The runner calls each regularizer at fixed points, in this order:
+``configure`` (before anything is built: weight decay, dropout and label smoothing are
+settings of the optimizer, model and loss), ``penalty`` (added to the loss each step),
+``before_optimizer_step`` (after backward: clipping) and ``should_stop`` (after
+validation). Each does nothing unless it overrides the method.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import inspect
 import math
 from typing import Literal
 
 import torch
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from trainkit.registry import REGULARIZERS, NonNegativeFloat, PositiveFloat, PositiveInt
+from trainkit.errors import UserError
+from trainkit.registry import (
+    REGULARIZERS,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+)
 
 
 class Regularizer:
+    def configure(self, cfg: DictConfig) -> None:
+        pass
+
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         return None
 
@@ -75,3 +90,105 @@ class EarlyStopping(Regularizer):
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+def _set(cfg: DictConfig, node: str, key: str, value, why: str) -> None:
+    """Set ``cfg.node.key``, refusing when that component has no such parameter."""
+    from trainkit.config import GROUP_REGISTRIES
+
+    registry = GROUP_REGISTRIES[node]
+    name = cfg[node].name
+    if key not in inspect.signature(registry.get(name)).parameters:
+        raise UserError(f"{why} needs a {node} with a {key} parameter; {node} {name!r} has none")
+    with open_dict(cfg):
+        cfg[node][key] = value
+
+
+@REGULARIZERS.register("weight_decay")
+class WeightDecay(Regularizer):
+    """L2 weight decay through the optimizer (decoupled for adamw); sets optimizer.weight_decay."""
+
+    def __init__(self, strength: NonNegativeFloat = 5e-4):
+        self.strength = strength
+
+    def configure(self, cfg: DictConfig) -> None:
+        _set(cfg, "optimizer", "weight_decay", self.strength, "regularization.weight_decay")
+
+
+@REGULARIZERS.register("dropout")
+class Dropout(Regularizer):
+    """Dropout rate before the classifier, overriding the model's own ``dropout``."""
+
+    def __init__(self, rate: Probability = 0.5):
+        self.rate = rate
+
+    def configure(self, cfg: DictConfig) -> None:
+        _set(cfg, "model", "dropout", self.rate, "regularization.dropout")
+
+
+@REGULARIZERS.register("label_smoothing")
+class LabelSmoothing(Regularizer):
+    """Soften one-hot targets: (1 - eps) * onehot + eps / classes; sets loss.label_smoothing."""
+
+    def __init__(self, smoothing: Probability = 0.1):
+        self.smoothing = smoothing
+
+    def configure(self, cfg: DictConfig) -> None:
+        _set(cfg, "loss", "label_smoothing", self.smoothing, "regularization.label_smoothing")
+
+
+class _NormPenalty(Regularizer):
+    """Shared by l1 and l2: which parameters are penalized."""
+
+    def __init__(self, strength: float, include: list[str], weights_only: bool):
+        self.strength, self.include, self.weights_only = strength, list(include), weights_only
+        self._chosen: list[torch.Tensor] | None = None
+
+    def parameters(self, model: nn.Module) -> list[torch.Tensor]:
+        if self._chosen is None:  # chosen once: names do not change during a run
+            self._chosen = [
+                parameter
+                for name, parameter in model.named_parameters()
+                if parameter.requires_grad
+                and not (self.weights_only and parameter.ndim <= 1)
+                and any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include)
+            ]
+            if not self._chosen:
+                names = ", ".join(name for name, _ in list(model.named_parameters())[:4])
+                raise UserError(
+                    f"regularization: include={self.include} matches no parameter; "
+                    f"names look like {names}"
+                )
+        return self._chosen
+
+
+@REGULARIZERS.register("l1")
+class L1(_NormPenalty):
+    """Adds strength * sum |W| to the loss (its gradient: strength * sign(W)); sparsifies."""
+
+    def __init__(
+        self,
+        strength: NonNegativeFloat = 1e-5,
+        include: list[str] = ("*",),
+        weights_only: bool = True,
+    ):
+        super().__init__(strength, include, weights_only)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        return self.strength * sum(p.abs().sum() for p in self.parameters(model))
+
+
+@REGULARIZERS.register("l2")
+class L2(_NormPenalty):
+    """Adds strength / 2 * sum W^2 to the loss (its gradient: strength * W), explicitly."""
+
+    def __init__(
+        self,
+        strength: NonNegativeFloat = 5e-4,
+        include: list[str] = ("*",),
+        weights_only: bool = True,
+    ):
+        super().__init__(strength, include, weights_only)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        return 0.5 * self.strength * sum(p.pow(2).sum() for p in self.parameters(model))

@@ -193,20 +193,24 @@ class Runner:
         # Each rank gets its own stream of augmentation randomness; the split seed is shared.
         seed_everything(self.settings.seed + distributed.rank())
 
+        # --- regularizers first: some of them are settings of the model, loss or optimizer ---
+        self.regularizers = [
+            REGULARIZERS.build(node, f"regularization.{key}")
+            for key, node in (cfg.get("regularization") or {}).items()
+        ]
+        for regularizer in self.regularizers:
+            regularizer.configure(cfg)
+
         # --- data ---
         self.splits, self.loaders = build_data(cfg, self.settings.seed)
         self.class_names = self.splits.class_names
 
-        # --- model, loss, optimizer, schedule, regularizers ---
+        # --- model, loss, optimizer ---
         self.model = build_model(cfg, self.splits).to(self.device)
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
         # (the schedule is built below, once the monitored metric's direction is known)
-        self.regularizers = [
-            REGULARIZERS.build(node, f"regularization.{key}")
-            for key, node in (cfg.get("regularization") or {}).items()
-        ]
         # DDP averages gradients across processes during backward; one process: the model.
         self.train_model = self.model
         if distributed.world_size() > 1:
