@@ -23,6 +23,8 @@ commands:
                                 groups (data, model, loss, optimizer, scheduler, ...)
   eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR]
                                 evaluate a checkpoint on its run's test split
+  ls [GROUP ...]                every component of each config group, with its
+                                parameters, types, ranges and defaults
 
 examples:
   trainkit train
@@ -66,13 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"trainkit {__version__}")
         return
-    commands = {"train": train, "eval": evaluate}
+    commands = {"train": train, "eval": evaluate, "ls": list_components}
     command, args = argv[0], argv[1:]
     try:
         if command not in commands:
             hint = difflib.get_close_matches(command, commands, n=1)
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
-            raise UserError(f"unknown command '{command}'; {did_you_mean}commands: train, eval")
+            names = ", ".join(commands)
+            raise UserError(f"unknown command '{command}'; {did_you_mean}commands: {names}")
         commands[command](args)
     except UserError as error:
         fail(error)
@@ -185,3 +188,38 @@ def evaluate(args: list[str]) -> None:
         checkpoint_path, [f"{k}={v}" for k, v in options.items()], output_dir
     )
     print_summary(summary, written_to, eval_only=True)
+
+
+# --- ls ------------------------------------------------------------------------------------
+
+
+def list_components(args: list[str]) -> None:
+    """``trainkit ls [GROUP ...]``: a table per config group of its registered components."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainkit import config
+    from trainkit.registry import describe_parameters, load_components
+
+    load_components()
+    groups = {**config.GROUP_REGISTRIES, **config.MULTI_GROUPS}
+    for group in args:
+        if group not in groups:
+            hint = difflib.get_close_matches(group, groups, n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            raise UserError(f"unknown group '{group}'; {did_you_mean}groups: {', '.join(groups)}")
+    console = Console()
+    for group in args or groups:
+        registry = groups[group]
+        table = Table(title=f"{group}  ({group}=NAME)", title_justify="left", show_lines=True)
+        table.add_column("name", style="bold")
+        table.add_column("parameters (type, range = default)")
+        table.add_column("what it is")
+        for name in registry.names():
+            builder = registry.get(name)
+            parameters = "\n".join(
+                f"{key}: {text}" for key, text in describe_parameters(builder, registry.runtime)
+            )
+            summary = (builder.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+            table.add_row(name, parameters or "-", " ".join(summary.split()))
+        console.print(table)

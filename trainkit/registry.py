@@ -194,6 +194,27 @@ def _has_hints(target: Callable) -> bool:
         return False
 
 
+def describe_parameters(target: Callable, runtime: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``(name, "type = default")`` for each parameter a config may set, for ``trainkit ls``."""
+    hints = typing.get_type_hints(target, include_extras=True) if _has_hints(target) else {}
+    rows = []
+    for name, parameter in inspect.signature(target).parameters.items():
+        if name in runtime or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, parameter.annotation)
+        kind = "" if annotation is inspect.Parameter.empty else _type_name(annotation)
+        bounds = [a for a in typing.get_args(annotation) if isinstance(a, Range)]
+        if bounds:
+            kind += f" {bounds[0].describe()}"
+        default = parameter.default
+        if default is inspect.Parameter.empty:
+            shown = "required"
+        else:
+            shown = repr(list(default) if isinstance(default, tuple) else default)
+        rows.append((name, f"{kind} = {shown}" if kind else shown))
+    return rows
+
+
 # --- the registry --------------------------------------------------------------------------
 
 
