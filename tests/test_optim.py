@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from trainkit import paths
+from trainkit.errors import UserError
 from trainkit.optim import adam, parameter_groups, sgd
 from trainkit.registry import OPTIMIZERS, load_components
 
@@ -167,3 +171,185 @@ def test_registry_builds_the_optimizers_from_config():
     built = OPTIMIZERS.build({"name": "adam", "betas": [0.8, 0.9]}, model=model)
     assert isinstance(built, torch.optim.Adam)
     assert built.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+# --- the whole catalog: every registered optimizer, from its YAML defaults ---------------
+
+load_components()
+
+TORCH_CLASSES = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop,
+}
+BUILTIN_NAMES = [
+    name for name in OPTIMIZERS.names() if OPTIMIZERS.get(name).__module__ == "trainkit.optim"
+]
+GROUPING_KEYS = ("weight_decay", "decay_norm_and_bias", "lr_multipliers")
+
+
+def test_every_builtin_optimizer_has_a_torch_class_to_compare_with():
+    assert sorted(TORCH_CLASSES) == BUILTIN_NAMES
+
+
+def yaml_defaults(name: str) -> dict:
+    path = paths.config_dir() / "optimizer" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def by_hand(model: nn.Module, node: dict) -> torch.optim.Optimizer:
+    """The torch.optim class of ``node`` with the groups trainkit should make, written out."""
+    hyper = {k: v for k, v in node.items() if k != "name" and k not in GROUPING_KEYS}
+    if "betas" in hyper:
+        hyper["betas"] = tuple(hyper["betas"])
+    weight_decay, multipliers = node["weight_decay"], node["lr_multipliers"] or {}
+    decay_all = node["decay_norm_and_bias"]
+    groups = {None: ([], [])} | {pattern: ([], []) for pattern in multipliers}
+    for name, p in model.named_parameters():
+        pattern = next((pt for pt in multipliers if fnmatch.fnmatchcase(name, pt)), None)
+        groups[pattern][0 if decay_all or p.ndim > 1 else 1].append(p)
+    param_groups = []
+    for pattern, (decay, no_decay) in groups.items():
+        lr = {} if pattern is None else {"lr": hyper["lr"] * multipliers[pattern]}
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if params:
+                param_groups.append({"params": params, "weight_decay": wd, **lr})
+    return TORCH_CLASSES[node["name"]](param_groups, **hyper)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"weight_decay": 0.05, "lr_multipliers": {"5.*": 3.0, "0.*": 0.5}},
+    ],
+    ids=["defaults", "decay-and-multipliers"],
+)
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_builds_from_yaml_and_matches_torch_configured_by_hand(name, changes):
+    node = yaml_defaults(name) | changes
+    model = small_convnet()
+    reference = copy.deepcopy(model)
+    initial = copy.deepcopy(model)
+    optimizer = OPTIMIZERS.build(node, model=model)
+    assert type(optimizer) is TORCH_CLASSES[name]
+    train_three_steps(model, optimizer)
+    train_three_steps(reference, by_hand(reference, node))
+    for (key, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p, q), key
+    assert_all_moved(model, initial)
+
+
+def groups_by_parameter(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    """id(parameter) -> its group, checking that no parameter is in two groups."""
+    found = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            assert id(p) not in found, "a parameter is in two groups"
+            found[id(p)] = group
+    return found
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_biases_and_norm_weights_are_not_decayed(name):
+    model = small_convnet()
+    optimizer = OPTIMIZERS.build({"name": name, "weight_decay": 0.25}, model=model)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.25 and no_decay["weight_decay"] == 0.0
+    assert ids(decay["params"]) == ids(p for p in model.parameters() if p.ndim > 1)
+    assert ids(no_decay["params"]) == ids(p for p in model.parameters() if p.ndim <= 1)
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_decay_norm_and_bias_puts_everything_in_the_decayed_group(name):
+    model = small_convnet()
+    node = {"name": name, "weight_decay": 0.25, "decay_norm_and_bias": True}
+    (group,) = OPTIMIZERS.build(node, model=model).param_groups
+    assert group["weight_decay"] == 0.25
+    assert ids(group["params"]) == ids(model.parameters())
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_lr_multipliers_set_the_lr_of_matching_parameters(name):
+    model = small_convnet()
+    model[3].weight.requires_grad_(False)  # frozen: in no group
+    base = 0.004
+    multipliers = {"5.*": 10.0, "0.*": 0.1, "*.bias": 2.0}  # "0.bias" takes 0.1: first wins
+    node = {"name": name, "lr": base, "weight_decay": 0.01, "lr_multipliers": multipliers}
+    optimizer = OPTIMIZERS.build(node, model=model)
+    assert optimizer.param_groups[0]["lr"] == base  # what the runner logs as "the" lr
+    groups = groups_by_parameter(optimizer)
+    expected_lr = {
+        "0.weight": base * 0.1,
+        "0.bias": base * 0.1,
+        "1.weight": base,
+        "1.bias": base * 2.0,
+        "5.weight": base * 10.0,
+        "5.bias": base * 10.0,
+    }
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(groups) == ids(trainable.values())  # every trainable parameter exactly once
+    for key, p in trainable.items():
+        assert groups[id(p)]["lr"] == pytest.approx(expected_lr[key], rel=1e-12), key
+        assert groups[id(p)]["weight_decay"] == (0.01 if p.ndim > 1 else 0.0), key
+
+
+def test_lr_multipliers_from_an_omegaconf_node():
+    model = small_convnet()
+    node = OmegaConf.create({"name": "adamw", "lr": 0.1, "lr_multipliers": {"5.*": 0.5}})
+    lrs = {
+        id(p): g["lr"]
+        for g in OPTIMIZERS.build(node, model=model).param_groups
+        for p in g["params"]
+    }
+    assert lrs[id(model[5].weight)] == lrs[id(model[5].bias)] == 0.05
+    assert lrs[id(model[0].weight)] == 0.1
+
+
+def test_lr_multiplier_pattern_may_match_only_frozen_parameters():
+    model = small_convnet()
+    model[0].requires_grad_(False)
+    optimizer = sgd(model, lr_multipliers={"0.*": 0.1})
+    assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
+    assert len(groups_by_parameter(optimizer)) == 5  # 7 parameters, 2 frozen
+
+
+def test_unmatched_lr_multiplier_pattern_names_real_parameters():
+    with pytest.raises(UserError) as error:
+        OPTIMIZERS.build({"name": "adam", "lr_multipliers": {"x.*": 2.0}}, model=small_convnet())
+    assert str(error.value) == (
+        "optimizer.lr_multipliers: pattern 'x.*' matches no parameter; "
+        "parameter names look like: 0.weight, 0.bias, 1.weight, 1.bias ..."
+    )
+
+
+@pytest.mark.parametrize(
+    ("factor", "message"),
+    [
+        (0, "optimizer.lr_multipliers['5.*']=0 is out of range: it must be > 0"),
+        (-1.5, "optimizer.lr_multipliers['5.*']=-1.5 is out of range: it must be > 0"),
+        ("big", "optimizer.lr_multipliers['5.*']='big' has the wrong type: it must be a number"),
+    ],
+)
+def test_bad_lr_multiplier_factor(factor, message):
+    node = {"name": "rmsprop", "lr_multipliers": {"5.*": factor}}
+    with pytest.raises(UserError) as error:
+        OPTIMIZERS.build(node, model=small_convnet())
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    "params", [{"momentum": 0.0}, {"momentum": 0.9, "dampening": 0.1}], ids=str
+)
+def test_nesterov_needs_momentum_and_no_dampening(params):
+    node = {"name": "sgd", "nesterov": True, **params}
+    with pytest.raises(UserError, match=r"^optimizer\.nesterov=true needs momentum > 0"):
+        OPTIMIZERS.build(node, model=small_convnet())
+    # Without nesterov the same settings are fine.
+    OPTIMIZERS.build({**node, "nesterov": False}, model=small_convnet())

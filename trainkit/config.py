@@ -224,6 +224,7 @@ def validate(cfg: DictConfig) -> None:
     # Imported here: they pull in torch, which `trainkit --help` must not wait for.
     from trainkit.data import split_data_node
     from trainkit.logging import LoggerSettings
+    from trainkit.losses import check_classification_loss
     from trainkit.runner import TrainerSettings
     from trainkit.schedulers import split_scheduler_node
 
@@ -243,6 +244,7 @@ def validate(cfg: DictConfig) -> None:
         if group == "scheduler":
             node, _ = split_scheduler_node(node)
         registry.check(node, group)
+    check_classification_loss(container["loss"]["name"])  # the one task there is, for now
     for group, registry in MULTI_GROUPS.items():
         for key, node in (container.get(group) or {}).items():
             if not isinstance(node, Mapping):

@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainkit.errors import UserError
-from trainkit.registry import LOSSES, NonNegativeFloat, Probability
+from trainkit.registry import (
+    LOSSES,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    Probability,
+    Range,
+)
+
+UnitFloat = Annotated[float, Range(ge=0, le=1)]  # a weight in [0, 1], ends included
+
+# What each built-in loss is called with; a classification run gives logits and class indices.
+CLASSIFICATION_INPUTS = "logits and class indices"
+LOSS_INPUTS: dict[str, str] = {
+    "cross_entropy": CLASSIFICATION_INPUTS,
+    "nll": CLASSIFICATION_INPUTS,
+    "focal": CLASSIFICATION_INPUTS,
+    "bce": "one logit per sample and 0/1 targets",
+    "l1": "predictions and continuous targets",
+    "smooth_l1": "predictions and continuous targets",
+    "mse": "predictions and continuous targets",
+    "huber": "predictions and continuous targets",
+    "poisson_nll": "predictions and continuous targets",
+    "ctc": "log-probabilities (T, N, C), targets, input and target lengths",
+    "margin_ranking": "two score tensors and a +1/-1 target",
+    "soft_margin": "scores and +1/-1 targets",
+    "triplet_margin": "anchor, positive and negative embeddings",
+}
+
+
+def check_classification_loss(name: str) -> None:
+    """Raise UserError if built-in loss ``name`` cannot take logits and class indices.
+
+    Losses not in ``LOSS_INPUTS`` (plugins) are trusted and pass.
+    """
+    inputs = LOSS_INPUTS.get(name)
+    if inputs is not None and inputs != CLASSIFICATION_INPUTS:
+        raise UserError(
+            f"loss={name} needs {inputs}, not class indices; "
+            "a classification run takes cross_entropy, nll or focal"
+        )
+
+
+def _per_class(key: str, values: list[float], num_classes: int) -> torch.Tensor:
+    if len(values) != num_classes:
+        raise UserError(
+            f"loss.{key} has {len(values)} entries but the data has {num_classes} classes"
+        )
+    return torch.tensor(list(values), dtype=torch.float32)
+
+
+# --- classification: logits and class indices ---------------------------------------------
 
 
 @LOSSES.register("cross_entropy")
@@ -22,3 +76,133 @@ def cross_entropy(
         )
     weight_tensor = None if weight is None else torch.tensor(list(weight), dtype=torch.float32)
     return nn.CrossEntropyLoss(weight=weight_tensor, label_smoothing=label_smoothing)
+
+
+class NLLFromLogits(nn.Module):
+    """Negative log-likelihood of logits: log_softmax over dim 1, then ``nn.NLLLoss``."""
+
+    def __init__(self):
+        super().__init__()
+        self.nll = nn.NLLLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.nll(F.log_softmax(logits, dim=1), target)
+
+
+@LOSSES.register("nll")
+def nll(from_logits: bool = True) -> nn.Module:
+    """Negative log-likelihood on logits (log-probs if not from_logits) and class indices."""
+    return NLLFromLogits() if from_logits else nn.NLLLoss()
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017): mean of -alpha_t (1 - p_t)^gamma log p_t.
+
+    ``alpha`` is None (no weighting), a 0-d tensor (the same weight for every class) or one
+    weight per class; the mean is over samples, not weighted by alpha.
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("alpha", alpha)  # a buffer, so .to(device) moves it
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = -log_p
+        if self.gamma:  # skipped at 0: the gradient of (1 - p)^gamma is then not needed
+            loss = loss * (1 - log_p.exp()).pow(self.gamma)
+        if self.alpha is not None:
+            loss = loss * (self.alpha if self.alpha.dim() == 0 else self.alpha[target])
+        return loss.mean()
+
+
+@LOSSES.register("focal")
+def focal(
+    num_classes: int,
+    gamma: NonNegativeFloat = 2.0,
+    alpha: UnitFloat | list[UnitFloat] | None = None,
+) -> nn.Module:
+    """Softmax focal loss on logits and class indices; gamma=0 and alpha=null is cross-entropy."""
+    if isinstance(alpha, (int, float)):
+        alpha_tensor = torch.tensor(float(alpha))
+    else:
+        alpha_tensor = None if alpha is None else _per_class("alpha", alpha, num_classes)
+    return FocalLoss(gamma=gamma, alpha=alpha_tensor)
+
+
+@LOSSES.register("bce")
+def bce(
+    num_classes: int,
+    pos_weight: PositiveFloat | list[PositiveFloat] | None = None,
+) -> nn.Module:
+    """Binary cross-entropy on logits (one per sample, or per class) and 0/1 float targets."""
+    if isinstance(pos_weight, (int, float)):
+        pos_weight_tensor = torch.tensor(float(pos_weight))
+    else:
+        pos_weight_tensor = (
+            None if pos_weight is None else _per_class("pos_weight", pos_weight, num_classes)
+        )
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight_tensor)
+
+
+# --- regression: predictions and continuous targets ----------------------------------------
+
+
+@LOSSES.register("l1")
+def l1() -> nn.Module:
+    """Mean absolute error between predictions and targets of the same shape."""
+    return nn.L1Loss()
+
+
+@LOSSES.register("smooth_l1")
+def smooth_l1(beta: PositiveFloat = 1.0) -> nn.Module:
+    """Smooth L1 on predictions and targets: squared below ``beta``, absolute above."""
+    return nn.SmoothL1Loss(beta=beta)
+
+
+@LOSSES.register("mse")
+def mse() -> nn.Module:
+    """Mean squared error between predictions and targets of the same shape."""
+    return nn.MSELoss()
+
+
+@LOSSES.register("huber")
+def huber(delta: PositiveFloat = 1.0) -> nn.Module:
+    """Huber loss on predictions and targets: squared below ``delta``, linear above."""
+    return nn.HuberLoss(delta=delta)
+
+
+@LOSSES.register("poisson_nll")
+def poisson_nll(log_input: bool = True, full: bool = False, eps: PositiveFloat = 1e-8) -> nn.Module:
+    """Poisson negative log-likelihood on predicted rates (or log-rates) and count targets."""
+    return nn.PoissonNLLLoss(log_input=log_input, full=full, eps=eps)
+
+
+# --- sequences, ranking and embeddings -----------------------------------------------------
+
+
+@LOSSES.register("ctc")
+def ctc(blank: NonNegativeInt = 0, zero_infinity: bool = False) -> nn.Module:
+    """CTC on log-probabilities (T, N, C), targets, input lengths and target lengths."""
+    return nn.CTCLoss(blank=blank, zero_infinity=zero_infinity)
+
+
+@LOSSES.register("margin_ranking")
+def margin_ranking(margin: NonNegativeFloat = 0.0) -> nn.Module:
+    """Margin ranking on two score tensors and a +1/-1 target saying which should rank higher."""
+    return nn.MarginRankingLoss(margin=margin)
+
+
+@LOSSES.register("soft_margin")
+def soft_margin() -> nn.Module:
+    """Two-class logistic loss on scores and +1/-1 targets."""
+    return nn.SoftMarginLoss()
+
+
+@LOSSES.register("triplet_margin")
+def triplet_margin(
+    margin: NonNegativeFloat = 1.0, p: PositiveFloat = 2.0, swap: bool = False
+) -> nn.Module:
+    """Triplet margin loss on anchor, positive and negative embeddings (p-norm distances)."""
+    return nn.TripletMarginLoss(margin=margin, p=p, swap=swap)
