@@ -2,18 +2,44 @@
 
 Evaluation never sees these: the val and test splits only get the data set's
 deterministic preprocessing (normalization), done once when the data is loaded.
+
+Inputs arrive already normalized (float, mean 0 and std 1 per channel over the train split),
+so padding fills with 0, which is the train split's mean pixel, not black.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 import torch
+from torch import nn
 from torchvision.transforms import v2
 
-from trainkit.registry import AUGMENTATIONS, NonNegativeFloat, NonNegativeInt
+from trainkit.errors import UserError
+from trainkit.registry import AUGMENTATIONS, NonNegativeFloat, NonNegativeInt, Range
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+FlipProbability = Annotated[float, Range(ge=0, le=1)]
+
+
+def _need_image(name: str, image_size: tuple[int, int] | None) -> tuple[int, int]:
+    if image_size is None:
+        raise UserError(
+            f"augmentation {name} needs image inputs (channels, height, width); "
+            "this data set gives flat samples: use augmentation=none"
+        )
+    return tuple(image_size)
+
+
+def _compose(steps: list[Callable]) -> Transform | None:
+    """The steps in order, or None (no transform) when every step is switched off."""
+    return v2.Compose(steps) if steps else None
+
+
+# --- presets -------------------------------------------------------------------------------
 
 
 @AUGMENTATIONS.register("none")
@@ -21,16 +47,171 @@ def none() -> Transform | None:
     return None
 
 
+@AUGMENTATIONS.register("basic")
+def basic(
+    image_size: tuple[int, int] | None,
+    shift: NonNegativeInt = 2,
+    flip: FlipProbability = 0.5,
+) -> Transform | None:
+    """Random shifts of up to ``shift`` pixels and horizontal flips with probability ``flip``."""
+    size = _need_image("basic", image_size)
+    steps: list[Callable] = []
+    if shift:
+        steps.append(v2.RandomCrop(size, padding=shift))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(flip))
+    return _compose(steps)
+
+
+@AUGMENTATIONS.register("cifar")
+def cifar(
+    image_size: tuple[int, int] | None,
+    padding: NonNegativeInt = 4,
+    padding_mode: Literal["constant", "edge", "reflect", "symmetric"] = "constant",
+    flip: FlipProbability = 0.5,
+) -> Transform | None:
+    """The standard CIFAR recipe (He et al. 2016): pad 4, random 32x32 crop, horizontal flip."""
+    size = _need_image("cifar", image_size)
+    steps: list[Callable] = []
+    if padding:
+        steps.append(v2.RandomCrop(size, padding=padding, padding_mode=padding_mode))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(flip))
+    return _compose(steps)
+
+
 @AUGMENTATIONS.register("digits")
 def digits(
     image_size: tuple[int, int] | None,
     shift: NonNegativeInt = 1,
     rotation: NonNegativeFloat = 10.0,
-) -> Transform:
+) -> Transform | None:
     """Small shifts and rotations. No flips: a mirrored 6 is a 9 and a mirrored 2 is no digit."""
+    size = _need_image("digits", image_size)
     steps: list[Callable] = []
     if shift:
-        steps.append(v2.RandomCrop(image_size, padding=shift))
+        steps.append(v2.RandomCrop(size, padding=shift))
     if rotation:
         steps.append(v2.RandomRotation(rotation))
-    return v2.Compose(steps)
+    return _compose(steps)
+
+
+# --- pipeline: an ordered list of torchvision transforms from the config ---------------------
+
+STEPS: dict[str, type] = {
+    name: getattr(v2, name)
+    for name in (
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "RandomVerticalFlip",
+        "ColorJitter",
+        "RandomRotation",
+        "RandomAffine",
+        "RandomErasing",
+        "RandAugment",
+        "TrivialAugmentWide",
+        "AutoAugment",
+        "Normalize",
+        "GaussianBlur",
+    )
+}
+
+# These assume pixel values in [0, 1] (or uint8): on our normalized floats they would clamp
+# everything below 0 away. They run inside UnitRange instead.
+UNIT_RANGE_STEPS = {"ColorJitter", "RandAugment", "TrivialAugmentWide", "AutoAugment"}
+
+
+class UnitRange(nn.Module):
+    """Run ``transform`` on the image rescaled to [0, 1] by its own min and max, then map back.
+
+    The mapping is affine and per image, so a transform that leaves pixels alone gives the
+    input back exactly (up to float rounding), and the output keeps the input's shape and dtype.
+    """
+
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dims = (-3, -2, -1)
+        low = image.amin(dim=dims, keepdim=True)
+        span = (image.amax(dim=dims, keepdim=True) - low).clamp_min(1e-12)
+        out = self.transform((image - low) / span)
+        return out * span + low
+
+    def extra_repr(self) -> str:
+        return repr(self.transform)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (and tuples) as plain dicts and lists, for torchvision's checks."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _enum_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``interpolation: bilinear`` and ``policy: cifar10`` as strings from YAML."""
+    if isinstance(params.get("interpolation"), str):
+        params["interpolation"] = v2.InterpolationMode(params["interpolation"].lower())
+    if isinstance(params.get("policy"), str):
+        params["policy"] = v2.AutoAugmentPolicy(params["policy"].lower())
+    return params
+
+
+def build_step(step: Any, where: str, image_size: tuple[int, int]) -> Transform:
+    """One pipeline step, ``{name: RandomErasing, p: 0.25}``, checked key by key."""
+    if not isinstance(step, Mapping) or "name" not in step:
+        raise UserError(
+            f"{where} must be a mapping with a name, e.g. {{name: RandomHorizontalFlip, p: 0.5}}"
+        )
+    params = _plain(step)
+    name = params.pop("name")
+    if name not in STEPS:
+        hint = difflib.get_close_matches(str(name), STEPS, n=3)
+        did_you_mean = f"did you mean {' or '.join(repr(h) for h in hint)}? " if hint else ""
+        raise UserError(
+            f"unknown transform '{name}' in {where}; {did_you_mean}"
+            f"available: {', '.join(sorted(STEPS))}"
+        )
+    cls = STEPS[name]
+    if name == "RandomCrop":
+        params.setdefault("size", list(image_size))  # crop back to the input size
+    settable = {
+        key: p
+        for key, p in inspect.signature(cls).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    for key in params:
+        if key not in settable:
+            hint = difflib.get_close_matches(key, settable, n=1) or [
+                k for k in settable if key.startswith(k) or k.startswith(key)
+            ]
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            raise UserError(
+                f"unknown key {where}.{key} for {name}; {did_you_mean}"
+                f"allowed keys: {', '.join(settable) or 'none'}"
+            )
+    for key, parameter in settable.items():
+        if key not in params and parameter.default is inspect.Parameter.empty:
+            raise UserError(f"{where}.{key} is required by {name}; set it in the step")
+    try:
+        transform = cls(**_enum_values(params))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{where} ({name}): {error}") from None
+    return UnitRange(transform) if name in UNIT_RANGE_STEPS else transform
+
+
+@AUGMENTATIONS.register("pipeline")
+def pipeline(image_size: tuple[int, int] | None, steps: list[dict] = ()) -> Transform | None:
+    """An ordered list of torchvision.transforms.v2 steps, each ``{name: Class, key: value}``.
+
+    ``RandomCrop`` crops back to the input size unless ``size`` is given. ColorJitter and the
+    auto-augment policies run on the image rescaled to [0, 1] (see ``UnitRange``).
+    """
+    size = _need_image("pipeline", image_size)
+    return _compose(
+        [build_step(step, f"augmentation.steps[{i}]", size) for i, step in enumerate(steps)]
+    )

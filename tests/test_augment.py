@@ -1,0 +1,198 @@
+"""Augmentation presets and pipelines: shapes, randomness, validation, train split only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.transforms import v2
+
+from trainkit import paths
+from trainkit.augment import STEPS, UnitRange
+from trainkit.errors import UserError
+from trainkit.registry import AUGMENTATIONS, load_components
+
+load_components()
+
+PRESETS = [name for name in AUGMENTATIONS.names() if name != "none"]
+
+
+def preset(name: str, image_size=(32, 32), **overrides):
+    node = OmegaConf.load(paths.config_dir() / "augmentation" / f"{name}.yaml")
+    node = OmegaConf.merge(node, overrides)
+    return AUGMENTATIONS.build(node, "augmentation", image_size=image_size)
+
+
+def pipeline(*steps, image_size=(32, 32)):
+    node = OmegaConf.create({"name": "pipeline", "steps": list(steps)})
+    return AUGMENTATIONS.build(node, "augmentation", image_size=image_size)
+
+
+def test_none_returns_none():
+    assert preset("none") is None
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)])
+def test_presets_build_from_yaml_and_keep_shape(name, shape):
+    torch.manual_seed(0)
+    transform = preset(name, image_size=shape[1:])
+    x = torch.randn(shape)
+    y = transform(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+
+
+def _flips(transform) -> list:
+    return [t for t in transform.transforms if isinstance(t, (v2.RandomHorizontalFlip,))]
+
+
+def test_digits_never_flips():
+    transform = preset("digits", image_size=(8, 8))
+    assert transform.transforms and not _flips(transform)
+    # On an asymmetric image with rotation off, a flip would show as a mirrored output.
+    transform = preset("digits", image_size=(8, 8), rotation=0.0, shift=1)
+    torch.manual_seed(0)
+    x = torch.arange(64.0).reshape(1, 8, 8)
+    mirrored = x.flip(-1)
+    for _ in range(100):
+        y = transform(x)
+        # Any shift of x differs from any shift of its mirror on the interior pixels.
+        assert not torch.equal(y[:, 2:6, 2:6], mirrored[:, 2:6, 2:6])
+
+
+def test_cifar_changes_images_and_keeps_shape():
+    torch.manual_seed(0)
+    transform = preset("cifar")
+    assert _flips(transform) and isinstance(transform.transforms[0], v2.RandomCrop)
+    x = torch.randn(3, 32, 32)
+    outputs = [transform(x) for _ in range(10)]
+    assert all(y.shape == x.shape for y in outputs)
+    assert any(not torch.equal(y, x) for y in outputs)
+
+
+@pytest.mark.parametrize(
+    ("name", "off"),
+    [("basic", {"shift": 0, "flip": 0.0}), ("cifar", {"padding": 0, "flip": 0.0}),
+     ("digits", {"shift": 0, "rotation": 0.0}), ("pipeline", {"steps": []})],
+)  # fmt: skip
+def test_a_preset_with_every_step_off_is_no_transform(name, off):
+    assert preset(name, **off) is None
+
+
+def test_presets_need_images():
+    with pytest.raises(UserError, match="needs image inputs"):
+        preset("cifar", image_size=None)
+
+
+# --- pipeline ------------------------------------------------------------------------------
+
+STEP_ARGS = {
+    "RandomCrop": {"padding": 2},
+    "RandomHorizontalFlip": {"p": 1.0},
+    "RandomVerticalFlip": {"p": 1.0},
+    "ColorJitter": {"brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.2},
+    "RandomRotation": {"degrees": 30},
+    "RandomAffine": {"degrees": 20, "translate": [0.1, 0.1]},
+    "RandomErasing": {"p": 1.0},
+    "RandAugment": {"num_ops": 3, "magnitude": 15},
+    "TrivialAugmentWide": {},
+    "AutoAugment": {"policy": "cifar10"},
+    "Normalize": {"mean": [0.5], "std": [2.0]},
+    "GaussianBlur": {"kernel_size": 3, "sigma": 1.0},
+}
+
+
+def test_every_allowed_step_has_test_arguments():
+    assert set(STEP_ARGS) == set(STEPS)
+
+
+@pytest.mark.parametrize("name", sorted(STEP_ARGS))
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)])
+def test_each_step_runs_keeps_shape_and_changes_values(name, shape):
+    torch.manual_seed(0)
+    transform = pipeline({"name": name, **STEP_ARGS[name]}, image_size=shape[1:])
+    x = torch.randn(shape)
+    outputs = [transform(x) for _ in range(10)]
+    for y in outputs:
+        assert y.shape == x.shape and y.dtype == x.dtype and torch.isfinite(y).all()
+    assert any(not torch.allclose(y, x, atol=1e-4) for y in outputs)
+
+
+def test_unit_range_wrapper_maps_back_and_keeps_negative_values():
+    x = torch.randn(3, 8, 8)
+    assert torch.allclose(UnitRange(lambda image: image)(x), x, atol=1e-6)
+    # ColorJitter on raw normalized floats would clamp negatives to 0; wrapped it does not.
+    torch.manual_seed(0)
+    y = pipeline({"name": "ColorJitter", "brightness": 0.2}, image_size=(8, 8))(x)
+    assert (y < 0).any()
+
+
+def test_steps_run_in_order_from_a_command_line_style_list():
+    transform = pipeline(
+        {"name": "RandomHorizontalFlip", "p": 1.0}, {"name": "RandomVerticalFlip", "p": 1.0}
+    )
+    x = torch.randn(3, 32, 32)
+    assert torch.equal(transform(x), x.flip(-1).flip(-2))
+
+
+def test_yaml_strings_for_enums():
+    transform = pipeline({"name": "RandomRotation", "degrees": 10, "interpolation": "bilinear"})
+    assert transform.transforms[0].interpolation == v2.InterpolationMode.BILINEAR
+
+
+def test_unknown_step_name_suggests_the_closest():
+    with pytest.raises(UserError) as error:
+        pipeline({"name": "RandomHorizontalFlip"}, {"name": "RandomFlip"})
+    message = str(error.value)
+    assert message.startswith("unknown transform 'RandomFlip' in augmentation.steps[1]; did you")
+    assert "'RandomHorizontalFlip'" in message.split("available")[0]
+    assert "available: AutoAugment, ColorJitter, GaussianBlur, Normalize, RandAugment" in message
+
+
+def test_unknown_key_names_the_step_and_key():
+    with pytest.raises(UserError) as error:
+        pipeline({"name": "RandomErasing", "prob": 0.25})
+    assert str(error.value).startswith(
+        "unknown key augmentation.steps[0].prob for RandomErasing; did you mean 'p'?"
+    )
+
+
+def test_missing_required_argument():
+    with pytest.raises(UserError, match=r"^augmentation\.steps\[0\]\.degrees is required"):
+        pipeline({"name": "RandomRotation"})
+
+
+def test_bad_value_names_the_step():
+    with pytest.raises(UserError, match=r"^augmentation\.steps\[0\] \(RandomErasing\): "):
+        pipeline({"name": "RandomErasing", "p": 2.0})
+
+
+@pytest.mark.parametrize("step", ["RandomHorizontalFlip", {"p": 0.5}])
+def test_a_step_must_be_a_mapping_with_a_name(step):
+    with pytest.raises(UserError, match=r"augmentation\.steps\[0\]"):
+        pipeline(step)
+
+
+def test_pipeline_needs_images():
+    with pytest.raises(UserError, match="needs image inputs"):
+        pipeline({"name": "RandomHorizontalFlip"}, image_size=None)
+
+
+# --- train split only ----------------------------------------------------------------------
+
+
+def test_augmentation_applies_to_the_train_split_only():
+    from trainkit.data import digits
+
+    splits = digits()
+    splits.train.transform = pipeline(
+        {"name": "RandomErasing", "p": 1.0}, {"name": "RandomCrop", "padding": 2}, image_size=(8, 8)
+    )
+    torch.manual_seed(0)
+    assert not torch.equal(splits.train[0][0], splits.train[0][0])
+    first, second = splits.train.__getitems__([0, 1]), splits.train.__getitems__([0, 1])
+    assert not torch.equal(first[0], second[0])
+    assert torch.equal(splits.val[0][0], splits.val.inputs[0])
+    assert torch.equal(splits.test[0][0], splits.test.inputs[0])
+    rows = list(range(len(splits.test)))
+    assert torch.equal(splits.test.__getitems__(rows)[0], splits.test.inputs)
