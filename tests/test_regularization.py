@@ -226,3 +226,44 @@ def test_label_smoothing_target_matches_the_documented_convention():
     expected = -(smoothed * logits.log_softmax(dim=1)).sum(dim=1).mean()
     loss = LOSSES.build({"name": "cross_entropy", "label_smoothing": eps}, num_classes=3)
     assert loss(logits, target).item() == pytest.approx(expected.item())
+
+
+# --- EMA -----------------------------------------------------------------------------
+
+
+def test_ema_follows_its_formula_and_round_trips():
+    from trainkit.regularization import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(decay=0.5)
+    history = []
+    for value in (1.0, 3.0, 7.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.after_optimizer_step(model)
+        history.append(value)
+    # first update copies, then ema = 0.5 * ema + 0.5 * w: 1 -> 2 -> 4.5
+    averaged = ema.evaluation_model(model)
+    assert averaged is not model
+    assert torch.allclose(averaged.weight, torch.full_like(model.weight, 4.5))
+    assert torch.equal(model.weight, torch.full_like(model.weight, 7.0))  # training weights
+
+    restored = EMA(decay=0.5)
+    restored.load_state_dict(checkpoint_round_trip(ema.state_dict()))
+    assert torch.equal(restored.evaluation_model(model).weight, averaged.weight)
+
+
+def checkpoint_round_trip(state):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_without_updates_ema_evaluates_the_model_itself():
+    from trainkit.regularization import EMA
+
+    model = torch.nn.Linear(3, 2)
+    assert EMA().evaluation_model(model) is model

@@ -89,3 +89,21 @@ def test_the_default_monitor_must_exist(tmp_path):
 
     with pytest.raises(UserError, match="not a logged metric"):
         make_runner(tmp_path / "run", "trainer.monitor=val/acc_top5", "data.num_classes=3")
+
+
+def test_ema_is_validated_checkpointed_and_evaluated(tmp_path):
+    from trainkit.runner import evaluate_checkpoint
+
+    runner = make_runner(tmp_path / "run", "regularization=[ema]", "regularization.ema.decay=0.9")
+    summary = runner.fit()
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["regularizers"][0]["averaged"] is not None
+    differs = [
+        not torch.equal(best["model"][k], best["evaluation_model"][k])
+        for k in best["model"]
+        if best["model"][k].is_floating_point()
+    ]
+    assert any(differs)  # validation and test saw the average, not the raw weights
+    evaluated, _ = evaluate_checkpoint(tmp_path / "run", [], tmp_path / "eval")
+    assert evaluated["test/acc"] == pytest.approx(summary["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(summary["test/loss"], abs=1e-6)

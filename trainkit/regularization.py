@@ -3,8 +3,9 @@
 The runner calls each regularizer at fixed points, in this order:
 ``configure`` (before anything is built: weight decay, dropout and label smoothing are
 settings of the optimizer, model and loss), ``penalty`` (added to the loss each step),
-``before_optimizer_step`` (after backward: clipping) and ``should_stop`` (after
-validation). Each does nothing unless it overrides the method.
+``before_optimizer_step`` (after backward: clipping), ``after_optimizer_step`` (the EMA's
+update), ``evaluation_model`` (what validation and test evaluate) and ``should_stop``
+(after validation). Each does nothing unless it overrides the method.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainkit.errors import UserError
 from trainkit.registry import (
@@ -25,6 +27,7 @@ from trainkit.registry import (
     PositiveFloat,
     PositiveInt,
     Probability,
+    Range,
 )
 
 
@@ -37,6 +40,13 @@ class Regularizer:
 
     def before_optimizer_step(self, model: nn.Module) -> None:
         pass
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        pass
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The module that validation and test evaluate (the EMA's average, say)."""
+        return model
 
     def should_stop(self, monitored: float, mode: str) -> bool:
         return False
@@ -192,3 +202,39 @@ class L2(_NormPenalty):
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         return 0.5 * self.strength * sum(p.pow(2).sum() for p in self.parameters(model))
+
+
+@REGULARIZERS.register("ema")
+class EMA(Regularizer):
+    """Exponential moving average of the weights (and BatchNorm statistics), updated after
+    every optimizer step: ema = decay * ema + (1 - decay) * w. Validation, the best
+    checkpoint and the test use the average; training continues on the raw weights."""
+
+    def __init__(self, decay: Annotated[float, Range(gt=0, lt=1)] = 0.999):
+        self.decay = decay
+        self.averaged: AveragedModel | None = None
+        self._pending_state: dict | None = None
+
+    def _average_of(self, model: nn.Module) -> AveragedModel:
+        if self.averaged is None:
+            self.averaged = AveragedModel(
+                model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
+            )
+            if self._pending_state is not None:
+                self.averaged.load_state_dict(self._pending_state)
+        return self.averaged
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        self._average_of(model).update_parameters(model)
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        average = self._average_of(model)
+        return average.module if average.n_averaged.item() > 0 else model
+
+    def state_dict(self) -> dict:
+        return {"averaged": None if self.averaged is None else self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending_state = state["averaged"]
+        if self.averaged is not None and self._pending_state is not None:
+            self.averaged.load_state_dict(self._pending_state)

@@ -283,6 +283,8 @@ class Runner:
                 for regularizer in self.regularizers:
                     regularizer.before_optimizer_step(self.model)
                 self.optimizer.step()
+                for regularizer in self.regularizers:
+                    regularizer.after_optimizer_step(self.model)
                 self.step += 1
                 self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
                 self.scheduler.step_batch()
@@ -303,9 +305,21 @@ class Runner:
         loss_total, correct_total, seen_total = totals.tolist()
         return {"train/loss": loss_total / seen_total, "train/acc": correct_total / seen_total}
 
+    def evaluation_model(self) -> nn.Module:
+        """What validation and test evaluate: the model, or its EMA when one is kept."""
+        model = self.model
+        for regularizer in self.regularizers:
+            model = regularizer.evaluation_model(model)
+        return model
+
     def validate(self) -> dict[str, float]:
         values, _ = evaluate(
-            self.model, self.loaders["val"], self.loss_fn, self.val_metrics, self.device, "val"
+            self.evaluation_model(),
+            self.loaders["val"],
+            self.loss_fn,
+            self.val_metrics,
+            self.device,
+            "val",
         )
         return values
 
@@ -357,10 +371,11 @@ class Runner:
         """Evaluate the best checkpoint on the test split; write predictions and the summary."""
         distributed.barrier()  # best.pt is written by the main process
         best = checkpoint.load(self.checkpoint_dir / "best.pt", map_location=self.device)
-        self.model.load_state_dict(best["model"])
+        model = self.evaluation_model()
+        model.load_state_dict(best["evaluation_model"])
         test_metrics = ClassificationMetrics(self.splits.num_classes, per_class=True)
         values, predictions = evaluate(
-            self.model,
+            model,
             self.loaders["test"],
             self.loss_fn,
             test_metrics.to(self.device),
@@ -397,6 +412,8 @@ class Runner:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            # The weights validation saw (the EMA's, when one is kept): what eval loads.
+            "evaluation_model": self.evaluation_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
@@ -463,7 +480,7 @@ def evaluate_checkpoint(
     splits, loaders = build_data(cfg, settings.seed)
     model = build_model(cfg, splits)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["evaluation_model"])
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"checkpoint {path} does not fit model {cfg.model.name}: {first}") from None
