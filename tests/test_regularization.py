@@ -235,7 +235,7 @@ def test_ema_follows_its_formula_and_round_trips():
     from trainkit.regularization import EMA
 
     model = torch.nn.Linear(3, 2)
-    ema = EMA(decay=0.5)
+    ema = EMA(decay=0.5, warmup=False)
     history = []
     for value in (1.0, 3.0, 7.0):
         with torch.no_grad():
@@ -248,7 +248,7 @@ def test_ema_follows_its_formula_and_round_trips():
     assert torch.allclose(averaged.weight, torch.full_like(model.weight, 4.5))
     assert torch.equal(model.weight, torch.full_like(model.weight, 7.0))  # training weights
 
-    restored = EMA(decay=0.5)
+    restored = EMA(decay=0.5, warmup=False)
     restored.load_state_dict(checkpoint_round_trip(ema.state_dict()))
     assert torch.equal(restored.evaluation_model(model).weight, averaged.weight)
 
@@ -267,3 +267,86 @@ def test_without_updates_ema_evaluates_the_model_itself():
 
     model = torch.nn.Linear(3, 2)
     assert EMA().evaluation_model(model) is model
+
+
+# --- mixup, cutmix, drop_path ----------------------------------------------------------
+
+
+def _batch():
+    torch.manual_seed(0)
+    return torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5])
+
+
+def test_mixup_blends_each_image_with_its_neighbour_by_the_label_weight():
+    from trainkit.regularization import MixUp
+
+    inputs, targets = _batch()
+    mixed, soft = MixUp(alpha=0.4).mix_batch(inputs, targets, num_classes=6)
+    assert soft.shape == (6, 6) and torch.allclose(soft.sum(dim=1), torch.ones(6))
+    lam = soft[0, 0]  # torchvision pairs sample i with sample i-1 (a roll of the batch)
+    expected = lam * inputs + (1 - lam) * inputs.roll(1, dims=0)
+    assert torch.allclose(mixed, expected, atol=1e-6)
+    assert torch.allclose(soft[1, 0], 1 - lam)
+
+
+def test_cutmix_mixes_labels_by_the_pasted_area():
+    from trainkit.regularization import CutMix
+
+    inputs, targets = _batch()
+    mixed, soft = CutMix(alpha=1.0).mix_batch(inputs, targets, num_classes=6)
+    pasted = (mixed[0] == inputs.roll(1, dims=0)[0]) & (mixed[0] != inputs[0])
+    assert soft[0, 0].item() == pytest.approx(1 - pasted.float().mean().item(), abs=1e-6)
+
+
+def test_mixing_is_skipped_with_p_zero_and_after_another_mix():
+    from trainkit.regularization import CutMix, MixUp
+
+    inputs, targets = _batch()
+    same_inputs, same_targets = MixUp(p=0.0).mix_batch(inputs, targets, 6)
+    assert same_inputs is inputs and same_targets is targets
+    mixed, soft = MixUp().mix_batch(inputs, targets, 6)
+    again_inputs, again_targets = CutMix().mix_batch(mixed, soft, 6)
+    assert again_inputs is mixed and again_targets is soft
+
+
+def test_mixing_needs_cross_entropy():
+    from trainkit import config
+    from trainkit.errors import UserError
+    from trainkit.regularization import MixUp
+
+    cfg = config.compose(config.prepare(["loss=focal"]))
+    with pytest.raises(UserError, match="use loss=cross_entropy"):
+        MixUp().configure(cfg)
+
+
+def test_drop_path_rates_grow_linearly_with_depth_and_vanish_at_eval():
+    from trainkit.registry import MODELS
+
+    model = MODELS.build(
+        {"name": "resnet_cifar", "depth": 20, "drop_path": 0.4},
+        num_classes=10,
+        input_shape=(1, 8, 8),
+    )
+    rates = [block.drop_path.p for block in model.stages]
+    assert rates == pytest.approx([0.4 * i / 8 for i in range(9)])
+    model.eval()
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), model(x))
+
+
+def test_ema_warmup_uses_a_smaller_decay_early_on():
+    from trainkit.regularization import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(decay=0.999)
+    expected = None
+    for n, value in enumerate((1.0, 2.0, 4.0)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.after_optimizer_step(model)
+        if expected is None:
+            expected = value  # the first update copies
+        else:
+            decay = min(0.999, (1 + n) / (10 + n))  # n updates averaged before this one
+            expected = decay * expected + (1 - decay) * value
+    assert ema.evaluation_model(model).weight.item() == pytest.approx(expected)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from trainkit.errors import UserError
 from trainkit.registry import MODELS, PositiveInt, Probability
@@ -104,8 +105,11 @@ class BasicBlock(nn.Module):
         out_channels: int,
         stride: int,
         norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        drop_path: float = 0.0,
     ):
         super().__init__()
+        # Stochastic depth: drop the whole residual branch of a sample with this probability.
+        self.drop_path = StochasticDepth(drop_path, mode="row")
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
@@ -121,7 +125,7 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return self.relu(self.drop_path(out) + self.shortcut(x))
 
 
 class ResNetCifar(nn.Module):
@@ -129,7 +133,14 @@ class ResNetCifar(nn.Module):
     of ``blocks_per_stage`` basic blocks at widths w, 2w, 4w, global pooling, a classifier."""
 
     def __init__(
-        self, in_channels, num_classes, blocks_per_stage, width, dropout, norm=nn.BatchNorm2d
+        self,
+        in_channels,
+        num_classes,
+        blocks_per_stage,
+        width,
+        dropout,
+        norm=nn.BatchNorm2d,
+        drop_path=0.0,
     ):
         super().__init__()
         self.stem = nn.Sequential(
@@ -138,10 +149,13 @@ class ResNetCifar(nn.Module):
             nn.ReLU(inplace=True),
         )
         layers, channels = [], width
+        blocks = 3 * blocks_per_stage
         for stage, stage_width in enumerate((width, 2 * width, 4 * width)):
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(BasicBlock(channels, stage_width, stride, norm))
+                # The drop rate grows linearly with depth (Huang et al. 2016), up to drop_path.
+                rate = drop_path * len(layers) / max(blocks - 1, 1)
+                layers.append(BasicBlock(channels, stage_width, stride, norm, rate))
                 channels = stage_width
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -162,6 +176,7 @@ def resnet_cifar(
     dropout: Probability = 0.0,
     init: Init = "default",
     norm: Norm2d = "batch",
+    drop_path: Probability = 0.0,
 ) -> nn.Module:
     """ResNet-(6n+2) for small images: depth 8, 14, 20, 32, 44, 56, 110."""
     if (depth - 2) % 6 or depth < 8:
@@ -171,7 +186,9 @@ def resnet_cifar(
             f"model resnet_cifar needs image inputs (channels, height, width); "
             f"the data gives samples of shape {tuple(input_shape)}: use model=mlp"
         )
-    model = ResNetCifar(input_shape[0], num_classes, (depth - 2) // 6, width, dropout, norm2d(norm))
+    model = ResNetCifar(
+        input_shape[0], num_classes, (depth - 2) // 6, width, dropout, norm2d(norm), drop_path
+    )
     return initialize(model, init)
 
 

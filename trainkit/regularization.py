@@ -2,7 +2,8 @@
 
 The runner calls each regularizer at fixed points, in this order:
 ``configure`` (before anything is built: weight decay, dropout and label smoothing are
-settings of the optimizer, model and loss), ``penalty`` (added to the loss each step),
+settings of the optimizer, model and loss), ``mix_batch`` (mixup and cutmix, before the
+forward pass), ``penalty`` (added to the loss each step),
 ``before_optimizer_step`` (after backward: clipping), ``after_optimizer_step`` (the EMA's
 update), ``evaluation_model`` (what validation and test evaluate) and ``should_stop``
 (after validation). Each does nothing unless it overrides the method.
@@ -18,7 +19,8 @@ from typing import Annotated, Literal
 import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
+from torchvision.transforms import v2
 
 from trainkit.errors import UserError
 from trainkit.registry import (
@@ -47,6 +49,12 @@ class Regularizer:
     def evaluation_model(self, model: nn.Module) -> nn.Module:
         """The module that validation and test evaluate (the EMA's average, say)."""
         return model
+
+    def mix_batch(
+        self, inputs: torch.Tensor, targets: torch.Tensor, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a training batch (mixup, cutmix); targets may come back as class probabilities."""
+        return inputs, targets
 
     def should_stop(self, monitored: float, mode: str) -> bool:
         return False
@@ -207,19 +215,29 @@ class L2(_NormPenalty):
 @REGULARIZERS.register("ema")
 class EMA(Regularizer):
     """Exponential moving average of the weights (and BatchNorm statistics), updated after
-    every optimizer step: ema = decay * ema + (1 - decay) * w. Validation, the best
-    checkpoint and the test use the average; training continues on the raw weights."""
+    every optimizer step: ema = d * ema + (1 - d) * w. Validation, the best checkpoint and
+    the test use the average; training continues on the raw weights.
 
-    def __init__(self, decay: Annotated[float, Range(gt=0, lt=1)] = 0.999):
-        self.decay = decay
+    With ``warmup``, d = min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
+    ExponentialMovingAverage does), so that a short run is not judged on the average of its
+    random initial weights.
+    """
+
+    def __init__(self, decay: Annotated[float, Range(gt=0, lt=1)] = 0.999, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
         self.averaged: AveragedModel | None = None
         self._pending_state: dict | None = None
 
+    def _decay_at(self, updates: int) -> float:
+        return min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
+
+    def _blend(self, average: torch.Tensor, current: torch.Tensor, updates) -> torch.Tensor:
+        decay = self._decay_at(int(updates))
+        return average * decay + current * (1 - decay)
+
     def _average_of(self, model: nn.Module) -> AveragedModel:
         if self.averaged is None:
-            self.averaged = AveragedModel(
-                model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
-            )
+            self.averaged = AveragedModel(model, avg_fn=self._blend, use_buffers=True)
             if self._pending_state is not None:
                 self.averaged.load_state_dict(self._pending_state)
         return self.averaged
@@ -238,3 +256,60 @@ class EMA(Regularizer):
         self._pending_state = state["averaged"]
         if self.averaged is not None and self._pending_state is not None:
             self.averaged.load_state_dict(self._pending_state)
+
+
+@REGULARIZERS.register("drop_path")
+class DropPath(Regularizer):
+    """Stochastic depth (Huang et al. 2016): residual blocks are skipped at random in training;
+    sets the model's ``drop_path`` (the last block's rate)."""
+
+    def __init__(self, rate: Probability = 0.1):
+        self.rate = rate
+
+    def configure(self, cfg: DictConfig) -> None:
+        _set(cfg, "model", "drop_path", self.rate, "regularization.drop_path")
+
+
+class _BatchMix(Regularizer):
+    """Shared by mixup and cutmix: torchvision's batch transform, applied with probability p."""
+
+    transform_class: type
+
+    def __init__(self, alpha: float, p: float):
+        self.alpha, self.p = alpha, p
+        self._transform = None
+
+    def configure(self, cfg: DictConfig) -> None:
+        # Mixed targets are class probabilities, which cross_entropy takes and others do not.
+        if cfg.loss.name != "cross_entropy":
+            raise UserError(
+                f"regularization.{self.name} mixes targets into class probabilities; "
+                f"use loss=cross_entropy (not {cfg.loss.name})"
+            )
+
+    def mix_batch(self, inputs, targets, num_classes):
+        if targets.ndim > 1 or torch.rand(()).item() >= self.p:
+            return inputs, targets  # already mixed by the other one, or not this batch
+        if self._transform is None:
+            self._transform = self.transform_class(alpha=self.alpha, num_classes=num_classes)
+        return self._transform(inputs, targets)
+
+
+@REGULARIZERS.register("mixup")
+class MixUp(_BatchMix):
+    """mixup (Zhang et al. 2018): blend pairs of images and their labels, lambda ~ Beta(a, a)."""
+
+    name, transform_class = "mixup", v2.MixUp
+
+    def __init__(self, alpha: PositiveFloat = 0.2, p: Annotated[float, Range(ge=0, le=1)] = 1.0):
+        super().__init__(alpha, p)
+
+
+@REGULARIZERS.register("cutmix")
+class CutMix(_BatchMix):
+    """CutMix (Yun et al. 2019): paste a patch of another image; labels mixed by patch area."""
+
+    name, transform_class = "cutmix", v2.CutMix
+
+    def __init__(self, alpha: PositiveFloat = 1.0, p: Annotated[float, Range(ge=0, le=1)] = 1.0):
+        super().__init__(alpha, p)

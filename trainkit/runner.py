@@ -272,6 +272,11 @@ class Runner:
             for inputs, targets, _ in loader:
                 inputs = inputs.to(self.device, non_blocking=True)
                 targets = targets.to(self.device, non_blocking=True)
+                labels = targets  # class indices, for the running accuracy
+                for regularizer in self.regularizers:
+                    inputs, targets = regularizer.mix_batch(
+                        inputs, targets, self.splits.num_classes
+                    )
                 logits = self.train_model(inputs)
                 loss = self.loss_fn(logits, targets)
                 for regularizer in self.regularizers:
@@ -290,7 +295,7 @@ class Runner:
                 self.scheduler.step_batch()
 
                 loss_sum += loss.detach() * targets.shape[0]
-                correct += (logits.argmax(dim=1) == targets).sum()
+                correct += (logits.argmax(dim=1) == labels).sum()
                 seen += targets.shape[0]
                 if self.logger.should_log_step(self.step):
                     step_loss = loss.item()  # the one host-device sync, every N steps
