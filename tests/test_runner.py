@@ -107,3 +107,27 @@ def test_ema_is_validated_checkpointed_and_evaluated(tmp_path):
     evaluated, _ = evaluate_checkpoint(tmp_path / "run", [], tmp_path / "eval")
     assert evaluated["test/acc"] == pytest.approx(summary["test/acc"], abs=1e-6)
     assert evaluated["test/loss"] == pytest.approx(summary["test/loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ["scheduler=onecycle"],
+        ["scheduler=inverse_sqrt", "scheduler.warmup=5", "scheduler.warmup_lr=0.01"],
+        ["scheduler=cosine", "scheduler.warmup_epochs=1"],
+        ["scheduler=step", "scheduler.step_size=1", "scheduler.interval=epoch"],
+    ],
+    ids=["onecycle", "inverse_sqrt", "warmup_cosine", "step_per_epoch"],
+)
+def test_the_planned_lr_curve_is_the_one_the_run_uses(schedule, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runner = make_runner(tmp_path / "run", "logger.tensorboard=true", *schedule)
+    runner.fit()
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    planned = {e.step: e.value for e in events.Scalars("lr_schedule")}
+    used = {e.step: e.value for e in events.Scalars("lr")}
+    assert len(used) == runner.step and planned.keys() == used.keys()
+    for step, lr in used.items():
+        assert planned[step] == pytest.approx(lr, rel=1e-6), step

@@ -25,11 +25,15 @@ commands:
                                 evaluate a checkpoint on its run's test split
   ls [GROUP ...]                every component of each config group, with its
                                 parameters, types, ranges and defaults
+  lr-plot [OVERRIDES] [output=PATH.png]
+                                the lr at every step of the composed optimizer and
+                                schedule, in the terminal and as a PNG (lr_schedule.png)
 
 examples:
   trainkit train
   trainkit train optimizer=adam scheduler=cosine
   trainkit train -m optimizer=adam,sgd
+  trainkit lr-plot optimizer=adamw scheduler=inverse_sqrt scheduler.warmup=100
   trainkit eval checkpoint=outputs/2026-01-01/12-00-00-000000/checkpoints/best.pt
 """
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"trainkit {__version__}")
         return
-    commands = {"train": train, "eval": evaluate, "ls": list_components}
+    commands = {"train": train, "eval": evaluate, "ls": list_components, "lr-plot": lr_plot}
     command, args = argv[0], argv[1:]
     try:
         if command not in commands:
@@ -223,3 +227,53 @@ def list_components(args: list[str]) -> None:
             summary = (builder.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
             table.add_row(name, parameters or "-", " ".join(summary.split()))
         console.print(table)
+
+
+# --- lr-plot -------------------------------------------------------------------------------
+
+
+def lr_plot(args: list[str]) -> None:
+    """``trainkit lr-plot [OVERRIDES] [output=PATH.png]``: the run's lr curve, step by step.
+
+    Builds the data (for the steps per epoch), model and optimizer on the CPU, trains nothing
+    and makes no run directory. The monitored metric is taken to improve every epoch, so
+    ``scheduler=plateau`` shows a flat curve.
+    """
+    outputs = [arg for arg in args if arg.startswith("output=")]
+    overrides = [arg for arg in args if not arg.startswith("output=")]
+    output = Path(outputs[-1].partition("=")[2] if outputs else "lr_schedule.png").expanduser()
+    if output.suffix.lower() != ".png":
+        raise UserError(f"output={output} must end in .png")
+
+    from trainkit import config, runner
+    from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
+    from trainkit.registry import OPTIMIZERS
+    from trainkit.schedulers import lr_curve
+
+    cfg = config.compose(config.prepare(overrides))
+    config.validate(cfg)
+    settings = cfg.trainer
+    splits, loaders = runner.build_data(cfg, settings.seed)
+    steps_per_epoch = len(loaders["train"])
+    if steps_per_epoch == 0:
+        raise UserError("the train split has no batch; lower data.batch_size")
+    model = runner.build_model(cfg, splits)
+    optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=model)
+    mode = settings.monitor_mode
+    if mode == "auto":
+        mode = "min" if settings.monitor.endswith("loss") else "max"
+    lrs = lr_curve(
+        cfg.scheduler, optimizer, steps_per_epoch, settings.max_epochs, settings.monitor, mode
+    )
+
+    title = (
+        f"optimizer={cfg.optimizer.name} scheduler={cfg.scheduler.name}: "
+        f"{settings.max_epochs} epochs x {steps_per_epoch} steps"
+    )
+    if output.parent != Path():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    write_lr_png(lrs, output, title)
+    print(title)
+    print(terminal_lr_plot(lrs))
+    print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
+    print(f"wrote {output}")

@@ -54,6 +54,14 @@ class RunLogger:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
 
+    def log_curve(self, tag: str, values: list[float], max_points: int = 2000) -> None:
+        """A whole curve at once (the planned lr schedule), thinned to ``max_points``."""
+        if self.writer is None:
+            return
+        stride = max(1, len(values) // max_points)
+        for step in range(0, len(values), stride):
+            self.writer.add_scalar(tag, values[step], step + 1)
+
     @contextmanager
     def progress(self, description: str, total: int):
         """A transient progress bar; yields ``advance(steps, **fields)``."""
@@ -83,7 +91,8 @@ class RunLogger:
         self.metrics_file.flush()
         if self.writer is not None:
             for key, value in record.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                # "lr" is logged every step already; here it would clash at the epoch's last step.
+                if key not in ("epoch", "step", "lr") and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record["step"])
             self.writer.flush()
         shown = "  ".join(

@@ -38,7 +38,7 @@ from trainkit.registry import (
     check_params,
     load_components,
 )
-from trainkit.schedulers import build_schedule
+from trainkit.schedulers import build_schedule, lr_curve
 
 
 @dataclass
@@ -237,14 +237,15 @@ class Runner:
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
                 + ", ".join(sorted(known))
             )
-        self.scheduler = build_schedule(
-            cfg.scheduler,
-            self.optimizer,
-            steps_per_epoch=len(self.loaders["train"]),
-            max_epochs=self.settings.max_epochs,
-            monitor=self.monitor,
-            monitor_mode=self.mode,
+        schedule_args = (
+            len(self.loaders["train"]),
+            self.settings.max_epochs,
+            self.monitor,
+            self.mode,
         )
+        # Planned first: lr_curve reads the optimizer's lrs before a schedule changes them.
+        self.planned_lrs = lr_curve(cfg.scheduler, self.optimizer, *schedule_args)
+        self.scheduler = build_schedule(cfg.scheduler, self.optimizer, *schedule_args)
 
         # --- state: everything `state_dict` saves ---
         self.epoch = 0  # epochs completed
@@ -336,6 +337,8 @@ class Runner:
 
     def fit(self) -> dict[str, Any]:
         """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
+        if self.epoch == 0:  # the schedule planned before the first step, for TensorBoard
+            self.logger.log_curve("lr_schedule", self.planned_lrs)
         log.info(
             f"training {self.cfg.model.name} on {self.cfg.data.name} "
             f"({len(self.splits.train)} train / {len(self.splits.val)} val / "

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import torch
 from torch.optim import Optimizer, lr_scheduler
 
 from trainkit.errors import UserError
@@ -253,7 +254,7 @@ def plateau(
     monitor_mode: str,
     factor: Annotated[float, Range(gt=0, lt=1)] = 0.1,
     patience: PositiveInt = 10,
-    threshold: NonNegativeFloat = 1e-4,
+    threshold: Annotated[float, Range(ge=0, lt=1)] = 1e-4,
     min_lr: NonNegativeFloat = 0.0,
 ) -> lr_scheduler.ReduceLROnPlateau:
     """Multiply the lr by ``factor`` when trainer.monitor has not improved for ``patience``
@@ -268,3 +269,50 @@ def plateau(
         threshold=threshold,
         min_lr=min_lr,
     )
+
+
+# --- previewing a schedule -----------------------------------------------------------------
+
+
+def lr_curve(
+    node: Mapping[str, Any],
+    optimizer: Optimizer,
+    steps_per_epoch: int,
+    max_epochs: int,
+    monitor: str = "val/loss",
+    monitor_mode: str = "min",
+) -> list[float]:
+    """The lr of param group 0 at every optimizer step of the run (steps_per_epoch * max_epochs).
+
+    ``optimizer`` is only read, and must not have a schedule yet (its lrs are the configured
+    ones): the schedule drives a throwaway SGD with one dummy parameter per param group,
+    holding a copy of each group's ``lr``, stepped exactly as the runner steps it.
+    Validation is not run: the monitored metric is taken to improve every epoch, so
+    ``plateau`` never reduces the lr and its curve is flat (a constant metric would not do:
+    plateau counts it as no improvement). Raises UserError for a bad ``node``, as
+    ``build_schedule`` does.
+    """
+    if any("initial_lr" in group for group in optimizer.param_groups):
+        raise ValueError("lr_curve needs an optimizer that no schedule has changed yet")
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
+        for group in optimizer.param_groups
+    ]
+    stand_in = torch.optim.SGD(groups, lr=optimizer.param_groups[0]["lr"])
+    schedule = build_schedule(
+        node, stand_in, steps_per_epoch, max_epochs, monitor=monitor, monitor_mode=monitor_mode
+    )
+    lrs = []
+    for epoch in range(max_epochs):
+        for _ in range(steps_per_epoch):
+            lrs.append(float(stand_in.param_groups[0]["lr"]))
+            stand_in.step()  # no gradients: changes nothing, but keeps torch's order check happy
+            schedule.step_batch()
+        schedule.step_epoch({monitor: _improving_metric(epoch, monitor_mode)})
+    return lrs
+
+
+def _improving_metric(epoch: int, monitor_mode: str) -> float:
+    # Better than the last epoch's by any relative threshold in [0, 1), in either direction
+    # (a min-mode threshold of 1 or more is one that nothing can meet).
+    return -float(epoch) if monitor_mode == "min" else -1.0 / (epoch + 1)

@@ -1,0 +1,116 @@
+"""`trainkit lr-plot`: the lr curve without touching the optimizer, its plots, the verb."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from trainkit import paths
+from trainkit.cli import main
+from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
+from trainkit.registry import load_components
+from trainkit.schedulers import lr_curve
+
+load_components()
+
+LR = 0.1
+
+
+def node(name: str, **overrides) -> dict:
+    """The option's YAML defaults with ``overrides``, as the config would give them."""
+    yaml = OmegaConf.to_container(OmegaConf.load(paths.config_dir() / "scheduler" / f"{name}.yaml"))
+    return {**yaml, **overrides}
+
+
+def assert_close(got, expected):
+    assert len(got) == len(expected)
+    for step, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), f"step {step}: {a} != {b}"
+
+
+def two_group_optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        [
+            {"params": [torch.nn.Parameter(torch.zeros(2))]},
+            {"params": [torch.nn.Parameter(torch.zeros(3))], "lr": LR / 10},
+        ],
+        lr=LR,
+    )
+
+
+def test_cosine_with_warmup_matches_the_closed_form_and_leaves_the_optimizer_alone():
+    steps_per_epoch, epochs, warmup_steps, factor = 4, 5, 8, 0.1
+    total = steps_per_epoch * epochs - warmup_steps
+    expected = [LR * (factor + (1 - factor) * t / warmup_steps) for t in range(warmup_steps)]
+    expected += [LR * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)]
+    optimizer = two_group_optimizer()
+    before = [dict(group) for group in optimizer.param_groups]
+
+    config = node("cosine", warmup_epochs=2, warmup_start_factor=factor)
+    assert_close(lr_curve(config, optimizer, steps_per_epoch, epochs), expected)
+
+    assert [dict(group) for group in optimizer.param_groups] == before
+    assert all("initial_lr" not in group for group in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("monitor_mode", ["min", "max"])
+def test_plateau_is_flat_even_past_its_patience(monitor_mode):
+    # A constant metric would count as no improvement and reduce after `patience` epochs.
+    config = node("plateau", patience=1, threshold=0.5)
+    got = lr_curve(config, two_group_optimizer(), 2, 8, "val/acc", monitor_mode)
+    assert_close(got, [LR] * 16)
+
+
+def test_terminal_plot_has_the_rows_asked_for_and_the_max_top_left():
+    lrs = [LR * 0.5 ** (t // 10) for t in range(50)]
+    text = terminal_lr_plot(lrs, width=40, height=8)
+    lines = text.splitlines()
+    plot_rows = [line for line in lines if "┤" in line or "│" in line]
+    assert len(plot_rows) == 8 and len(lines) == 8 + 2  # then the axis and the step count
+    top, bottom = plot_rows[0], plot_rows[-1]
+    assert top.split("┤")[0].strip() == "0.1" and top.split("┤")[1][0] == "•"
+    assert bottom.split("┤")[0].strip() == format_lr(min(lrs)) and bottom.split("┤")[1][-1] == "•"
+    assert "50 steps" in lines[-1]
+    assert all(len(row.split("┤" if "┤" in row else "│")[1]) == 40 for row in plot_rows)
+
+
+def test_png_has_the_size_asked_for(tmp_path):
+    path = write_lr_png([LR * 0.9**t for t in range(100)], tmp_path / "lr.png", "a title")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (800, 400)
+        colors = image.convert("RGB").getcolors(maxcolors=100_000)
+    assert len(colors) > 2  # more than a blank page
+
+
+def test_lr_plot_writes_the_png_and_prints_the_lrs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["lr-plot", "scheduler=step", "scheduler.step_size=10", f"output={tmp_path}/lr.png"])
+    out = capsys.readouterr().out
+    with Image.open(tmp_path / "lr.png") as image:
+        assert image.size == (800, 400)
+    # sgd at lr 0.1 for 30 epochs, x0.1 every 10: 0.1 -> 0.01 -> 0.001
+    assert "first lr 0.1, peak 0.1, last 1.0e-03" in out
+    assert f"{tmp_path}/lr.png" in out
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
+        (["output=lr.jpg"], "output=lr.jpg must end in .png"),
+    ],
+)
+def test_lr_plot_mistakes_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lr-plot", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
