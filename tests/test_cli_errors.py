@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import run_dirs, run_trainkit
+from trainkit import paths
 from trainkit.cli import main
 
 # Mistakes caught before Hydra makes a run directory: checked in-process (fast).
@@ -113,7 +114,8 @@ def test_train_help_lists_the_groups_and_options(tmp_path):
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ": " in line}
     for group, registry in {**GROUP_REGISTRIES, **MULTI_GROUPS}.items():
         assert lines[group] == f"{group}: {', '.join(registry.names())}"
-    assert lines["recipe"] == "recipe: digits_resnet"
+    recipes = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
+    assert lines["recipe"] == f"recipe: {', '.join(recipes)}"
     assert not (tmp_path / "outputs").exists()
 
 

@@ -43,8 +43,8 @@ def _is_classification_loss(name: str) -> bool:
 def test_option_trains_a_few_steps(group, option, tmp_path):
     choice = f"{group}=[{option}]" if group == "regularization" else f"{group}={option}"
     overrides = [*SMALL, choice]
-    if group == "data":
-        overrides = [o for o in overrides if not o.startswith("data.num_samples")]
+    if group == "data":  # the mlp takes images (flattened) and tables alike
+        overrides = [o for o in overrides if not o.startswith("data.num_samples")] + ["model=mlp"]
     if group == "loss" and not _is_classification_loss(option):
         with pytest.raises(
             UserError, match=re.escape(f"loss={option} needs {LOSS_INPUTS[option]}")

@@ -192,3 +192,25 @@ def test_reset_starts_over():
     assert values["val/acc"] == pytest.approx(expected, abs=1e-6)
     whole = torch.nn.functional.cross_entropy(logits, targets).item()
     assert values["val/loss"] == pytest.approx(whole, rel=1e-5)
+
+
+def test_binary_auroc_and_average_precision_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(120, 2, generator=generator)
+    targets = torch.randint(0, 2, (120,), generator=generator)
+    metrics = ClassificationMetrics(2)
+    for part in (slice(0, 50), slice(50, 120)):
+        metrics.update(logits[part], targets[part], torch.tensor(0.0))
+    values = metrics.compute("test")
+    positive = logits.softmax(dim=1)[:, 1].numpy()
+    assert values["test/auroc"] == pytest.approx(roc_auc_score(targets.numpy(), positive))
+    assert values["test/average_precision"] == pytest.approx(
+        average_precision_score(targets.numpy(), positive)
+    )
+    three = ClassificationMetrics(3)
+    three.update(
+        torch.randn(4, 3, generator=generator), torch.tensor([0, 1, 2, 0]), torch.tensor(0.0)
+    )
+    assert "test/auroc" not in three.compute("test")

@@ -57,4 +57,5 @@ def test_wheel_carries_conf_and_recipes_and_runs_from_them(tmp_path):
         env=env,
         cwd=tmp_path,
     )
-    assert "recipe: digits_resnet" in helped.stdout, helped.stderr
+    recipe_line = next(line for line in helped.stdout.splitlines() if line.startswith("recipe:"))
+    assert "digits_resnet" in recipe_line, helped.stderr

@@ -137,6 +137,20 @@ def digits(
     return Splits(train, val, test, num_classes=10, input_shape=(1, 8, 8), class_names=names)
 
 
+@DATASETS.register("breast_cancer")
+def breast_cancer(
+    val_fraction: Probability = 0.15, test_fraction: Probability = 0.15, seed: int = 0
+) -> Splits:
+    """scikit-learn's bundled Wisconsin breast cancer set: 569 samples, 30 features, binary
+    (class 0 malignant, 1 benign); features standardized with the train split's statistics."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    train, val, test = _tensor_splits(bunch.data, bunch.target, val_fraction, test_fraction, seed)
+    names = [str(c) for c in bunch.target_names]
+    return Splits(train, val, test, num_classes=2, input_shape=(30,), class_names=names)
+
+
 @DATASETS.register("synthetic")
 def synthetic(
     num_samples: PositiveInt = 600,

@@ -104,6 +104,11 @@ class RunLogger:
 
     # --- at the end ---------------------------------------------------------------------
 
+    def log_pr_curve(self, tag: str, targets, probabilities, step: int) -> None:
+        """A precision-recall curve of a binary problem (TensorBoard's PR Curves tab)."""
+        if self.writer is not None:
+            self.writer.add_pr_curve(tag, targets, probabilities, step)
+
     def log_final(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int):
         """Final scalars, and the run in TensorBoard's HParams dashboard."""
         if self.writer is None:
@@ -167,7 +172,16 @@ def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = F
     table = Table(title="test metrics", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in ("loss", "acc", "acc_top5", "precision", "recall", "f1"):
+    for name in (
+        "loss",
+        "acc",
+        "acc_top5",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "average_precision",
+    ):
         if f"test/{name}" in summary:
             table.add_row(name, f"{summary[f'test/{name}']:.4f}")
     console = Console()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryAveragePrecision,
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
@@ -19,7 +21,8 @@ from torchmetrics.classification import (
 
 
 class ClassificationMetrics:
-    """Loss, accuracy, top-5 accuracy (with 5+ classes), macro precision, recall and F1.
+    """Loss, accuracy, top-5 accuracy (with 5+ classes), macro precision, recall and F1;
+    with two classes also ROC-AUC and average precision of class 1's probability.
 
     With ``per_class=True`` (the test split), also each class's precision, recall and F1
     and the confusion matrix (rows: true class, columns: predicted class).
@@ -43,21 +46,33 @@ class ClassificationMetrics:
             scores["confusion_matrix"] = MulticlassConfusionMatrix(num_classes)
         self.scores = MetricCollection(scores)
         self.loss = MeanMetric()
+        # With two classes, threshold-free scores of the positive class (index 1)'s probability.
+        self.binary = None
+        if num_classes == 2:
+            self.binary = MetricCollection(
+                {"auroc": BinaryAUROC(), "average_precision": BinaryAveragePrecision()}
+            )
 
     def to(self, device: torch.device) -> ClassificationMetrics:
         self.scores.to(device)
         self.loss.to(device)
+        if self.binary is not None:
+            self.binary.to(device)
         return self
 
     def reset(self) -> None:
         self.scores.reset()
         self.loss.reset()
+        if self.binary is not None:
+            self.binary.reset()
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         """``loss`` is the batch's mean loss; it is weighted by the batch size."""
         self.scores.update(logits, targets)
         self.loss.update(loss.detach(), weight=targets.shape[0])
+        if self.binary is not None:
+            self.binary.update(logits.float().softmax(dim=1)[:, 1], targets)
 
     def compute(self, prefix: str, class_names: list[str] | None = None) -> dict:
         """Flat ``{prefix/name: value}``; per-class values as ``prefix/f1/<class>``."""
@@ -71,5 +86,8 @@ class ClassificationMetrics:
                 for class_name, class_value in zip(names, value.tolist(), strict=True):
                     values[f"{prefix}/{metric}/{class_name}"] = class_value
             else:
+                values[f"{prefix}/{name}"] = value.item()
+        if self.binary is not None:
+            for name, value in self.binary.compute().items():
                 values[f"{prefix}/{name}"] = value.item()
         return values

@@ -232,6 +232,8 @@ class Runner:
             "val/recall",
             "val/f1",
         } | ({"val/acc_top5"} if self.splits.num_classes >= 5 else set())
+        if self.splits.num_classes == 2:
+            known |= {"val/auroc", "val/average_precision"}
         if self.monitor not in known:
             raise UserError(
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
@@ -402,8 +404,15 @@ class Runner:
             **{k: v for k, v in self.best_record.items() if k.startswith(("val/", "train/"))},
             **values,
         }
+        if self.splits.num_classes == 2:
+            # `prediction` is the argmax: class 1 exactly when its probability exceeds 0.5.
+            summary["decision_threshold"] = 0.5
         if distributed.is_main_process():
             predictions.write_csv(self.run_dir / "predictions.csv")
+            if self.splits.num_classes == 2:
+                self.logger.log_pr_curve(
+                    "test/pr_curve", predictions.target, predictions.probabilities[:, 1], self.step
+                )
             checkpoint.save_json(summary, self.run_dir / "summary.json")
             scalars = {
                 k: v
