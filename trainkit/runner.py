@@ -210,7 +210,6 @@ class Runner:
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
-        # (the schedule is built below, once the monitored metric's direction is known)
         # DDP averages gradients across processes during backward; one process: the model.
         self.train_model = self.model
         if distributed.world_size() > 1:
@@ -239,6 +238,8 @@ class Runner:
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
                 + ", ".join(sorted(known))
             )
+
+        # --- lr schedule (plateau needs the monitored metric's direction) ---
         schedule_args = (
             len(self.loaders["train"]),
             self.settings.max_epochs,
