@@ -214,3 +214,14 @@ def test_binary_auroc_and_average_precision_match_scikit_learn():
         torch.randn(4, 3, generator=generator), torch.tensor([0, 1, 2, 0]), torch.tensor(0.0)
     )
     assert "test/auroc" not in three.compute("test")
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10])
+def test_scalar_names_are_exactly_the_single_numbers_compute_returns(num_classes):
+    generator = torch.Generator().manual_seed(5)
+    metrics = ClassificationMetrics(num_classes, per_class=True)
+    targets = torch.arange(12) % num_classes
+    metrics.update(torch.randn(12, num_classes, generator=generator), targets, torch.tensor(1.0))
+    values = metrics.compute("val")
+    singles = {k for k, v in values.items() if k.count("/") == 1 and isinstance(v, float)}
+    assert set(metrics.scalar_names("val")) == singles

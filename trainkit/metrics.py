@@ -74,6 +74,14 @@ class ClassificationMetrics:
         if self.binary is not None:
             self.binary.update(logits.float().softmax(dim=1)[:, 1], targets)
 
+    def scalar_names(self, prefix: str) -> list[str]:
+        """The keys of the single-number values ``compute`` returns (what can be monitored)."""
+        names = ["loss", *(n for n in self.scores if not n.startswith("class_"))]
+        names = [n for n in names if n != "confusion_matrix"]
+        if self.binary is not None:
+            names += list(self.binary)
+        return [f"{prefix}/{name}" for name in names]
+
     def compute(self, prefix: str, class_names: list[str] | None = None) -> dict:
         """Flat ``{prefix/name: value}``; per-class values as ``prefix/f1/<class>``."""
         values = {f"{prefix}/loss": self.loss.compute().item()}

@@ -222,17 +222,7 @@ class Runner:
         self.mode = self.settings.monitor_mode
         if self.mode == "auto":
             self.mode = "min" if self.monitor.endswith("loss") else "max"
-        known = {
-            "train/loss",
-            "train/acc",
-            "val/loss",
-            "val/acc",
-            "val/precision",
-            "val/recall",
-            "val/f1",
-        } | ({"val/acc_top5"} if self.splits.num_classes >= 5 else set())
-        if self.splits.num_classes == 2:
-            known |= {"val/auroc", "val/average_precision"}
+        known = {"train/loss", "train/acc", *self.val_metrics.scalar_names("val")}
         if self.monitor not in known:
             raise UserError(
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
@@ -415,11 +405,7 @@ class Runner:
                     "test/pr_curve", predictions.target, predictions.probabilities[:, 1], self.step
                 )
             checkpoint.save_json(summary, self.run_dir / "summary.json")
-            scalars = {
-                k: v
-                for k, v in values.items()
-                if k.count("/") == 1 and k != "test/confusion_matrix"
-            }
+            scalars = {name: values[name] for name in test_metrics.scalar_names("test")}
             hparams = flatten_hparams(OmegaConf.to_container(self.cfg, resolve=True))
             self.logger.log_final(hparams, scalars, self.step)
         self.logger.close()
