@@ -271,7 +271,7 @@ class Registry:
         return builder(**params, **wanted)
 
 
-MODELS = Registry("model", runtime=("num_classes", "input_shape"))
+MODELS = Registry("model", runtime=("num_classes", "input_shape", "vocab_size"))
 DATASETS = Registry("dataset")
 LOSSES = Registry("loss", runtime=("num_classes",))
 OPTIMIZERS = Registry("optimizer", runtime=("model",))

@@ -92,7 +92,11 @@ def build_data(cfg: DictConfig, seed: int) -> tuple[Splits, dict[str, DataLoader
 
 def build_model(cfg: DictConfig, splits: Splits) -> nn.Module:
     return MODELS.build(
-        cfg.model, "model", num_classes=splits.num_classes, input_shape=splits.input_shape
+        cfg.model,
+        "model",
+        num_classes=splits.num_classes,
+        input_shape=splits.input_shape,
+        vocab_size=splits.vocab_size,
     )
 
 

@@ -1,0 +1,108 @@
+"""The ``Splits`` a data set builder returns, in-memory splits, and the stratified split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainkit.errors import UserError
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]  # of one sample: (channels, height, width) or (features,)
+    class_names: list[str] = field(default_factory=list)
+    # What the targets are, so a run can check its task fits: "class" (an index per sample),
+    # "continuous" (regression values) or "sequence" (label sequences, padded with 0).
+    target_kind: str = "class"
+    vocab_size: int | None = None  # token inputs: the vocabulary's size, padding index 0
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        return tuple(self.input_shape[-2:]) if len(self.input_shape) == 3 else None
+
+
+class TensorSplit(Dataset):
+    """One split of an in-memory data set, fetched a batch at a time.
+
+    ``__getitems__`` lets the DataLoader take a whole batch with one indexing operation
+    instead of one Python call and one collate per sample.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
+        self.inputs, self.targets, self.indices = inputs, targets, indices
+        self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        x = self.inputs[i]
+        return (self.transform(x) if self.transform else x), self.targets[i], self.indices[i]
+
+    def __getitems__(self, batch: list[int]):
+        rows = torch.as_tensor(batch)
+        x = self.inputs[rows]
+        if self.transform is not None:
+            # Per sample, so each image gets its own random crop/flip.
+            x = torch.stack([self.transform(image) for image in x])
+        return x, self.targets[rows], self.indices[rows]
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of a seeded, stratified train/val/test split (fractions of the whole set)."""
+    from sklearn.model_selection import train_test_split
+
+    if val_fraction + test_fraction >= 1:
+        raise UserError(
+            f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction:g}; "
+            "they must sum to less than 1 so that some data is left to train on"
+        )
+    everything = np.arange(len(labels))
+    n_test = round(len(labels) * test_fraction)
+    n_val = round(len(labels) * val_fraction)
+    rest, test = (everything, everything[:0])
+    try:
+        if n_test:
+            rest, test = train_test_split(
+                everything, test_size=n_test, stratify=labels, random_state=seed
+            )
+        train, val = (rest, rest[:0])
+        if n_val:
+            train, val = train_test_split(
+                rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1
+            )
+    except ValueError as error:  # too few samples of some class for a stratified split
+        raise UserError(
+            f"data: cannot split {len(labels)} samples of {len(np.unique(labels))} classes "
+            f"with val_fraction={val_fraction:g} and test_fraction={test_fraction:g} "
+            f"and keep every class in each split ({error})"
+        ) from None
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def tensor_splits(
+    inputs: np.ndarray, labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
+    """Split, then normalize every split with the train split's mean and std per channel."""
+    train_idx, val_idx, test_idx = stratified_split(labels, val_fraction, test_fraction, seed)
+    x = torch.as_tensor(inputs, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    channel_dims = [0, *range(2, x.ndim)]
+    mean = x[train_idx].mean(dim=channel_dims, keepdim=True)
+    std = x[train_idx].std(dim=channel_dims, keepdim=True).clamp_min(1e-6)
+    x = (x - mean) / std
+    return tuple(
+        TensorSplit(x[idx].contiguous(), y[idx], torch.as_tensor(idx))
+        for idx in (train_idx, val_idx, test_idx)
+    )

@@ -1,0 +1,1 @@
+"""Text classification data from CSV or JSONL files."""

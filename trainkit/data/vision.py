@@ -1,0 +1,1 @@
+"""torchvision's downloadable image data sets and image folders."""

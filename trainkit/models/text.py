@@ -1,0 +1,1 @@
+"""The text transformer: token embedding, positional encoding, pre-norm encoder, pooling."""

@@ -1,0 +1,1 @@
+"""Vision transformers: torchvision's VisionTransformer at small sizes."""
