@@ -40,7 +40,12 @@ EARLY_MISTAKES = [
     (["optimizer.lr=[1"], "cannot parse override 'optimizer.lr=[1'"),
     (["plugins=[no_such_module_xyz]"], "plugins: cannot import 'no_such_module_xyz'"),
     (["logger.log_every_n_steps=-3"], "logger.log_every_n_steps=-3 is out of range"),
-    (["loss=mse"], "loss=mse needs predictions and continuous targets, not class indices"),
+    (
+        ["loss=mse"],
+        "loss=mse needs predictions and continuous targets, which task=classification does "
+        "not give; task=classification takes cross_entropy, nll, focal, bce "
+        "(loss=mse belongs to task=regression)",
+    ),
 ]
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainkit import losses
 from trainkit.errors import UserError
-from trainkit.losses import LOSS_INPUTS, check_classification_loss
+from trainkit.losses import LOSS_INPUTS
 from trainkit.registry import LOSSES
 
 
@@ -42,24 +42,6 @@ def test_loss_inputs_covers_exactly_the_builtin_losses():
 @pytest.mark.parametrize("name", sorted(LOSS_INPUTS))
 def test_every_builtin_loss_builds_with_its_defaults(name):
     assert isinstance(build(name), nn.Module)
-
-
-def test_check_classification_loss_rejects_non_classification_losses():
-    with pytest.raises(UserError) as error:
-        check_classification_loss("mse")
-    assert str(error.value) == (
-        "loss=mse needs predictions and continuous targets, not class indices; "
-        "a classification run takes cross_entropy, nll or focal"
-    )
-    for name in ("l1", "bce", "ctc", "margin_ranking", "soft_margin", "triplet_margin"):
-        with pytest.raises(UserError) as error:
-            check_classification_loss(name)
-        assert str(error.value).startswith(f"loss={name} needs {LOSS_INPUTS[name]}, not class")
-
-
-@pytest.mark.parametrize("name", ["cross_entropy", "nll", "focal", "my_plugin_loss"])
-def test_check_classification_loss_passes_classification_and_plugin_losses(name):
-    assert check_classification_loss(name) is None
 
 
 # --- regression ----------------------------------------------------------------------------

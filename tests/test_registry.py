@@ -18,6 +18,7 @@ from trainkit.registry import (
     OPTIMIZERS,
     REGULARIZERS,
     SCHEDULERS,
+    TASKS,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -229,6 +230,7 @@ BUILTIN = {
     "augmentation": (AUGMENTATIONS, "augmentation", False),
     "regularizer": (REGULARIZERS, "regularization", True),
     "dataset": (DATASETS, "data", False),
+    "task": (TASKS, "task", False),
 }
 
 COMPONENTS = [
@@ -273,6 +275,7 @@ def _yaml_node(kind: str, name: str) -> dict:
     path = paths.config_dir() / group / f"{name}.yaml"
     assert path.is_file(), f"{kind} {name!r} is registered but {path} is missing"
     node = OmegaConf.to_container(OmegaConf.load(path))
+    node.pop("defaults", None)  # the choices this option implies (data=diabetes: task=regression)
     if nested:
         assert list(node) == [name], f"{path} must nest its node under '{name}'"
         node = node[name]

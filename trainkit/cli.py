@@ -252,19 +252,18 @@ def lr_plot(args: list[str]) -> None:
 
     cfg = config.compose(config.prepare(overrides))
     config.validate(cfg)
-    settings = cfg.trainer
+    settings = runner.TrainerSettings(**cfg.trainer)
     splits, loaders = runner.build_data(cfg, settings.seed)
     steps_per_epoch = len(loaders["train"])
+    if settings.limit_train_batches:
+        steps_per_epoch = min(steps_per_epoch, settings.limit_train_batches)
     if steps_per_epoch == 0:
         raise UserError("the train split has no batch; lower data.batch_size")
-    model = runner.build_model(cfg, splits)
+    task = runner.build_task(cfg, splits)
+    model = runner.build_model(cfg, splits, task)
     optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=model)
-    mode = settings.monitor_mode
-    if mode == "auto":
-        mode = "min" if settings.monitor.endswith("loss") else "max"
-    lrs = lr_curve(
-        cfg.scheduler, optimizer, steps_per_epoch, settings.max_epochs, settings.monitor, mode
-    )
+    monitor, mode = runner.resolve_monitor(settings, task)
+    lrs = lr_curve(cfg.scheduler, optimizer, steps_per_epoch, settings.max_epochs, monitor, mode)
 
     title = (
         f"optimizer={cfg.optimizer.name} scheduler={cfg.scheduler.name}: "

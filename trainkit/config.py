@@ -32,6 +32,7 @@ from trainkit.registry import (
     OPTIMIZERS,
     REGULARIZERS,
     SCHEDULERS,
+    TASKS,
     Registry,
     check_params,
     load_components,
@@ -45,6 +46,7 @@ GROUP_REGISTRIES: dict[str, Registry] = {
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
     "augmentation": AUGMENTATIONS,
+    "task": TASKS,
 }
 MULTI_GROUPS: dict[str, Registry] = {"regularization": REGULARIZERS}  # several options at once
 TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins"}
@@ -224,9 +226,9 @@ def validate(cfg: DictConfig) -> None:
     # Imported here: they pull in torch, which `trainkit --help` must not wait for.
     from trainkit.data import split_data_node
     from trainkit.logging import LoggerSettings
-    from trainkit.losses import check_classification_loss
     from trainkit.runner import TrainerSettings
     from trainkit.schedulers import split_scheduler_node
+    from trainkit.tasks import check_task_loss
 
     container = to_container(cfg)
     _reject_missing(container)
@@ -244,7 +246,7 @@ def validate(cfg: DictConfig) -> None:
         if group == "scheduler":
             node, _ = split_scheduler_node(node)
         registry.check(node, group)
-    check_classification_loss(container["loss"]["name"])  # the one task there is, for now
+    check_task_loss(container["task"]["name"], container["loss"]["name"])
     for group, registry in MULTI_GROUPS.items():
         for key, node in (container.get(group) or {}).items():
             if not isinstance(node, Mapping):

@@ -22,7 +22,15 @@ from trainkit.registry import PositiveInt
 log = logging.getLogger("trainkit")
 
 # The epoch line (kept under 80 columns) shows these, when present; files have everything.
-_EPOCH_LINE_KEYS = {"train/loss": "loss", "val/loss": "val_loss", "val/acc": "val_acc", "lr": "lr"}
+_EPOCH_LINE_KEYS = {
+    "train/loss": "loss",
+    "val/loss": "val_loss",
+    "val/acc": "val_acc",
+    "val/rmse": "val_rmse",
+    "val/knn_acc": "val_knn_acc",
+    "val/seq_acc": "val_seq_acc",
+    "lr": "lr",
+}
 
 
 @dataclass
@@ -109,6 +117,16 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_pr_curve(tag, targets, probabilities, step)
 
+    def log_confusion_matrix(
+        self, tag: str, matrix: list[list[int]], class_names: list[str], step: int
+    ) -> None:
+        """The confusion matrix as an image (TensorBoard's Images tab)."""
+        if self.writer is not None:
+            from trainkit.plotting import confusion_matrix_image
+
+            image = confusion_matrix_image(matrix, class_names)
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+
     def log_final(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int):
         """Final scalars, and the run in TensorBoard's HParams dashboard."""
         if self.writer is None:
@@ -181,6 +199,12 @@ def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = F
         "f1",
         "auroc",
         "average_precision",
+        "mae",
+        "rmse",
+        "r2",
+        "knn_acc",
+        "seq_acc",
+        "cer",
     ):
         if f"test/{name}" in summary:
             table.add_row(name, f"{summary[f'test/{name}']:.4f}")

@@ -20,7 +20,7 @@ from trainkit.registry import (
 
 UnitFloat = Annotated[float, Range(ge=0, le=1)]  # a weight in [0, 1], ends included
 
-# What each built-in loss is called with; a classification run gives logits and class indices.
+# What each built-in loss is called with (trainkit.tasks gives each the inputs it needs).
 CLASSIFICATION_INPUTS = "logits and class indices"
 LOSS_INPUTS: dict[str, str] = {
     "cross_entropy": CLASSIFICATION_INPUTS,
@@ -37,19 +37,6 @@ LOSS_INPUTS: dict[str, str] = {
     "soft_margin": "scores and +1/-1 targets",
     "triplet_margin": "anchor, positive and negative embeddings",
 }
-
-
-def check_classification_loss(name: str) -> None:
-    """Raise UserError if built-in loss ``name`` cannot take logits and class indices.
-
-    Losses not in ``LOSS_INPUTS`` (plugins) are trusted and pass.
-    """
-    inputs = LOSS_INPUTS.get(name)
-    if inputs is not None and inputs != CLASSIFICATION_INPUTS:
-        raise UserError(
-            f"loss={name} needs {inputs}, not class indices; "
-            "a classification run takes cross_entropy, nll or focal"
-        )
 
 
 def _per_class(key: str, values: list[float], num_classes: int) -> torch.Tensor:

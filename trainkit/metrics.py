@@ -1,14 +1,23 @@
-"""Classification metrics, computed with torchmetrics and kept on the model's device.
+"""The metrics of each task, computed with torchmetrics and kept on the model's device.
 
-``update`` is called once per batch and never reads a value back to the host, so a step
-costs no device synchronisation; ``compute`` does the one read-back at the end of a split.
-Under DDP, torchmetrics sums the states across processes inside ``compute``.
+Every metrics class has the same four methods: ``update`` once per batch (it never reads a
+value back to the host, so a step costs no device synchronisation), ``compute`` once per
+split (the one read-back), ``reset`` and ``scalar_names``. Under DDP, torchmetrics gathers
+the states across processes inside ``compute``.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanMetric, MetricCollection
+import torch.nn.functional as F
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanMetric,
+    MeanSquaredError,
+    Metric,
+    MetricCollection,
+    R2Score,
+)
 from torchmetrics.classification import (
     BinaryAUROC,
     BinaryAveragePrecision,
@@ -18,9 +27,51 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.text import CharErrorRate
+
+# Metrics where smaller is better; every other metric is better when larger.
+LOWER_IS_BETTER = {"loss", "mae", "rmse", "cer"}
 
 
-class ClassificationMetrics:
+def lower_is_better(name: str) -> bool:
+    """Whether a logged metric such as ``val/rmse`` improves by going down."""
+    return name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+
+
+class _LossAndScores:
+    """The mean loss of a split plus a MetricCollection of scores; subclasses fill ``scores``
+    and say in ``update`` what the scores are computed from."""
+
+    scores: MetricCollection
+
+    def __init__(self):
+        self.loss = MeanMetric()
+
+    def to(self, device: torch.device):
+        self.scores.to(device)
+        self.loss.to(device)
+        return self
+
+    def reset(self) -> None:
+        self.scores.reset()
+        self.loss.reset()
+
+    def _update_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """``loss`` is the batch's mean loss; it is weighted by the batch size."""
+        self.loss.update(loss.detach(), weight=batch_size)
+
+    def scalar_names(self, prefix: str) -> list[str]:
+        """The keys of the single-number values ``compute`` returns (what can be monitored)."""
+        return [f"{prefix}/{name}" for name in ("loss", *self.scores)]
+
+    def compute(self, prefix: str, class_names: list[str] | None = None) -> dict:
+        values = {f"{prefix}/loss": self.loss.compute().item()}
+        for name, value in self.scores.compute().items():
+            values[f"{prefix}/{name}"] = value.item()
+        return values
+
+
+class ClassificationMetrics(_LossAndScores):
     """Loss, accuracy, top-5 accuracy (with 5+ classes), macro precision, recall and F1;
     with two classes also ROC-AUC and average precision of class 1's probability.
 
@@ -29,6 +80,7 @@ class ClassificationMetrics:
     """
 
     def __init__(self, num_classes: int, per_class: bool = False):
+        super().__init__()
         self.num_classes = num_classes
         scores = {
             # average="micro": the fraction of samples right (torchmetrics defaults to macro).
@@ -45,7 +97,6 @@ class ClassificationMetrics:
             scores["class_f1"] = MulticlassF1Score(num_classes, average=None)
             scores["confusion_matrix"] = MulticlassConfusionMatrix(num_classes)
         self.scores = MetricCollection(scores)
-        self.loss = MeanMetric()
         # With two classes, threshold-free scores of the positive class (index 1)'s probability.
         self.binary = None
         if num_classes == 2:
@@ -54,15 +105,13 @@ class ClassificationMetrics:
             )
 
     def to(self, device: torch.device) -> ClassificationMetrics:
-        self.scores.to(device)
-        self.loss.to(device)
+        super().to(device)
         if self.binary is not None:
             self.binary.to(device)
         return self
 
     def reset(self) -> None:
-        self.scores.reset()
-        self.loss.reset()
+        super().reset()
         if self.binary is not None:
             self.binary.reset()
 
@@ -70,12 +119,11 @@ class ClassificationMetrics:
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         """``loss`` is the batch's mean loss; it is weighted by the batch size."""
         self.scores.update(logits, targets)
-        self.loss.update(loss.detach(), weight=targets.shape[0])
+        self._update_loss(loss, targets.shape[0])
         if self.binary is not None:
             self.binary.update(logits.float().softmax(dim=1)[:, 1], targets)
 
     def scalar_names(self, prefix: str) -> list[str]:
-        """The keys of the single-number values ``compute`` returns (what can be monitored)."""
         names = ["loss", *(n for n in self.scores if not n.startswith("class_"))]
         names = [n for n in names if n != "confusion_matrix"]
         if self.binary is not None:
@@ -99,3 +147,101 @@ class ClassificationMetrics:
             for name, value in self.binary.compute().items():
                 values[f"{prefix}/{name}"] = value.item()
         return values
+
+
+class RegressionMetrics(_LossAndScores):
+    """Loss, mean absolute error, root mean squared error and R² of the predictions, in the
+    targets' own units (``to_prediction`` maps the model's outputs to them)."""
+
+    def __init__(self, to_prediction):
+        super().__init__()
+        self.to_prediction = to_prediction
+        self.scores = MetricCollection(
+            {"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()}
+        )
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        self.scores.update(self.to_prediction(outputs).float(), targets.float())
+        self._update_loss(loss, targets.shape[0])
+
+
+class KNNAccuracy(Metric):
+    """Leave-one-out k-nearest-neighbour accuracy of embeddings: each sample is classified by
+    the majority label of its ``k`` nearest other samples of the same split (cosine distance;
+    ties go to the nearest neighbour's label). Recall@1 of metric-learning papers is k=1."""
+
+    full_state_update = False
+
+    def __init__(self, k: int = 1):
+        super().__init__()
+        self.k = k
+        self.add_state("embeddings", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        self.embeddings.append(F.normalize(embeddings.float(), dim=1))
+        self.labels.append(labels)
+
+    def compute(self) -> torch.Tensor:
+        embeddings, labels = _cat(self.embeddings), _cat(self.labels)
+        predicted = knn_predict(embeddings, labels, embeddings, self.k, leave_one_out=True)
+        return (predicted == labels).float().mean()
+
+
+def _cat(state) -> torch.Tensor:
+    return torch.cat(state) if isinstance(state, list) else state
+
+
+def knn_predict(
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    queries: torch.Tensor,
+    k: int,
+    leave_one_out: bool = False,
+) -> torch.Tensor:
+    """The majority label among each query's ``k`` most similar gallery rows (rows are
+    L2-normalized embeddings); with ``leave_one_out`` the queries are the gallery and a row
+    is never its own neighbour."""
+    similarity = queries @ gallery.T
+    if leave_one_out:
+        similarity.fill_diagonal_(-float("inf"))
+    k = min(k, gallery.shape[0] - int(leave_one_out))
+    nearest = similarity.topk(k, dim=1).indices
+    neighbour_labels = gallery_labels[nearest]
+    num_labels = int(gallery_labels.max()) + 1
+    votes = F.one_hot(neighbour_labels, num_labels).float()
+    # A tiny bonus by rank breaks ties in favour of the nearer neighbours.
+    votes += torch.linspace(1e-3, 0, k, device=votes.device)[None, :, None] * votes
+    return votes.sum(dim=1).argmax(dim=1)
+
+
+class EmbeddingMetrics(_LossAndScores):
+    """Loss and the leave-one-out k-NN accuracy of a split's embeddings."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.scores = MetricCollection({"knn_acc": KNNAccuracy(k)})
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        self.scores.update(outputs, targets)
+        self._update_loss(loss, targets.shape[0])
+
+
+class SequenceMetrics(_LossAndScores):
+    """Loss, sequence accuracy (the whole string right) and character error rate (edit
+    distance over the number of target characters) of greedy-decoded label sequences."""
+
+    def __init__(self, decode):
+        super().__init__()
+        self.decode = decode  # outputs, targets -> (predicted strings, target strings)
+        self.scores = MetricCollection({"seq_acc": MeanMetric(), "cer": CharErrorRate()})
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        predicted, expected = self.decode(outputs, targets)
+        hits = torch.tensor([p == e for p, e in zip(predicted, expected, strict=True)])
+        self.scores["seq_acc"].update(hits.float().to(outputs.device))
+        self.scores["cer"].update(predicted, expected)
+        self._update_loss(loss, targets.shape[0])

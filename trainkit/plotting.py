@@ -115,3 +115,35 @@ def terminal_lr_plot(lrs: list[float], width: int = 70, height: int = 12) -> str
     steps = f"{len(lrs)} steps"
     lines.append(f"{'':>{pad}}  0{steps:>{max(width - 1, len(steps))}}")
     return "\n".join(lines)
+
+
+def confusion_matrix_image(matrix: list[list[int]], class_names: list[str]):
+    """A confusion matrix (rows: true class, columns: predicted) as an RGB uint8 array of
+    shape (height, width, 3): cells shaded by their share of the row, counts written in."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    classes = len(counts)
+    cell = max(16, min(40, 640 // max(classes, 1)))
+    margin = 60  # room for the class names and the axis titles
+    size = margin + cell * classes + 10
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    row_share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    for true in range(classes):
+        for predicted in range(classes):
+            x, y = margin + predicted * cell, margin + true * cell
+            shade = int(255 * (1 - row_share[true, predicted]))
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
+            if cell >= 24 and counts[true, predicted]:
+                ink = "white" if shade < 128 else "black"
+                text = str(int(counts[true, predicted]))
+                draw.text((x + cell / 2, y + cell / 2), text, fill=ink, font=font, anchor="mm")
+    for index, name in enumerate(class_names[:classes]):
+        middle = margin + index * cell + cell / 2
+        draw.text((margin - 4, middle), name[:8], fill="black", font=font, anchor="rm")
+        draw.text((middle, margin - 4), name[:4], fill="black", font=font, anchor="mb")
+    draw.text((4, 4), "rows: true, columns: predicted", fill="black", font=font)
+    return np.asarray(image)

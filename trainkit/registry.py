@@ -280,6 +280,7 @@ SCHEDULERS = Registry(
 )
 REGULARIZERS = Registry("regularizer")
 AUGMENTATIONS = Registry("augmentation", runtime=("image_size",))
+TASKS = Registry("task", runtime=("splits", "loss"))
 
 _BUILTIN_MODULES = (
     "trainkit.data",
@@ -289,6 +290,7 @@ _BUILTIN_MODULES = (
     "trainkit.schedulers",
     "trainkit.regularization",
     "trainkit.augment",
+    "trainkit.tasks",
 )
 
 

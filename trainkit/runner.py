@@ -8,7 +8,8 @@ back into it.
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainkit import checkpoint, distributed
 from trainkit.data import Splits, build_loaders, split_data_node
 from trainkit.errors import UserError
 from trainkit.logging import LoggerSettings, RunLogger, flatten_hparams, log
-from trainkit.metrics import ClassificationMetrics
+from trainkit.metrics import lower_is_better
 from trainkit.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -34,11 +35,14 @@ from trainkit.registry import (
     MODELS,
     OPTIMIZERS,
     REGULARIZERS,
+    TASKS,
+    NonNegativeInt,
     PositiveInt,
     check_params,
     load_components,
 )
 from trainkit.schedulers import build_schedule, lr_curve
+from trainkit.tasks import Outputs, Task
 
 
 @dataclass
@@ -48,9 +52,14 @@ class TrainerSettings:
     max_epochs: PositiveInt = 30
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
     seed: int = 0
-    monitor: str = "val/acc"
-    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses, else max
+    monitor: str = "auto"  # auto: the task's own (val/acc for classification)
+    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses and errors
     deterministic: bool = False
+    # Debugging (the `debug` group sets these): batches per epoch of each split, 0 = all;
+    # overfit_batches > 0 trains and validates on the same first few train batches.
+    limit_train_batches: NonNegativeInt = 0
+    limit_eval_batches: NonNegativeInt = 0
+    overfit_batches: NonNegativeInt = 0
 
 
 # --- building blocks shared by `train` and `eval` -----------------------------------------
@@ -74,7 +83,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data(cfg: DictConfig, seed: int) -> tuple[Splits, dict[str, DataLoader]]:
+def build_data(
+    cfg: DictConfig, seed: int, overfit_batches: int = 0
+) -> tuple[Splits, dict[str, DataLoader]]:
     """The data set's splits (train split augmented) and a loader for each."""
     dataset_node, loader_settings = split_data_node(cfg.data)
     splits = DATASETS.build(dataset_node, "data")
@@ -84,48 +95,40 @@ def build_data(cfg: DictConfig, seed: int) -> tuple[Splits, dict[str, DataLoader
     splits.train.transform = AUGMENTATIONS.build(
         cfg.augmentation, "augmentation", image_size=splits.image_size
     )
+    if overfit_batches:
+        # A model that cannot drive the loss of a few batches to ~0 has a bug.
+        few = Subset(
+            splits.train,
+            range(min(len(splits.train), overfit_batches * loader_settings.batch_size)),
+        )
+        splits = dataclasses.replace(splits, train=few, val=few)
     loaders = build_loaders(
         splits, loader_settings, seed, distributed.world_size(), distributed.rank()
     )
     return splits, loaders
 
 
-def build_model(cfg: DictConfig, splits: Splits) -> nn.Module:
+def build_task(cfg: DictConfig, splits: Splits) -> Task:
+    return TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
+
+
+def resolve_monitor(settings: TrainerSettings, task: Task) -> tuple[str, str]:
+    """The monitored metric and its direction, with ``auto`` resolved from the task."""
+    monitor = task.default_monitor if settings.monitor == "auto" else settings.monitor
+    mode = settings.monitor_mode
+    if mode == "auto":
+        mode = "min" if lower_is_better(monitor) else "max"
+    return monitor, mode
+
+
+def build_model(cfg: DictConfig, splits: Splits, task: Task) -> nn.Module:
     return MODELS.build(
         cfg.model,
         "model",
-        num_classes=splits.num_classes,
+        num_classes=task.head_size,
         input_shape=splits.input_shape,
         vocab_size=splits.vocab_size,
     )
-
-
-@dataclass
-class Predictions:
-    index: torch.Tensor
-    target: torch.Tensor
-    probabilities: torch.Tensor
-
-    def write_csv(self, path: Path) -> None:
-        """``index,target,prediction,prob_0,...``: one row per sample, in index order."""
-        order = torch.argsort(self.index)
-        predicted = self.probabilities.argmax(dim=1)
-        classes = self.probabilities.shape[1]
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["index", "target", "prediction", *(f"prob_{c}" for c in range(classes))]
-            )
-            for row in order.tolist():
-                probabilities = (f"{p:.6g}" for p in self.probabilities[row].tolist())
-                writer.writerow(
-                    [
-                        int(self.index[row]),
-                        int(self.target[row]),
-                        int(predicted[row]),
-                        *probabilities,
-                    ]
-                )
 
 
 @torch.no_grad()
@@ -133,29 +136,30 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader,
     loss_fn: nn.Module,
-    metrics: ClassificationMetrics,
+    task: Task,
+    metrics,
     device: torch.device,
     prefix: str,
-    class_names: list[str] | None = None,
-    keep_predictions: bool = False,
-) -> tuple[dict[str, Any], Predictions | None]:
-    """Metrics of ``model`` on one split; the predictions too when asked for."""
+    keep_outputs: bool = False,
+    limit_batches: int = 0,
+) -> tuple[dict[str, Any], Outputs | None]:
+    """Metrics of ``model`` on one split; its outputs too when asked for."""
     model.eval()
     metrics.reset()
     kept: list[tuple[torch.Tensor, ...]] = []
-    for inputs, targets, indices in loader:
+    for inputs, targets, indices in itertools.islice(loader, limit_batches or None):
         inputs, targets = (
             inputs.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         )
-        logits = model(inputs)
-        metrics.update(logits, targets, loss_fn(logits, targets))
-        if keep_predictions:
-            kept.append((indices, targets.cpu(), logits.float().softmax(dim=1).cpu()))
-    predictions = None
+        outputs = model(inputs)
+        metrics.update(outputs, targets, task.compute_loss(loss_fn, outputs, targets))
+        if keep_outputs:
+            kept.append((indices, targets.cpu(), outputs.float().cpu()))
+    kept_outputs = None
     if kept:
-        predictions = Predictions(*(torch.cat(parts) for parts in zip(*kept, strict=True)))
-    return metrics.compute(prefix, class_names), predictions
+        kept_outputs = Outputs(*(torch.cat(parts) for parts in zip(*kept, strict=True)))
+    return metrics.compute(prefix, task.splits.class_names), kept_outputs
 
 
 def rng_state() -> dict[str, Any]:
@@ -205,12 +209,14 @@ class Runner:
         for regularizer in self.regularizers:
             regularizer.configure(cfg)
 
-        # --- data ---
-        self.splits, self.loaders = build_data(cfg, self.settings.seed)
-        self.class_names = self.splits.class_names
+        # --- data, and the task its targets are for ---
+        self.splits, self.loaders = build_data(
+            cfg, self.settings.seed, self.settings.overfit_batches
+        )
+        self.task = build_task(cfg, self.splits)
 
         # --- model, loss, optimizer ---
-        self.model = build_model(cfg, self.splits).to(self.device)
+        self.model = build_model(cfg, self.splits, self.task).to(self.device)
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
@@ -221,12 +227,11 @@ class Runner:
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
 
         # --- metrics and what "best" means ---
-        self.val_metrics = ClassificationMetrics(self.splits.num_classes).to(self.device)
-        self.monitor = self.settings.monitor
-        self.mode = self.settings.monitor_mode
-        if self.mode == "auto":
-            self.mode = "min" if self.monitor.endswith("loss") else "max"
-        known = {"train/loss", "train/acc", *self.val_metrics.scalar_names("val")}
+        self.val_metrics = self.task.metrics().to(self.device)
+        self.monitor, self.mode = resolve_monitor(self.settings, self.task)
+        known = {"train/loss", *self.val_metrics.scalar_names("val")}
+        if self.task.tracks_accuracy:
+            known.add("train/acc")
         if self.monitor not in known:
             raise UserError(
                 f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
@@ -235,7 +240,7 @@ class Runner:
 
         # --- lr schedule (plateau needs the monitored metric's direction) ---
         schedule_args = (
-            len(self.loaders["train"]),
+            self.train_batches,
             self.settings.max_epochs,
             self.monitor,
             self.mode,
@@ -254,6 +259,12 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = RunLogger(self.run_dir, logger_settings, distributed.is_main_process())
 
+    @property
+    def train_batches(self) -> int:
+        """Optimizer steps per epoch."""
+        batches = len(self.loaders["train"])
+        return min(batches, self.settings.limit_train_batches or batches)
+
     # --- one epoch of training ---
 
     def train_epoch(self) -> dict[str, float]:
@@ -266,17 +277,18 @@ class Runner:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         started = time.perf_counter()
-        with self.logger.progress(f"epoch {self.epoch + 1}", len(loader)) as advance:
-            for inputs, targets, _ in loader:
+        batches = itertools.islice(loader, self.train_batches)
+        with self.logger.progress(f"epoch {self.epoch + 1}", self.train_batches) as advance:
+            for inputs, targets, _ in batches:
                 inputs = inputs.to(self.device, non_blocking=True)
                 targets = targets.to(self.device, non_blocking=True)
-                labels = targets  # class indices, for the running accuracy
+                labels = targets  # before mixing, for the running accuracy
                 for regularizer in self.regularizers:
                     inputs, targets = regularizer.mix_batch(
                         inputs, targets, self.splits.num_classes
                     )
-                logits = self.train_model(inputs)
-                loss = self.loss_fn(logits, targets)
+                outputs = self.train_model(inputs)
+                loss = self.task.compute_loss(self.loss_fn, outputs, targets)
                 for regularizer in self.regularizers:
                     penalty = regularizer.penalty(self.model)
                     if penalty is not None:
@@ -293,7 +305,9 @@ class Runner:
                 self.scheduler.step_batch()
 
                 loss_sum += loss.detach() * targets.shape[0]
-                correct += (logits.argmax(dim=1) == labels).sum()
+                hits = self.task.train_hits(outputs.detach(), labels)
+                if hits is not None:
+                    correct += hits
                 seen += targets.shape[0]
                 if self.logger.should_log_step(self.step):
                     step_loss = loss.item()  # the one host-device sync, every N steps
@@ -306,7 +320,10 @@ class Runner:
         )
         distributed.all_reduce_sum(totals)
         loss_total, correct_total, seen_total = totals.tolist()
-        return {"train/loss": loss_total / seen_total, "train/acc": correct_total / seen_total}
+        record = {"train/loss": loss_total / seen_total}
+        if self.task.tracks_accuracy:
+            record["train/acc"] = correct_total / seen_total
+        return record
 
     def evaluation_model(self) -> nn.Module:
         """What validation and test evaluate: the model, or its EMA when one is kept."""
@@ -320,9 +337,11 @@ class Runner:
             self.evaluation_model(),
             self.loaders["val"],
             self.loss_fn,
+            self.task,
             self.val_metrics,
             self.device,
             "val",
+            limit_batches=self.settings.limit_eval_batches,
         )
         return values
 
@@ -378,16 +397,17 @@ class Runner:
         best = checkpoint.load(self.checkpoint_dir / "best.pt", map_location=self.device)
         model = self.evaluation_model()
         model.load_state_dict(best["evaluation_model"])
-        test_metrics = ClassificationMetrics(self.splits.num_classes, per_class=True)
-        values, predictions = evaluate(
+        test_metrics = self.task.metrics(per_class=True).to(self.device)
+        values, outputs = evaluate(
             model,
             self.loaders["test"],
             self.loss_fn,
-            test_metrics.to(self.device),
+            self.task,
+            test_metrics,
             self.device,
             "test",
-            self.class_names,
-            keep_predictions=True,
+            keep_outputs=True,
+            limit_batches=self.settings.limit_eval_batches,
         )
         summary = {
             "run_dir": str(self.run_dir),
@@ -398,16 +418,11 @@ class Runner:
             "best_epoch": self.best_record["epoch"],
             **{k: v for k, v in self.best_record.items() if k.startswith(("val/", "train/"))},
             **values,
+            **self.task.summary_extras(),
         }
-        if self.splits.num_classes == 2:
-            # `prediction` is the argmax: class 1 exactly when its probability exceeds 0.5.
-            summary["decision_threshold"] = 0.5
         if distributed.is_main_process():
-            predictions.write_csv(self.run_dir / "predictions.csv")
-            if self.splits.num_classes == 2:
-                self.logger.log_pr_curve(
-                    "test/pr_curve", predictions.target, predictions.probabilities[:, 1], self.step
-                )
+            self.task.write_predictions(self.run_dir / "predictions.csv", outputs)
+            self.task.log_test(self.logger, values, outputs, self.step)
             checkpoint.save_json(summary, self.run_dir / "summary.json")
             scalars = {name: values[name] for name in test_metrics.scalar_names("test")}
             hparams = flatten_hparams(OmegaConf.to_container(self.cfg, resolve=True))
@@ -486,28 +501,22 @@ def evaluate_checkpoint(
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     splits, loaders = build_data(cfg, settings.seed)
-    model = build_model(cfg, splits)
+    task = build_task(cfg, splits)
+    model = build_model(cfg, splits, task)
     try:
         model.load_state_dict(state["evaluation_model"])
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"checkpoint {path} does not fit model {cfg.model.name}: {first}") from None
     loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
-    metrics = ClassificationMetrics(splits.num_classes, per_class=True).to(device)
-    values, predictions = evaluate(
-        model.to(device),
-        loaders["test"],
-        loss_fn,
-        metrics,
-        device,
-        "test",
-        splits.class_names,
-        keep_predictions=True,
+    metrics = task.metrics(per_class=True).to(device)
+    values, outputs = evaluate(
+        model.to(device), loaders["test"], loss_fn, task, metrics, device, "test", keep_outputs=True
     )
     summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
     output_dir = Path(output_dir) if output_dir else path.parent / f"eval_{path.stem}"
     output_dir.mkdir(parents=True, exist_ok=True)
-    predictions.write_csv(output_dir / "predictions.csv")
+    task.write_predictions(output_dir / "predictions.csv", outputs)
     checkpoint.save_json(summary, output_dir / "summary.json")
     return summary, output_dir
 

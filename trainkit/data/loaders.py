@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainkit.data.splits import Splits
 from trainkit.registry import NonNegativeInt, PositiveInt, check_params
@@ -35,6 +35,14 @@ def _keep_batch(batch):
     return batch
 
 
+def _fetches_batches(dataset) -> bool:
+    """Whether the data set returns whole batches from ``__getitems__`` (a Subset passes
+    the call on to the data set it takes samples from)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return hasattr(dataset, "__getitems__")
+
+
 def build_loaders(
     splits: Splits, settings: LoaderSettings, seed: int, world_size: int = 1, rank: int = 0
 ) -> dict[str, DataLoader]:
@@ -47,7 +55,7 @@ def build_loaders(
         if world_size > 1 and training:
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
         generator = torch.Generator().manual_seed(seed)
-        batched = hasattr(dataset, "__getitems__")
+        batched = _fetches_batches(dataset)
         loaders[split_name] = DataLoader(
             dataset,
             batch_size=settings.batch_size if training else settings.eval_batch_size,

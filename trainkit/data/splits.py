@@ -24,6 +24,9 @@ class Splits:
     # "continuous" (regression values) or "sequence" (label sequences, padded with 0).
     target_kind: str = "class"
     vocab_size: int | None = None  # token inputs: the vocabulary's size, padding index 0
+    # Continuous targets: the train split's (mean, std); regression models learn
+    # (target - mean) / std, and predictions are mapped back.
+    target_scale: tuple[float, float] | None = None
 
     @property
     def image_size(self) -> tuple[int, int] | None:
