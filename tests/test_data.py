@@ -253,3 +253,58 @@ def test_synthetic_is_seeded():
     a, b, c = synthetic(seed=0), synthetic(seed=0), synthetic(seed=1)
     assert torch.equal(a.train.inputs, b.train.inputs)
     assert not torch.equal(a.train.inputs, c.train.inputs)
+
+
+# --- diabetes and digit strings --------------------------------------------------------------
+
+
+def test_diabetes_is_a_regression_set_split_over_the_whole_target_range():
+    from sklearn.datasets import load_diabetes
+
+    from trainkit.data import bundled
+
+    splits = bundled.diabetes()
+    target = load_diabetes().target
+    assert splits.target_kind == "continuous" and splits.num_classes == 1
+    assert splits.input_shape == (10,)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == len(target)
+    for split in (splits.train, splits.val, splits.test):
+        # Stratified by quintile: each split reaches both ends of the range.
+        assert (
+            split.targets.min()
+            < np.quantile(target, 0.2)
+            < np.quantile(target, 0.8)
+            < (split.targets.max())
+        )
+        assert torch.equal(
+            split.targets, torch.as_tensor(target[split.indices], dtype=torch.float32)
+        )
+    mean, std = splits.target_scale
+    assert mean == pytest.approx(splits.train.targets.mean().item())
+    assert std == pytest.approx(splits.train.targets.std().item())
+
+
+def test_digit_strings_are_digit_images_side_by_side_labelled_with_their_digits():
+    from trainkit.data import bundled
+
+    splits = bundled.digit_strings(num_strings=300, min_length=3, max_length=5)
+    assert splits.input_shape == (1, 8, 40) and splits.num_classes == 11
+    assert splits.target_kind == "sequence" and splits.class_names[0] == "<blank>"
+    assert [len(s) for s in (splits.train, splits.val, splits.test)] == [210, 45, 45]
+    lengths = (splits.train.targets > 0).sum(dim=1)
+    assert lengths.min() == 3 and lengths.max() == 5
+    for row in range(20):  # labels are digits + 1, padded with 0 after the string
+        length = int(lengths[row])
+        assert (splits.train.targets[row, :length] >= 1).all()
+        assert (splits.train.targets[row, length:] == 0).all()
+    # Inked columns: as many 8-pixel digits as the label says, blank elsewhere.
+    background = splits.train.inputs.amin()
+    inked = (splits.train.inputs[:50, 0] > background + 1e-4).any(dim=1)  # (strings, columns)
+    assert (inked.sum(dim=1) <= 8 * lengths[:50]).all()
+
+
+def test_digit_strings_length_bounds_are_checked():
+    from trainkit.data import bundled
+
+    with pytest.raises(UserError, match="data.min_length=6 is above data.max_length=5"):
+        bundled.digit_strings(min_length=6, max_length=5)

@@ -1,4 +1,4 @@
-"""ClassificationMetrics against scikit-learn on the same predictions."""
+"""Each task's metrics against scikit-learn or a hand count on the same predictions."""
 
 from __future__ import annotations
 
@@ -225,3 +225,83 @@ def test_scalar_names_are_exactly_the_single_numbers_compute_returns(num_classes
     values = metrics.compute("val")
     singles = {k for k, v in values.items() if k.count("/") == 1 and isinstance(v, float)}
     assert set(metrics.scalar_names("val")) == singles
+
+
+# --- the other tasks' metrics ----------------------------------------------------------------
+
+
+def test_regression_metrics_match_scikit_learn_in_the_targets_units():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from trainkit.metrics import RegressionMetrics
+
+    generator = torch.Generator().manual_seed(3)
+    outputs = torch.randn(200, 1, generator=generator)
+    targets = 150 + 50 * (outputs.squeeze(1) + 0.5 * torch.randn(200, generator=generator))
+    predictions = outputs.squeeze(1) * 50 + 150
+    metrics = RegressionMetrics(lambda o: o.squeeze(1) * 50 + 150)
+    for start in range(0, 200, 64):
+        batch = slice(start, start + 64)
+        metrics.update(outputs[batch], targets[batch], torch.tensor(0.0))
+    values = metrics.compute("test")
+    assert values["test/mae"] == pytest.approx(mean_absolute_error(targets, predictions), rel=1e-5)
+    assert values["test/rmse"] == pytest.approx(
+        mean_squared_error(targets, predictions) ** 0.5, rel=1e-5
+    )
+    assert values["test/r2"] == pytest.approx(r2_score(targets, predictions), rel=1e-5)
+    assert set(metrics.scalar_names("val")) == {"val/loss", "val/mae", "val/rmse", "val/r2"}
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_knn_accuracy_matches_scikit_learns_neighbours_leaving_each_sample_out(k):
+    from sklearn.neighbors import NearestNeighbors
+
+    from trainkit.metrics import EmbeddingMetrics
+
+    generator = torch.Generator().manual_seed(k)
+    labels = torch.randint(0, 2, (150,), generator=generator)  # two classes, odd k: no ties
+    embeddings = torch.randn(150, 8, generator=generator) + labels[:, None] * 0.8
+    metrics = EmbeddingMetrics(k)
+    for start in range(0, 150, 64):
+        batch = slice(start, start + 64)
+        metrics.update(embeddings[batch], labels[batch], torch.tensor(0.0))
+    unit = (embeddings / embeddings.norm(dim=1, keepdim=True)).numpy()
+    # Without a query, kneighbors leaves each point out of its own neighbours.
+    neighbours = NearestNeighbors(n_neighbors=k).fit(unit).kneighbors(return_distance=False)
+    votes = labels.numpy()[neighbours].sum(axis=1)
+    predicted = (votes * 2 > k).astype(int)
+    expected = (predicted == labels.numpy()).mean()
+    assert metrics.compute("test")["test/knn_acc"] == pytest.approx(expected, abs=1e-6)
+
+
+def levenshtein(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
+
+
+def test_sequence_accuracy_and_character_error_rate_match_a_hand_count():
+    from trainkit.metrics import SequenceMetrics
+
+    predicted = ["123", "45", "6789", "", "000"]
+    expected = ["123", "456", "6788", "12", "00"]
+    metrics = SequenceMetrics(lambda outputs, targets: (predicted, expected))
+    metrics.update(torch.zeros(5, 4, 11), torch.zeros(5, 3), torch.tensor(1.5))
+    values = metrics.compute("test")
+    edits = sum(levenshtein(p, e) for p, e in zip(predicted, expected, strict=True))
+    assert values["test/cer"] == pytest.approx(edits / sum(len(e) for e in expected))
+    assert values["test/seq_acc"] == pytest.approx(1 / 5)
+    assert values["test/loss"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "lower"),
+    [("val/loss", True), ("val/rmse", True), ("val/cer", True), ("val/acc", False)],
+)
+def test_which_metrics_improve_by_going_down(name, lower):
+    from trainkit.metrics import lower_is_better
+
+    assert lower_is_better(name) is lower

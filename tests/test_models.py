@@ -198,3 +198,30 @@ def test_mlp_norm_layers(norm, layer_type):
             if isinstance(module, layer_type):
                 assert isinstance(model[index - 1], nn.Linear)
     _train_step(model, (12,))
+
+
+# --- the sequence reader ---------------------------------------------------------------------
+
+
+def test_conv_transformer_gives_one_score_per_class_every_two_columns():
+    from trainkit.registry import MODELS
+
+    model = MODELS.build(
+        {"name": "conv_transformer"}, "model", num_classes=11, input_shape=(1, 8, 40)
+    )
+    assert model(torch.randn(3, 1, 8, 40)).shape == (3, 20, 11)
+
+
+def test_conv_transformer_errors():
+    from trainkit.errors import UserError
+    from trainkit.registry import MODELS
+
+    with pytest.raises(UserError, match="model conv_transformer reads images"):
+        MODELS.build({"name": "conv_transformer"}, "model", num_classes=11, input_shape=(30,))
+    with pytest.raises(UserError, match="model.embed_dim=30 is not divisible by model.num_heads=4"):
+        MODELS.build(
+            {"name": "conv_transformer", "embed_dim": 30},
+            "model",
+            num_classes=11,
+            input_shape=(1, 8, 40),
+        )
