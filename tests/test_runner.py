@@ -131,3 +131,41 @@ def test_the_planned_lr_curve_is_the_one_the_run_uses(schedule, tmp_path):
     assert len(used) == runner.step and planned.keys() == used.keys()
     for step, lr in used.items():
         assert planned[step] == pytest.approx(lr, rel=1e-6), step
+
+
+# --- debug presets ---------------------------------------------------------------------------
+
+
+def count_rows(path) -> int:
+    return len(path.read_text().splitlines()) - 1  # minus the header
+
+
+def make_debug_runner(run_dir, *overrides):
+    """Without SMALL's max_epochs: the command line would win over the preset's."""
+    small = [o for o in SMALL if not o.startswith("trainer.max_epochs")]
+    return Runner(config.compose(config.prepare([*small, *overrides])), run_dir)
+
+
+def test_debug_fast_runs_one_batch_of_each_split(tmp_path):
+    runner = make_debug_runner(tmp_path / "run", "debug=fast", "data.eval_batch_size=16")
+    summary = runner.fit()
+    assert summary["epochs"] == 1 and summary["steps"] == 1
+    assert count_rows(tmp_path / "run" / "predictions.csv") == 16  # one test batch
+
+
+def test_debug_limit_caps_the_batches_of_every_epoch_and_the_schedule_knows(tmp_path):
+    runner = make_debug_runner(tmp_path / "run", "debug=limit", "data.batch_size=8")
+    assert runner.train_batches == 10 < len(runner.loaders["train"])
+    assert len(runner.planned_lrs) == 3 * 10  # the schedule spans the limited epochs
+    summary = runner.fit()
+    assert summary["epochs"] == 3 and summary["steps"] == 30
+
+
+def test_debug_overfit_memorizes_a_few_batches(tmp_path):
+    runner = make_debug_runner(
+        tmp_path / "run", "debug=overfit", "optimizer=adam", "optimizer.lr=0.01", "data.noise=3"
+    )
+    assert len(runner.splits.train) == len(runner.splits.val) == 4 * 64
+    runner.fit()
+    assert runner.best_record["val/acc"] == 1.0
+    assert runner.best_record["val/loss"] < 0.05
