@@ -1,1 +1,379 @@
-"""torchvision's downloadable image data sets and image folders."""
+"""torchvision's downloadable image data sets and image folders.
+
+CIFAR-10, CIFAR-100, MNIST and Fashion-MNIST are held in memory as float32 tensors (CIFAR-10's
+train images take about 600 MB) and normalized per channel with the train split's mean and
+std, like the bundled sets. The official test set is the test split; the val split is carved
+from the official train set (stratified, seeded). A sample's ``index`` is its position in the
+official train set (train and val splits) or in the official test set (test split).
+
+Files live under ``root``, relative to the working directory. Missing files are downloaded
+unless ``download: false``; an archive already placed in ``root`` is extracted instead, so a
+machine without network can be given the files by hand.
+
+``imagefolder`` reads ``root/train/<class>/<image>`` (and ``val/``, ``test/``) lazily, one
+image per item, so a data set as large as ImageNet never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from trainkit.data.splits import Splits, TensorSplit, stratified_split
+from trainkit.errors import UserError
+from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
+
+# Per socket operation (connect, each read), not per file: a machine without network fails in
+# seconds instead of hanging, while a slow but working download still finishes.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+# --- files: find, extract or download ------------------------------------------------------
+
+
+def _download_failure(error: Exception) -> str:
+    """The last line of a download error: torchvision's MNIST error lists every mirror tried."""
+    reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+    lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
+    return lines[-1].removeprefix("<urlopen error ").removesuffix(">") if lines else "no reason"
+
+
+def _ensure_files(
+    name: str,
+    needed: list[Path],
+    archives: list[Path],
+    download: bool,
+    fetch: Callable[[], object],
+    hint: str,
+) -> None:
+    """Make sure every ``needed`` file exists: extract ``archives`` the user put in place, else
+    call ``fetch`` (a torchvision download) when ``download``; raise UserError with ``hint``."""
+    from torchvision.datasets.utils import extract_archive
+
+    if all(path.is_file() for path in needed):
+        return
+    for archive in archives:
+        if archive.is_file():
+            try:
+                extract_archive(archive, archive.parent)
+            except Exception as error:  # a truncated download: tarfile, gzip and EOF errors
+                raise UserError(
+                    f"data {name}: cannot extract {archive} ({error}); delete it and try again"
+                ) from None
+    missing = [path for path in needed if not path.is_file()]
+    if missing and download:
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            fetch()
+        except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
+            raise UserError(
+                f"data {name}: download failed ({_download_failure(error)}); "
+                f"without network, {hint}"
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+        missing = [path for path in needed if not path.is_file()]
+    if missing:
+        why = "data.download=false" if not download else "the download did not provide it"
+        raise UserError(f"data {name}: {missing[0]} is missing and {why}; {hint}")
+
+
+def _read_cifar(folder: Path, files: list[str], label_key: str):
+    images, labels = [], []
+    for file_name in files:
+        with open(folder / file_name, "rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+        images.append(entry["data"])
+        labels.extend(entry[label_key])
+    images = torch.from_numpy(np.concatenate(images).reshape(-1, 3, 32, 32))
+    return images, torch.as_tensor(labels, dtype=torch.long)
+
+
+def _load_cifar(name: str, root: str, download: bool, fine: bool):
+    """CIFAR's pickled batches, read directly: torchvision's class would insist on the official
+    files' checksums, which hand-made and test files do not have."""
+    from torchvision import datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    source = datasets.CIFAR100 if fine else datasets.CIFAR10
+    base = Path(root)
+    folder = base / source.base_folder
+    train_files = [file_name for file_name, _ in source.train_list]
+    test_files = [file_name for file_name, _ in source.test_list]
+    meta_file = source.meta["filename"]
+    _ensure_files(
+        name,
+        [folder / f for f in (*train_files, *test_files, meta_file)],
+        [base / source.filename],
+        download,
+        lambda: download_and_extract_archive(source.url, base, source.filename, md5=source.tgz_md5),
+        f"put {source.filename} (from https://www.cs.toronto.edu/~kriz/cifar.html) in {base}/ "
+        f"or extract it to {folder}",
+    )
+    label_key = "fine_labels" if fine else "labels"
+    train_x, train_y = _read_cifar(folder, train_files, label_key)
+    test_x, test_y = _read_cifar(folder, test_files, label_key)
+    with open(folder / meta_file, "rb") as handle:
+        class_names = pickle.load(handle, encoding="latin1")[source.meta["key"]]
+    return train_x, train_y, test_x, test_y, list(class_names)
+
+
+def _load_mnist(name: str, root: str, download: bool, fashion: bool):
+    """MNIST-format files (idx, uncompressed or .gz) in ``root/MNIST/raw`` or ``FashionMNIST``."""
+    from torchvision import datasets
+
+    source = datasets.FashionMNIST if fashion else datasets.MNIST
+    raw = Path(root) / source.__name__ / "raw"
+    archives = [file_name for file_name, _ in source.resources]
+    _ensure_files(
+        name,
+        [raw / Path(file_name).stem for file_name in archives],
+        [raw / file_name for file_name in archives],
+        download,
+        lambda: source(root, train=True, download=True),
+        f"put {', '.join(archives)} (from {source.mirrors[0]}) in {raw}",
+    )
+    train, test = source(root, train=True), source(root, train=False)
+    # (N, 28, 28) uint8 -> (N, 1, 28, 28): one grey channel.
+    return train.data[:, None], train.targets, test.data[:, None], test.targets, source.classes
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), shaped (1, C, 1, 1)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):  # float64 a chunk at a time: all of CIFAR-10 is 1.2 GB
+        chunk = chunk.double()
+        total += chunk.sum(dim=(0, 2, 3))
+        squares += chunk.square().sum(dim=(0, 2, 3))
+    count = images.numel() / images.shape[1]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
+    return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+
+
+def _in_memory_splits(loaded, val_fraction: float, seed: int) -> Splits:
+    """Carve val from the official train set; normalize every split with train statistics."""
+    train_x, train_y, test_x, test_y, class_names = loaded
+    train_idx, val_idx, _ = (
+        torch.as_tensor(rows) for rows in stratified_split(train_y.numpy(), val_fraction, 0, seed)
+    )
+    mean, std = _channel_stats(train_x[train_idx])
+
+    def split(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> TensorSplit:
+        # In place, so that only one float32 copy of each split ever exists.
+        inputs = images[rows].float().sub_(mean).div_(std)
+        return TensorSplit(inputs, labels[rows], rows)
+
+    return Splits(
+        split(train_x, train_y, train_idx),
+        split(train_x, train_y, val_idx),
+        split(test_x, test_y, torch.arange(len(test_y))),
+        num_classes=len(class_names),
+        input_shape=tuple(train_x.shape[1:]),
+        class_names=[str(c) for c in class_names],
+    )
+
+
+# --- torchvision's data sets ---------------------------------------------------------------
+
+
+@DATASETS.register("cifar10")
+def cifar10(
+    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
+) -> Splits:
+    """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes.
+    ``root`` is relative to the working directory. Raises UserError when the files are
+    missing and cannot be downloaded."""
+    loaded = _load_cifar("cifar10", root, download, fine=False)
+    return _in_memory_splits(loaded, val_fraction, seed)
+
+
+@DATASETS.register("cifar100")
+def cifar100(
+    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
+) -> Splits:
+    """CIFAR-100: 50,000 train and 10,000 test 32x32 colour images of 100 classes (the fine
+    labels). ``root`` is relative to the working directory."""
+    loaded = _load_cifar("cifar100", root, download, fine=True)
+    return _in_memory_splits(loaded, val_fraction, seed)
+
+
+@DATASETS.register("mnist")
+def mnist(
+    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
+) -> Splits:
+    """MNIST: 60,000 train and 10,000 test 28x28 grey handwritten digits.
+    ``root`` is relative to the working directory."""
+    loaded = _load_mnist("mnist", root, download, fashion=False)
+    return _in_memory_splits(loaded, val_fraction, seed)
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(
+    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
+) -> Splits:
+    """Fashion-MNIST: 60,000 train and 10,000 test 28x28 grey images of 10 kinds of clothing.
+    ``root`` is relative to the working directory."""
+    loaded = _load_mnist("fashion_mnist", root, download, fashion=True)
+    return _in_memory_splits(loaded, val_fraction, seed)
+
+
+# --- image folders -------------------------------------------------------------------------
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageFolderSplit(Dataset):
+    """Image files decoded one at a time; items are ``(image, target, index)``, the image a
+    normalized float tensor (3, image_size, image_size).
+
+    Without a ``transform`` (val, test, and train under ``augmentation=none``) an image is
+    resized so its shorter side is ``resize`` pixels, then center-cropped to ``image_size``
+    (torchvision's ImageNet evaluation: 256, then 224). With one (the train split), the
+    transform gets the whole image at that scale instead, and its result is center-cropped to
+    ``image_size``: a random-resized or random crop picks the view, any other preset works too.
+    """
+
+    def __init__(
+        self,
+        files: list[str],
+        targets: list[int],
+        indices: list[int],
+        image_size: int,
+        resize: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+    ):
+        self.files, self.targets, self.indices = files, targets, indices
+        self.image_size, self.resize = image_size, resize
+        self.mean, self.std = list(mean), list(std)
+        self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from torchvision.transforms.v2 import functional as F
+
+        with Image.open(self.files[i]) as image:
+            # JPEG only: decode at the smallest scale that keeps both sides >= resize, which
+            # is several times faster for photographs much larger than the model's input.
+            image.draft("RGB", (self.resize, self.resize))
+            image = image.convert("RGB")
+        image = F.resize(image, self.resize)  # the shorter side
+        if self.transform is None:
+            image = F.center_crop(image, self.image_size)
+        x = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+        x = F.normalize(x, self.mean, self.std)
+        if self.transform is not None:
+            x = F.center_crop(self.transform(x), self.image_size)
+        return x, self.targets[i], self.indices[i]
+
+
+def _folder_images(folder: Path, classes: list[str], layout: str) -> tuple[list[str], list[int]]:
+    """Image paths under ``folder/<class>/`` and their class indices, in sorted order."""
+    unknown = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(classes))
+    if unknown:
+        raise UserError(
+            f"data imagefolder: {folder / unknown[0]} is a class that the train folder lacks; "
+            f"every class needs images in train/ ({layout})"
+        )
+    files, targets = [], []
+    for target, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        images = sorted(str(p) for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files += images
+        targets += [target] * len(images)
+    return files, targets
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(
+    root: str,
+    image_size: PositiveInt = 224,
+    resize: PositiveInt = 256,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = IMAGENET_STD,
+    val_fraction: Probability = 0.1,
+    seed: int = 0,
+) -> Splits:
+    """Images in class folders: ``root/train/<class>/*.jpg`` plus ``root/val/`` and/or
+    ``root/test/`` laid out the same way; classes are the sorted train folder names.
+
+    Without ``test/``, the val folder serves as the test split (as for ImageNet, whose
+    labelled "val" set is what papers report). Unless both exist, the val split is
+    ``val_fraction`` of the train folder (stratified, seeded). Images are converted to RGB.
+    ``root`` is relative to the working directory.
+    """
+    base = Path(root)
+    layout = f"expected {base}/train/<class>/<image> and {base}/val/ or {base}/test/ alike"
+    if resize < image_size:
+        raise UserError(
+            f"data.resize={resize} is below data.image_size={image_size}; the center crop "
+            f"needs resize >= image_size (torchvision's ImageNet evaluation: 256 for 224)"
+        )
+    train_dir = base / "train"
+    classes = []
+    if train_dir.is_dir():
+        classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"data imagefolder: {train_dir} has no class folders; {layout}")
+    train_files, train_targets = _folder_images(train_dir, classes, layout)
+    empty = sorted(set(range(len(classes))) - set(train_targets))
+    if empty:
+        raise UserError(
+            f"data imagefolder: {train_dir / classes[empty[0]]} holds no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); {layout}"
+        )
+    found = {
+        name: _folder_images(base / name, classes, layout)
+        for name in ("val", "test")
+        if (base / name).is_dir()
+    }
+    for name, (files, _) in found.items():
+        if not files:
+            raise UserError(f"data imagefolder: {base / name} holds no images; {layout}")
+    if not found:
+        raise UserError(f"data imagefolder: {base} has train/ but neither val/ nor test/; {layout}")
+
+    def split(files: list[str], targets: list[int], rows) -> ImageFolderSplit:
+        return ImageFolderSplit(
+            [files[r] for r in rows],
+            [targets[r] for r in rows],
+            [int(r) for r in rows],
+            image_size,
+            resize,
+            mean,
+            std,
+        )
+
+    test_files, test_targets = found.get("test", found.get("val"))
+    test = split(test_files, test_targets, range(len(test_files)))
+    if "val" in found and "test" in found:
+        train = split(train_files, train_targets, range(len(train_files)))
+        val = split(*found["val"], range(len(found["val"][0])))
+    else:
+        labels = np.asarray(train_targets)
+        train_rows, val_rows, _ = stratified_split(labels, val_fraction, 0, seed)
+        train = split(train_files, train_targets, train_rows)
+        val = split(train_files, train_targets, val_rows)
+    return Splits(
+        train,
+        val,
+        test,
+        num_classes=len(classes),
+        input_shape=(3, image_size, image_size),
+        class_names=classes,
+    )

@@ -1,0 +1,334 @@
+"""torchvision's data sets (from fake files, offline) and image folders."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import socket
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tests.fake_images import (
+    CIFAR10_CLASSES,
+    fake_images,
+    make_cifar10,
+    make_cifar100,
+    make_fashion_mnist,
+    make_imagefolder,
+    make_mnist,
+)
+from trainkit.data import vision
+from trainkit.errors import UserError
+from trainkit.registry import DATASETS, load_components
+
+load_components()
+
+# name: (writer, classes, train images, test images, shape of one image)
+TORCHVISION_SETS = {
+    "cifar10": (make_cifar10, 10, 100, 50, (3, 32, 32)),
+    "cifar100": (make_cifar100, 100, 1000, 100, (3, 32, 32)),
+    "mnist": (make_mnist, 10, 100, 50, (1, 28, 28)),
+    "fashion_mnist": (make_fashion_mnist, 10, 100, 50, (1, 28, 28)),
+}
+
+
+def load(name: str, **params):
+    return DATASETS.build({"name": name, **params}, "data")
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vision")
+    for writer, *_ in TORCHVISION_SETS.values():
+        writer(root)
+    return root
+
+
+def no_network(monkeypatch):
+    """Every URL torchvision opens fails as it does without DNS."""
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+# --- torchvision's data sets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_loads_from_files_sizes_shapes_and_classes(name, fake_root, monkeypatch):
+    no_network(monkeypatch)  # the files are there: download=true must not need the network
+    _, classes, n_train, n_test, shape = TORCHVISION_SETS[name]
+    splits = load(name, root=str(fake_root))
+    assert splits.num_classes == classes == len(splits.class_names)
+    assert splits.input_shape == shape and splits.train[0][0].shape == shape
+    assert len(splits.val) == round(0.1 * n_train)
+    assert len(splits.train) == n_train - len(splits.val)
+    assert len(splits.test) == n_test
+    # Every class in both train and val (stratified), and the train split normalized.
+    assert set(splits.val.targets.tolist()) == set(range(classes))
+    inputs = splits.train.inputs.transpose(0, 1).flatten(1)
+    assert torch.allclose(inputs.mean(1), torch.zeros(shape[0]), atol=1e-4)
+    assert torch.allclose(inputs.std(1), torch.ones(shape[0]), atol=1e-2)
+    assert splits.train.inputs.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SETS))
+def test_indices_point_into_the_official_train_and_test_sets(name, fake_root):
+    _, classes, n_train, n_test, shape = TORCHVISION_SETS[name]
+    splits = load(name, root=str(fake_root))
+    train_and_val = torch.cat([splits.train.indices, splits.val.indices]).sort().values
+    assert torch.equal(train_and_val, torch.arange(n_train))  # disjoint and complete
+    assert torch.equal(splits.test.indices, torch.arange(n_test))
+    _, train_labels = fake_images(classes, n_train // classes, shape[-2:])
+    _, test_labels = fake_images(classes, n_test // classes, shape[-2:], seed=1)
+    assert np.array_equal(splits.val.targets.numpy(), train_labels[splits.val.indices.numpy()])
+    assert np.array_equal(splits.test.targets.numpy(), test_labels)
+
+
+def test_class_names_come_from_the_files(fake_root):
+    assert load("cifar10", root=str(fake_root)).class_names == CIFAR10_CLASSES
+    assert load("cifar100", root=str(fake_root)).class_names[:2] == ["class_0", "class_1"]
+    assert load("fashion_mnist", root=str(fake_root)).class_names[0] == "T-shirt/top"
+
+
+def test_val_split_is_seeded(fake_root):
+    first, again, other = (load("mnist", root=str(fake_root), seed=s) for s in (0, 0, 1))
+    assert torch.equal(first.val.indices, again.val.indices)
+    assert not torch.equal(first.val.indices, other.val.indices)
+
+
+def test_val_and_test_use_the_train_statistics(fake_root):
+    splits = load("mnist", root=str(fake_root))
+    train_raw = torch.as_tensor(fake_images(10, 10, (1, 28, 28))[0], dtype=torch.float64)
+    test_raw = torch.as_tensor(fake_images(10, 5, (1, 28, 28), seed=1)[0], dtype=torch.float64)
+    train_raw = train_raw[splits.train.indices]
+    expected = (test_raw - train_raw.mean()) / train_raw.std()
+    assert torch.allclose(splits.test.inputs.double(), expected, atol=1e-3)
+
+
+# --- offline -------------------------------------------------------------------------------
+
+
+def test_offline_download_is_one_line_naming_the_files_and_directory(tmp_path, monkeypatch):
+    no_network(monkeypatch)
+    root = tmp_path / "data"
+    with pytest.raises(UserError) as error:
+        load("cifar10", root=str(root))
+    assert str(error.value) == (
+        "data cifar10: download failed ([Errno -2] Name or service not known); without network, "
+        f"put cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar.html) in {root}/ "
+        f"or extract it to {root}/cifar-10-batches-py"
+    )
+
+
+@pytest.mark.parametrize("name", ["cifar100", "mnist", "fashion_mnist"])
+def test_offline_download_of_each_set_is_one_user_error_line(name, tmp_path, monkeypatch):
+    no_network(monkeypatch)
+    with pytest.raises(UserError) as error:
+        load(name, root=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"data {name}: download failed (")
+    assert "Name or service not known); without network, put " in message
+
+
+def test_mnist_offline_error_lists_the_four_files(tmp_path, monkeypatch):
+    no_network(monkeypatch)
+    with pytest.raises(UserError) as error:
+        load("mnist", root=str(tmp_path))
+    assert str(error.value).endswith(
+        "put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz (from https://ossci-datasets.s3.amazonaws.com/mnist/) in "
+        f"{tmp_path}/MNIST/raw"
+    )
+
+
+def test_download_false_with_missing_files_names_the_first_missing_file(tmp_path, monkeypatch):
+    no_network(monkeypatch)
+    with pytest.raises(UserError) as error:
+        load("fashion_mnist", root=str(tmp_path), download=False)
+    assert str(error.value).startswith(
+        f"data fashion_mnist: {tmp_path}/FashionMNIST/raw/train-images-idx3-ubyte is missing "
+        "and data.download=false; put train-images-idx3-ubyte.gz, "
+    )
+
+
+def test_a_silent_server_times_out_instead_of_hanging(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()  # accepts connections into the backlog and never answers
+    port = server.getsockname()[1]
+    monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(vision, "DOWNLOAD_TIMEOUT_S", 0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(UserError, match=r"^data cifar10: download failed \(timed out\)"):
+            load("cifar10", root=str(tmp_path))
+    finally:
+        server.close()
+    assert time.monotonic() - start < 10
+    assert socket.getdefaulttimeout() is None  # restored
+
+
+def _resolves(host: str, within_s: float = 5.0) -> bool:
+    result = []
+    thread = threading.Thread(
+        target=lambda: result.append(_try_resolve(host)), daemon=True, name="resolve"
+    )
+    thread.start()
+    thread.join(within_s)
+    return bool(result and result[0])
+
+
+def _try_resolve(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def test_the_real_no_network_path_fails_fast(tmp_path):
+    if _resolves("www.cs.toronto.edu"):
+        pytest.skip("this machine has network; the test would download CIFAR-10")
+    start = time.monotonic()
+    for name in ("cifar10", "mnist"):
+        with pytest.raises(UserError, match=rf"^data {name}: download failed") as error:
+            load(name, root=str(tmp_path))
+        assert "\n" not in str(error.value)
+    assert time.monotonic() - start < 60
+
+
+def test_archives_put_in_place_by_hand_are_extracted(tmp_path, monkeypatch):
+    no_network(monkeypatch)
+    folder = make_cifar10(tmp_path / "made")
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(folder, arcname="cifar-10-batches-py")
+    assert len(load("cifar10", root=str(tmp_path), download=False).test) == 50
+    raw = make_mnist(tmp_path)
+    for path in list(raw.iterdir()):
+        with open(path, "rb") as source, gzip.open(f"{path}.gz", "wb") as target:
+            shutil.copyfileobj(source, target)
+        path.unlink()
+    assert len(load("mnist", root=str(tmp_path), download=False).test) == 50
+
+
+def test_a_truncated_archive_says_which_file_to_delete(tmp_path):
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b\x08 not really")
+    with pytest.raises(UserError, match=r"cannot extract .*cifar-100-python\.tar\.gz .*delete it"):
+        load("cifar100", root=str(tmp_path), download=False)
+
+
+# --- image folders -------------------------------------------------------------------------
+
+
+def folder_splits(root, **params):
+    return load("imagefolder", root=str(root), image_size=16, resize=20, **params)
+
+
+def test_train_and_val_folders_val_is_the_test_split(tmp_path):
+    make_imagefolder(tmp_path, classes=3, per_class=10, splits=("train", "val"))
+    splits = folder_splits(tmp_path)
+    assert splits.class_names == ["class_0", "class_1", "class_2"] and splits.num_classes == 3
+    assert splits.input_shape == (3, 16, 16)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (27, 3, 15)
+    test_items = zip(splits.test.files, splits.test.targets, strict=True)
+    assert all(f"/val/class_{target}/" in file for file, target in test_items)
+    assert sorted(splits.val.targets) == [0, 1, 2]  # stratified
+    carved = set(splits.train.indices) | set(splits.val.indices)
+    assert carved == set(range(30)) and not set(splits.train.indices) & set(splits.val.indices)
+
+
+def test_train_val_and_test_folders_are_used_as_they_are(tmp_path):
+    make_imagefolder(tmp_path, per_class=4, splits=("train", "val", "test"))
+    splits = folder_splits(tmp_path)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 6, 6)
+    assert all("/val/" in f for f in splits.val.files)
+    assert all("/test/" in f for f in splits.test.files)
+
+
+def test_without_val_the_val_split_is_carved_from_train(tmp_path):
+    make_imagefolder(tmp_path, per_class=10, splits=("train", "test"))
+    splits = folder_splits(tmp_path, val_fraction=0.2)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 6, 15)
+    assert all("/train/" in f for f in splits.val.files)
+
+
+def test_items_are_eval_views_of_the_requested_size(tmp_path):
+    make_imagefolder(tmp_path, size=(40, 30))  # not square
+    splits = folder_splits(tmp_path)
+    image, target, index = splits.test[4]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32
+    assert target == splits.test.targets[4] and index == 4
+    batch = next(iter(DataLoader(splits.val, batch_size=3)))
+    assert batch[0].shape == (3, 3, 16, 16) and batch[1].dtype == torch.long
+
+
+def test_pixels_are_normalized_with_mean_and_std(tmp_path):
+    folder = tmp_path / "train" / "red"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (30, 20), (255, 0, 51)).save(folder / "a.png")
+    (tmp_path / "val" / "red").mkdir(parents=True)
+    Image.new("L", (30, 20), 255).save(tmp_path / "val" / "red" / "grey.png")
+    splits = folder_splits(tmp_path, mean=[0.5, 0.5, 0.5], std=[0.5, 0.25, 0.2], val_fraction=0.0)
+    image = splits.train[0][0]
+    assert torch.allclose(image[:, 0, 0], torch.tensor([1.0, -2.0, -1.5]), atol=1e-5)
+    assert splits.test[0][0].shape == (3, 16, 16)  # grey images are converted to RGB
+
+
+def test_the_train_transform_gets_the_whole_resized_image_and_is_cropped(tmp_path):
+    make_imagefolder(tmp_path, size=(40, 30))
+    splits = folder_splits(tmp_path)
+    seen = []
+    splits.train.transform = lambda image: seen.append(image.shape) or image
+    assert splits.train[0][0].shape == (3, 16, 16)
+    assert seen == [(3, 20, 26)]  # shorter side 20 = resize, aspect kept
+    assert splits.val[0][0].shape == (3, 16, 16)  # the carved val split is not augmented
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("nothing", r"imagefolder: \S+/train has no class folders; expected \S+/train/<class>/"),
+        ("empty train", r"imagefolder: \S+/train has no class folders"),
+        ("train only", r"imagefolder: \S+ has train/ but neither val/ nor test/"),
+        ("empty class", r"imagefolder: \S+/train/class_9 holds no images \(.jpg, "),
+        ("unknown class", r"imagefolder: \S+/val/class_7 is a class that the train folder lacks"),
+        ("empty val", r"imagefolder: \S+/val holds no images"),
+    ],
+)
+def test_layout_errors_name_the_directory(layout, message, tmp_path):
+    if layout == "empty train":
+        (tmp_path / "train").mkdir()
+    if layout in ("train only", "empty class", "unknown class", "empty val"):
+        make_imagefolder(
+            tmp_path, splits=("train",) if layout == "train only" else ("train", "val")
+        )
+    if layout == "empty class":
+        (tmp_path / "train" / "class_9").mkdir()
+    if layout == "unknown class":
+        (tmp_path / "val" / "class_7").mkdir()
+    if layout == "empty val":
+        shutil.rmtree(tmp_path / "val")
+        (tmp_path / "val" / "class_0").mkdir(parents=True)
+    with pytest.raises(UserError, match=rf"^data {message}") as error:
+        folder_splits(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_resize_below_image_size_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"^data\.resize=20 is below data\.image_size=24"):
+        load("imagefolder", root=str(tmp_path), image_size=24, resize=20)
