@@ -1,15 +1,27 @@
-"""ResNets: the CIFAR-style ResNet-(6n+2) for small images."""
+"""ResNets: the CIFAR-style ResNet-(6n+2) for small images, and torchvision's ResNet-18/34/50
+with a choice of stem and optional ImageNet weights."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
+import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
 from trainkit.errors import UserError
 from trainkit.models.layers import Init, Norm2d, initialize, norm2d
 from trainkit.registry import MODELS, PositiveInt, Probability
+
+
+def _need_image(name: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        raise UserError(
+            f"model {name} needs image inputs (channels, height, width); "
+            f"the data gives samples of shape {tuple(input_shape)}: use model=mlp"
+        )
 
 
 class BasicBlock(nn.Module):
@@ -97,12 +109,169 @@ def resnet_cifar(
     """ResNet-(6n+2) for small images: depth 8, 14, 20, 32, 44, 56, 110."""
     if (depth - 2) % 6 or depth < 8:
         raise UserError(f"model.depth={depth} is not 6n+2; use 8, 14, 20, 32, 44, 56 or 110")
-    if len(input_shape) != 3:
-        raise UserError(
-            f"model resnet_cifar needs image inputs (channels, height, width); "
-            f"the data gives samples of shape {tuple(input_shape)}: use model=mlp"
-        )
+    _need_image("resnet_cifar", input_shape)
     model = ResNetCifar(
         input_shape[0], num_classes, (depth - 2) // 6, width, dropout, norm2d(norm), drop_path
     )
     return initialize(model, init)
+
+
+# --- torchvision's ResNets -----------------------------------------------------------------
+
+Stem = Literal["imagenet", "cifar"]
+
+
+def _read_weights(name: str, weights: str) -> dict[str, Any]:
+    """The state dict named by ``model.weights``: "imagenet" (torchvision's IMAGENET1K_V1
+    file, from torch hub's cache only) or a path to a .pth state dict or trainkit checkpoint."""
+    from torchvision import models
+
+    if weights == "imagenet":
+        url = models.get_model_weights(name).IMAGENET1K_V1.url
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        path = cache / Path(url).name
+        if not path.is_file():
+            # Never downloaded here: on a machine without network that would hang or fail
+            # half-way through a run's setup.
+            raise UserError(
+                f"model.weights=imagenet: {path} is missing and trainkit does not download "
+                f"weights; put {path.name} (from {url}) in {cache}"
+            )
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(
+                f"model.weights={weights}: no such file; give a .pth state dict (relative to "
+                "the working directory), imagenet, or null for random weights"
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one that needs arbitrary pickles
+        raise UserError(
+            f"model.weights={weights}: cannot read {path} as a state dict "
+            f"({type(error).__name__}); save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a trainkit checkpoint (best.pt, last.pt)
+    if not isinstance(state, dict):
+        raise UserError(f"model.weights={weights}: {path} holds no state dict")
+    return state
+
+
+def _load_weights(model: nn.Module, name: str, weights: str, state: dict[str, Any]) -> None:
+    """Load ``state`` into ``model``, except a first conv or classifier whose shape differs
+    (another stem, channel count or number of classes): those layers keep their new weights."""
+    own = model.state_dict()
+    reshaped = {key for key, value in state.items() if key in own and own[key].shape != value.shape}
+    misfits = sorted(key for key in reshaped if key.split(".")[0] not in ("conv1", "fc"))
+    missing, unexpected = model.load_state_dict(
+        {key: value for key, value in state.items() if key not in reshaped}, strict=False
+    )
+    missing = [key for key in missing if key not in reshaped]
+    problems = [f"{key} has another shape" for key in misfits]
+    problems += [f"{key} is missing" for key in missing]
+    problems += [f"{key} is not a {name} weight" for key in unexpected]
+    if problems:
+        raise UserError(
+            f"model.weights={weights}: not a {name} state dict ({problems[0]}); "
+            f"use weights saved from torchvision's {name} or a trainkit {name} run"
+        )
+
+
+def _torchvision_resnet(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    stem: Stem,
+    weights: str | None,
+    dropout: float,
+    init: Init,
+    zero_init_residual: bool,
+) -> nn.Module:
+    from torchvision import models
+
+    _need_image(name, input_shape)
+    if weights is not None and (init != "default" or zero_init_residual):
+        key = "init" if init != "default" else "zero_init_residual"
+        raise UserError(
+            f"model.{key} re-initializes the weights that model.weights={weights} loads; "
+            f"leave model.{key} at its default"
+        )
+    state = _read_weights(name, weights) if weights is not None else None
+    model = models.get_model(name, weights=None)
+    channels = input_shape[0]
+    if stem == "cifar":
+        # A 3x3 stride-1 first conv and no max-pool: 32x32 images keep their resolution into
+        # the first stage (the ResNet-18 that reaches about 95% on CIFAR-10).
+        model.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    elif channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+    # Dropout after the pooling, i.e. before the classifier; it has no parameters, so the state
+    # dict keeps torchvision's key names and pretrained files load as they are.
+    model.avgpool = nn.Sequential(model.avgpool, nn.Dropout(dropout))
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if state is not None:
+        _load_weights(model, name, weights, state)
+        return model
+    initialize(model, init)
+    if zero_init_residual:
+        # Each residual branch starts as zero, so every block starts as the identity
+        # (Goyal et al. 2017): helps large-batch training.
+        for module in model.modules():
+            if isinstance(module, models.resnet.Bottleneck):
+                nn.init.zeros_(module.bn3.weight)
+            elif isinstance(module, models.resnet.BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+    return model
+
+
+@MODELS.register("resnet18")
+def resnet18(
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    stem: Stem = "imagenet",
+    weights: str | None = None,
+    dropout: Probability = 0.0,
+    init: Init = "default",
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """torchvision's ResNet-18 (11.7M parameters). ``stem``: imagenet (7x7 stride-2 conv and
+    max-pool, for 224x224) or cifar (3x3 stride-1, no max-pool, for 32x32). ``weights``: null,
+    imagenet (torchvision's IMAGENET1K_V1 from torch hub's cache) or a .pth path."""
+    return _torchvision_resnet(
+        "resnet18", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
+    )
+
+
+@MODELS.register("resnet34")
+def resnet34(
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    stem: Stem = "imagenet",
+    weights: str | None = None,
+    dropout: Probability = 0.0,
+    init: Init = "default",
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """torchvision's ResNet-34 (21.8M parameters); the options are resnet18's."""
+    return _torchvision_resnet(
+        "resnet34", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
+    )
+
+
+@MODELS.register("resnet50")
+def resnet50(
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    stem: Stem = "imagenet",
+    weights: str | None = None,
+    dropout: Probability = 0.0,
+    init: Init = "default",
+    zero_init_residual: bool = False,
+) -> nn.Module:
+    """torchvision's ResNet-50 (25.6M parameters, bottleneck blocks); the options are
+    resnet18's."""
+    return _torchvision_resnet(
+        "resnet50", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
+    )
