@@ -73,7 +73,8 @@ def test_cifar_changes_images_and_keeps_shape():
 @pytest.mark.parametrize(
     ("name", "off"),
     [("basic", {"shift": 0, "flip": 0.0}), ("cifar", {"padding": 0, "flip": 0.0}),
-     ("digits", {"shift": 0, "rotation": 0.0}), ("pipeline", {"steps": []})],
+     ("digits", {"shift": 0, "rotation": 0.0}), ("pipeline", {"steps": []}),
+     ("randaugment", {"num_ops": 0, "padding": 0, "flip": 0.0})],
 )  # fmt: skip
 def test_a_preset_with_every_step_off_is_no_transform(name, off):
     assert preset(name, **off) is None
@@ -82,6 +83,55 @@ def test_a_preset_with_every_step_off_is_no_transform(name, off):
 def test_presets_need_images():
     with pytest.raises(UserError, match="needs image inputs"):
         preset("cifar", image_size=None)
+
+
+def test_imagenet_crops_any_image_to_the_image_size():
+    torch.manual_seed(0)
+    transform = preset("imagenet", image_size=(32, 32))
+    assert isinstance(transform.transforms[0], v2.RandomResizedCrop)
+    assert transform.transforms[0].scale == (0.08, 1.0)
+    # imagefolder hands over the whole image, larger than the model's input and not square.
+    outputs = [transform(torch.randn(3, 40, 56)) for _ in range(5)]
+    assert all(y.shape == (3, 32, 32) for y in outputs)
+    assert not torch.equal(outputs[0], outputs[1])
+
+
+def test_imagenet_min_scale_is_checked():
+    with pytest.raises(UserError, match=r"^augmentation\.min_scale=0 is out of range"):
+        preset("imagenet", min_scale=0)
+
+
+def test_randaugment_runs_on_the_unit_range_and_keeps_normalized_values():
+    transform = preset("randaugment")
+    *crop_and_flip, wrapped = transform.transforms
+    assert [type(t) for t in crop_and_flip] == [v2.RandomCrop, v2.RandomHorizontalFlip]
+    assert isinstance(wrapped, UnitRange) and isinstance(wrapped.transform, v2.RandAugment)
+    assert (wrapped.transform.num_ops, wrapped.transform.magnitude) == (2, 9)
+    torch.manual_seed(0)
+    x = torch.randn(3, 32, 32)
+    outputs = [transform(x) for _ in range(20)]
+    # RandAugment on the normalized floats directly would clamp everything below 0 away.
+    assert all((y < -1).any() for y in outputs)
+    assert len({round(y.sum().item(), 3) for y in outputs}) > 10
+
+
+def test_randaugment_on_a_black_to_white_image_is_randaugment_on_its_pixels():
+    pixels = torch.rand(3, 16, 16)
+    pixels.view(-1)[:2] = torch.tensor([0.0, 1.0])  # the full range, so UnitRange is exact
+    normalized = (pixels - 0.5) / 0.25
+    transform = preset("randaugment", image_size=(16, 16), padding=0, flip=0.0, magnitude=15)
+    plain = v2.RandAugment(num_ops=2, magnitude=15)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        expected = plain(pixels)
+        torch.manual_seed(seed)
+        assert torch.allclose(transform(normalized) * 0.25 + 0.5, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(("key", "value"), [("magnitude", 31), ("num_ops", -1)])
+def test_randaugment_ranges_are_checked(key, value):
+    with pytest.raises(UserError, match=rf"^augmentation\.{key}={value} is out of range"):
+        preset("randaugment", **{key: value})
 
 
 # --- pipeline ------------------------------------------------------------------------------

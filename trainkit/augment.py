@@ -4,7 +4,10 @@ Evaluation never sees these: the val and test splits only get the data set's
 deterministic preprocessing (normalization), done once when the data is loaded.
 
 Inputs arrive already normalized (float, mean 0 and std 1 per channel over the train split),
-so padding fills with 0, which is the train split's mean pixel, not black.
+so padding fills with 0, which is the train split's mean pixel, not black. In-memory data sets
+hand over images of their own size; ``imagefolder`` hands over the whole image with its shorter
+side at ``data.resize`` pixels and center-crops the result to ``data.image_size``, so a preset
+with a random crop (``imagenet``, ``cifar``, ``randaugment``) picks the training view there.
 """
 
 from __future__ import annotations
@@ -93,6 +96,51 @@ def digits(
         steps.append(v2.RandomCrop(size, padding=shift))
     if rotation:
         steps.append(v2.RandomRotation(rotation))
+    return _compose(steps)
+
+
+@AUGMENTATIONS.register("imagenet")
+def imagenet(
+    image_size: tuple[int, int] | None,
+    min_scale: Annotated[float, Range(gt=0, le=1)] = 0.08,
+    flip: FlipProbability = 0.5,
+) -> Transform | None:
+    """torchvision's ImageNet reference training: a random crop of ``min_scale`` to all of the
+    image's area and aspect ratio 3/4 to 4/3, resized to the image size (Szegedy et al. 2015),
+    and horizontal flips."""
+    size = _need_image("imagenet", image_size)
+    steps: list[Callable] = [v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(flip))
+    return _compose(steps)
+
+
+@AUGMENTATIONS.register("randaugment")
+def randaugment(
+    image_size: tuple[int, int] | None,
+    num_ops: NonNegativeInt = 2,
+    magnitude: Annotated[int, Range(ge=0, le=30)] = 9,
+    padding: NonNegativeInt = 4,
+    flip: FlipProbability = 0.5,
+) -> Transform | None:
+    """The CIFAR crop and flip, then RandAugment (Cubuk et al. 2020): ``num_ops`` operations
+    drawn at random per image (shear, translate, rotate, colour, contrast, posterize, ...) of
+    strength ``magnitude`` on torchvision's 0-30 scale, as when training ViTs on small data.
+
+    RandAugment works on pixels in [0, 1] and clamps to it, which would wipe out everything
+    below the mean of our normalized images, so it runs inside ``UnitRange``: on each image
+    rescaled by its own min and max, then mapped back. The geometric operations are exact;
+    the photometric ones (brightness, solarize, posterize, ...) see the image as if its
+    contrast had been stretched to black-to-white, a close stand-in for its raw pixels.
+    """
+    size = _need_image("randaugment", image_size)
+    steps: list[Callable] = []
+    if padding:
+        steps.append(v2.RandomCrop(size, padding=padding))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip(flip))
+    if num_ops:
+        steps.append(UnitRange(v2.RandAugment(num_ops=num_ops, magnitude=magnitude)))
     return _compose(steps)
 
 
