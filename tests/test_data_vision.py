@@ -302,6 +302,7 @@ def test_the_train_transform_gets_the_whole_resized_image_and_is_cropped(tmp_pat
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
+        ("no root", r"imagefolder: there is no directory \S+/nowhere; expected \S+/train/<c"),
         ("nothing", r"imagefolder: \S+/train has no class folders; expected \S+/train/<class>/"),
         ("empty train", r"imagefolder: \S+/train has no class folders"),
         ("train only", r"imagefolder: \S+ has train/ but neither val/ nor test/"),
@@ -324,8 +325,9 @@ def test_layout_errors_name_the_directory(layout, message, tmp_path):
     if layout == "empty val":
         shutil.rmtree(tmp_path / "val")
         (tmp_path / "val" / "class_0").mkdir(parents=True)
+    root = tmp_path / "nowhere" if layout == "no root" else tmp_path
     with pytest.raises(UserError, match=rf"^data {message}") as error:
-        folder_splits(tmp_path)
+        folder_splits(root)
     assert "\n" not in str(error.value)
 
 

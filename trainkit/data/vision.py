@@ -31,14 +31,15 @@ from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
 
 # Per socket operation (connect, each read), not per file: a machine without network fails in
-# seconds instead of hanging, while a slow but working download still finishes.
+# seconds instead of hanging, while a slow but working download still finishes. (Name lookups
+# are not sockets; the system resolver bounds those, typically to 5 s per try.)
 DOWNLOAD_TIMEOUT_S = 30.0
 
 # --- files: find, extract or download ------------------------------------------------------
 
 
-def _download_failure(error: Exception) -> str:
-    """The last line of a download error: torchvision's MNIST error lists every mirror tried."""
+def _one_line(error: Exception) -> str:
+    """The last line of an error: torchvision's MNIST download error lists every mirror tried."""
     reason = getattr(error, "reason", None) or str(error) or type(error).__name__
     lines = [line.strip() for line in str(reason).splitlines() if line.strip()]
     return lines[-1].removeprefix("<urlopen error ").removesuffix(">") if lines else "no reason"
@@ -64,7 +65,8 @@ def _ensure_files(
                 extract_archive(archive, archive.parent)
             except Exception as error:  # a truncated download: tarfile, gzip and EOF errors
                 raise UserError(
-                    f"data {name}: cannot extract {archive} ({error}); delete it and try again"
+                    f"data {name}: cannot extract {archive} ({_one_line(error)}); "
+                    "delete it and try again"
                 ) from None
     missing = [path for path in needed if not path.is_file()]
     if missing and download:
@@ -74,8 +76,7 @@ def _ensure_files(
             fetch()
         except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
             raise UserError(
-                f"data {name}: download failed ({_download_failure(error)}); "
-                f"without network, {hint}"
+                f"data {name}: download failed ({_one_line(error)}); without network, {hint}"
             ) from None
         finally:
             socket.setdefaulttimeout(previous)
@@ -190,8 +191,10 @@ def cifar10(
     root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
 ) -> Splits:
     """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes.
-    ``root`` is relative to the working directory. Raises UserError when the files are
-    missing and cannot be downloaded."""
+    ``root`` is relative to the working directory.
+
+    Raises UserError when the files are missing and cannot be downloaded (so do the others).
+    """
     loaded = _load_cifar("cifar10", root, download, fine=False)
     return _in_memory_splits(loaded, val_fraction, seed)
 
@@ -324,6 +327,8 @@ def imagefolder(
             f"data.resize={resize} is below data.image_size={image_size}; the center crop "
             f"needs resize >= image_size (torchvision's ImageNet evaluation: 256 for 224)"
         )
+    if not base.is_dir():
+        raise UserError(f"data imagefolder: there is no directory {base}; {layout}")
     train_dir = base / "train"
     classes = []
     if train_dir.is_dir():
