@@ -7,9 +7,12 @@ trains within the task it belongs to, on small data of that task's kind.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from tests import fake_images
+from tests.fake_text import make_text_csv
 from trainkit import config, paths
 from trainkit.runner import Runner
 from trainkit.tasks import TASK_LOSSES
@@ -35,15 +38,43 @@ OPTIONS = [
     for path in sorted((paths.config_dir() / group).glob("*.yaml"))
 ]
 # Models that need inputs of their own kind.
-MODEL_DATA = {"conv_transformer": TASK_DATA["sequence"]}
+MODEL_DATA = {
+    "conv_transformer": TASK_DATA["sequence"],
+    "text_transformer": ["data=text_csv", "data.max_len=16"],  # plus a file, below
+}
 LOSS_DATA = {"bce": [*SYNTHETIC, "data.num_classes=2"]}  # one logit: two classes
 
 
-def overrides_for(group: str, option: str) -> list[str]:
+def files_for_data(option: str, root: Path) -> list[str]:
+    """Small fake files in the on-disk format of the data sets that read files."""
+    makers = {
+        "cifar10": fake_images.make_cifar10,
+        "cifar100": fake_images.make_cifar100,
+        "mnist": fake_images.make_mnist,
+        "fashion_mnist": fake_images.make_fashion_mnist,
+    }
+    if option in makers:
+        makers[option](root)
+        return [f"data.root={root}", "data.download=false", "model=mlp"]
+    if option == "imagefolder":
+        fake_images.make_imagefolder(root, per_class=10)
+        return [
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.resize=36",
+            "data.val_fraction=0.2",
+            "model=mlp",
+        ]
+    if option == "text_csv":
+        return [f"data.path={make_text_csv(root / 'texts.csv', n=90)}", "data.max_len=16"]
+    return []
+
+
+def overrides_for(group: str, option: str, root: Path) -> list[str]:
     choice = f"{group}=[{option}]" if group == "regularization" else f"{group}={option}"
     overrides = [*SMALL, *SYNTHETIC, choice]
     if group == "data":  # the data set picks its own task and model
-        overrides = [*SMALL, choice]
+        overrides = [*SMALL, choice, *files_for_data(option, root)]
     if group == "loss":
         task = next(task for task, losses in TASK_LOSSES.items() if option in losses)
         overrides = [*SMALL, *LOSS_DATA.get(option, TASK_DATA[task]), choice]
@@ -51,12 +82,15 @@ def overrides_for(group: str, option: str) -> list[str]:
         overrides = [*SMALL, *TASK_DATA[option], choice]
     if group == "model" and option in MODEL_DATA:
         overrides = [*SMALL, *MODEL_DATA[option], choice]
+        if option == "text_transformer":
+            overrides.append(f"data.path={make_text_csv(root / 'texts.csv', n=90)}")
     return overrides
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_option_trains_a_few_steps(group, option, tmp_path):
-    cfg = config.compose(config.prepare(overrides_for(group, option)))
+    (tmp_path / "files").mkdir()
+    cfg = config.compose(config.prepare(overrides_for(group, option, tmp_path / "files")))
     config.validate(cfg)
     summary = Runner(cfg, tmp_path / "run").fit()
     assert summary["epochs"] >= 1
