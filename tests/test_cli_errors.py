@@ -31,7 +31,7 @@ EARLY_MISTAKES = [
         ["optimizer.nesterov=maybe"],
         "optimizer.nesterov='maybe' has the wrong type: it must be true or false",
     ),
-    (["model=resnet"], "unknown model 'resnet'; did you mean 'resnet_cifar'?"),
+    (["model=resnet_cifr"], "unknown model 'resnet_cifr'; did you mean 'resnet_cifar'?"),
     (["regularization=[grad_clp]"], "unknown regularizer 'grad_clp'; did you mean 'grad_clip'?"),
     (["scheduler=cosin"], "unknown scheduler 'cosin'; did you mean 'cosine'?"),
     (["recipe=nope"], "unknown recipe 'nope'"),

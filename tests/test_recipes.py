@@ -5,23 +5,46 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_dirs, run_trainkit
+from tests.fake_images import make_imagefolder
+from tests.fake_text import make_text_csv
 from trainkit import config, paths
 
 RECIPES = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
 
 
+def small_data(recipe: str, root) -> list[str]:
+    """Overrides that swap a recipe's data for small local data of the same shape."""
+    if recipe in ("resnet18_cifar10", "vit_cifar10"):
+        return ["data=synthetic", "data.shape=[3,32,32]", "data.num_samples=200"]
+    if recipe == "resnet50_imagenet":
+        make_imagefolder(root / "images", per_class=10, size=(80, 72))
+        return [
+            f"data.root={root / 'images'}",
+            "data.image_size=64",
+            "data.resize=72",
+            "data.val_fraction=0.2",
+            "data.num_workers=0",
+        ]
+    if recipe == "text_transformer":
+        return [f"data.path={make_text_csv(root / 'texts.csv', n=90)}"]
+    return []
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_header_and_composition(recipe):
+def test_recipe_header_and_composition(recipe, tmp_path):
     text = (paths.recipes_dir() / f"{recipe}.yaml").read_text()
-    assert text.splitlines()[0] == f"# trainkit train recipe={recipe}"
+    first, *header = text.splitlines()
+    assert first.startswith(f"# trainkit train recipe={recipe}")
     assert "# @package _global_" in text
-    cfg = config.compose(config.prepare([f"recipe={recipe}"]))
+    assert any("Reference" in line for line in header[:12]), "the header states its reference"
+    cfg = config.compose(config.prepare([f"recipe={recipe}", *small_data(recipe, tmp_path)]))
     config.validate(cfg)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_a_few_steps(recipe, tmp_path):
-    result = run_trainkit("train", f"recipe={recipe}", "debug=fast", cwd=tmp_path)
+    swap = small_data(recipe, tmp_path)
+    result = run_trainkit("train", f"recipe={recipe}", "debug=fast", *swap, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(run_dirs(tmp_path)) == 1
 
