@@ -63,6 +63,7 @@ def files_for_data(option: str, root: Path) -> list[str]:
             "data.image_size=32",
             "data.resize=36",
             "data.val_fraction=0.2",
+            "data.num_workers=0",
             "model=mlp",
         ]
     if option == "text_csv":
