@@ -102,9 +102,38 @@ def train(args: list[str]) -> None:
     rewritten = config.prepare(overrides)
     if not _multirun(flags) and not (_HYDRA_FLAGS_NO_RUN & set(flags)):
         # Composed and checked here first, so a mistake leaves no run directory behind.
-        config.validate(config.compose(rewritten))
+        cfg = config.compose(rewritten)
+        config.validate(cfg)
+        if _join_torchrun(cfg):
+            return  # a non-main torchrun process: it trained in the main process's run
+    elif _multirun(flags) and _torchrun():
+        raise UserError(
+            "torchrun starts one run in several processes, not a sweep; "
+            "for DDP inside each sweep job use -m with trainer.devices=N instead"
+        )
     sys.argv = ["trainkit train", *flags, *rewritten]
     _run_hydra(_train_job)
+
+
+def _torchrun() -> bool:
+    from trainkit import distributed
+
+    return distributed.launched()
+
+
+def _join_torchrun(cfg) -> bool:
+    """Under torchrun, join the process group; a non-main process then trains with the
+    config and run directory of the main one (only it runs Hydra, so there is one run
+    directory). Returns whether this process has done its run already."""
+    if not _torchrun():
+        return False
+    from trainkit import distributed, runner
+
+    distributed.setup(runner.resolve_device(cfg.trainer.device))
+    if distributed.is_main_process():
+        return False
+    runner.follow_main_process()
+    return True
 
 
 def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -140,13 +169,13 @@ def _train_job(cfg) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainkit import config, runner
+    from trainkit import config
     from trainkit.logging import print_summary
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config.validate(cfg)
-        summary = runner.train(cfg, run_dir)
+        summary = _train_in_processes(cfg, run_dir)
     except UserError as error:
         _remove_unused_run_dir(run_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -154,6 +183,21 @@ def _train_job(cfg) -> float:
         fail(error)
     print_summary(summary, run_dir)
     return summary[summary["monitor"]]
+
+
+def _train_in_processes(cfg, run_dir: Path) -> dict:
+    """One process, trainer.devices processes started here, or those torchrun started."""
+    from omegaconf import OmegaConf
+
+    from trainkit import distributed, runner
+
+    if distributed.launched():  # torchrun's main process: hand the run to the others
+        container = OmegaConf.to_container(cfg, resolve=True)
+        distributed.broadcast_from_main((container, str(run_dir)))
+        return runner.train(OmegaConf.create(container), run_dir)
+    if cfg.trainer.devices > 1:
+        return runner.train_distributed(cfg, run_dir, cfg.trainer.devices)
+    return runner.train(cfg, run_dir)
 
 
 def _remove_unused_run_dir(run_dir: Path) -> None:

@@ -1,12 +1,21 @@
-"""Process-group helpers. With one process every function here is a cheap no-op.
+"""Processes and their group: launching workers, joining the group, and the collectives
+the runner needs. With one process every function here is a cheap no-op.
 
-A run is distributed when it was started by torch's elastic launcher (torchrun), which
-sets WORLD_SIZE, RANK and LOCAL_RANK in each worker's environment.
+A run is distributed when torch's elastic launcher started it: either trainkit itself
+(``trainer.devices=N``, through ``launch``) or the user (``torchrun --nproc_per_node N -m
+trainkit train ...``). The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT in each worker's environment.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,9 +38,16 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Whether this process is one of several started by an elastic launcher (torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
 def setup(device: torch.device) -> None:
     """Join the process group when launched with several processes (NCCL on GPUs, else Gloo)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    if launched() and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
@@ -45,8 +61,75 @@ def barrier() -> None:
         dist.barrier()
 
 
+@contextmanager
+def main_process_first():
+    """The main process runs the block first (a download, say), then the others do."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes, in place (unchanged with one process)."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def gather_to_main(value: Any) -> list[Any] | None:
+    """Every process's ``value`` (picklable), in rank order, on the main process; None on
+    the others. With one process: ``[value]``."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size() if is_main_process() else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """The main process's ``value`` (picklable), on every process."""
+    if not dist.is_initialized():
+        return value
+    box = [value if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --- starting the workers ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: each run (each sweep job too) gets its own."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
+    """Run ``worker(*args)`` in ``processes`` new processes on this machine through torch's
+    elastic launcher (what torchrun uses); returns what rank 0's worker returned.
+
+    The worker runs in a fresh interpreter (spawn), so it and its arguments must be
+    importable and picklable. A failing worker stops them all and raises here.
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The agent logs every start and stop, and a failed worker's traceback; the failure
+    # is raised here (ChildFailedError holds it) and reported once by the caller.
+    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=processes,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    results = elastic_launch(config, worker)(*args)
+    return results[0]

@@ -182,6 +182,25 @@ def setup_console_logging() -> None:
     )
 
 
+def setup_worker_logging(run_dir: Path, main: bool) -> None:
+    """Logging in a DDP worker process: the main one writes to the console and appends to
+    the run's train.log (as Hydra set up for a single process); the others only warn."""
+    from rich.logging import RichHandler
+
+    handlers: list[logging.Handler] = []
+    if main:
+        handlers.append(RichHandler(show_time=False, show_path=False, show_level=False))
+        file_handler = logging.FileHandler(run_dir / "train.log")
+        file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+        handlers.append(file_handler)
+    logging.basicConfig(
+        level=logging.INFO if main else logging.WARNING,
+        format="%(message)s",
+        handlers=handlers or None,
+        force=True,
+    )
+
+
 def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = False) -> None:
     """The test metrics as a table, then where the files are and how to look at them."""
     from rich.console import Console

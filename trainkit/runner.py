@@ -55,6 +55,11 @@ class TrainerSettings:
     monitor: str = "auto"  # auto: the task's own (val/acc for classification)
     monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses and errors
     deterministic: bool = False
+    # Several processes (DDP): started by trainkit itself, or by torchrun (then ignored).
+    devices: PositiveInt = 1
+    sync_batchnorm: bool = False  # batch statistics over all processes' batches
+    # Linear lr scaling: lr x (global batch / lr_reference_batch), e.g. 256; 0 keeps the lr.
+    lr_reference_batch: NonNegativeInt = 0
     # Debugging (the `debug` group sets these): batches per epoch of each split, 0 = all;
     # overfit_batches > 0 trains and validates on the same first few train batches.
     limit_train_batches: NonNegativeInt = 0
@@ -66,14 +71,17 @@ class TrainerSettings:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of this process; under DDP on GPUs, the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
+    if device.type == "cuda" and device.index is None and distributed.launched():
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
     return device
 
 
@@ -88,7 +96,8 @@ def build_data(
 ) -> tuple[Splits, dict[str, DataLoader]]:
     """The data set's splits (train split augmented) and a loader for each."""
     dataset_node, loader_settings = split_data_node(cfg.data)
-    splits = DATASETS.build(dataset_node, "data")
+    with distributed.main_process_first():  # one process downloads; the others then read
+        splits = DATASETS.build(dataset_node, "data")
     for split_name in ("val", "test"):
         if len(getattr(splits, split_name)) == 0:
             raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
@@ -110,6 +119,13 @@ def build_data(
 
 def build_task(cfg: DictConfig, splits: Splits) -> Task:
     return TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """The linear scaling rule (Goyal et al. 2017): the lr grows with the global batch, so
+    one recipe trains alike on 1 or 8 GPUs. Applied before the schedule reads the lrs."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
 
 
 def resolve_monitor(settings: TrainerSettings, task: Task) -> tuple[str, str]:
@@ -156,10 +172,16 @@ def evaluate(
         metrics.update(outputs, targets, task.compute_loss(loss_fn, outputs, targets))
         if keep_outputs:
             kept.append((indices, targets.cpu(), outputs.float().cpu()))
-    kept_outputs = None
-    if kept:
-        kept_outputs = Outputs(*(torch.cat(parts) for parts in zip(*kept, strict=True)))
-    return metrics.compute(prefix, task.splits.class_names), kept_outputs
+    values = metrics.compute(prefix, task.splits.class_names)  # summed over processes
+    if not keep_outputs:
+        return values, None
+    # Under DDP each process saw its own shard of the split: the main process gets them all.
+    shards = distributed.gather_to_main([part for batch in kept for part in batch])
+    if shards is None:
+        return values, None
+    parts = [part for shard in shards for part in shard]
+    index, targets, outputs = (torch.cat(parts[i::3]) for i in range(3))
+    return values, Outputs(index, targets, outputs)
 
 
 def rng_state() -> dict[str, Any]:
@@ -219,7 +241,12 @@ class Runner:
         self.model = build_model(cfg, self.splits, self.task).to(self.device)
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
+        if self.settings.sync_batchnorm and distributed.world_size() > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
+        if self.settings.lr_reference_batch:
+            global_batch = self.loaders["train"].batch_size * distributed.world_size()
+            scale_lr(self.optimizer, global_batch / self.settings.lr_reference_batch)
         # DDP averages gradients across processes during backward; one process: the model.
         self.train_model = self.model
         if distributed.world_size() > 1:
@@ -469,11 +496,65 @@ class Runner:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
-    runner = Runner(cfg, run_dir)
     try:
-        return runner.fit()
+        return Runner(cfg, run_dir).fit()
     finally:
         distributed.teardown()
+
+
+def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[str, Any]:
+    """Train in ``processes`` worker processes (DDP) started here; returns rank 0's summary.
+
+    The config is composed once, here, and handed to every worker: one run, one directory.
+    """
+    device = resolve_device(cfg.trainer.device)
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise UserError(
+            f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use trainer.devices={torch.cuda.device_count()} or fewer"
+        )
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return distributed.launch(processes, distributed_worker, container, str(run_dir))
+    except ChildFailedError as error:
+        # A user's mistake found in a worker still ends in its one line.
+        _, failure = error.get_first_failure()
+        message = failure.message  # the worker's error file: {"message": "UserError: ..."}
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        if isinstance(message, str) and "UserError: " in message:
+            raise UserError(message.split("UserError: ", 1)[1].strip()) from None
+        raise
+
+
+def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One worker of ``train_distributed`` (in its own process): train with the given config."""
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from trainkit.logging import setup_worker_logging
+
+    setup_worker_logging(Path(run_dir), distributed.is_main_process())
+    # The processes share the machine's cores instead of each starting a thread per core.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
+    cfg = OmegaConf.create(container)
+    load_components(cfg.get("plugins") or [])
+    return record(train)(cfg, Path(run_dir))
+
+
+def follow_main_process() -> None:
+    """A non-main process started by torchrun: receive the config and run directory that the
+    main process's Hydra made, and train with it (one run directory for all processes)."""
+    from trainkit.logging import setup_worker_logging
+
+    container, run_dir = distributed.broadcast_from_main(None)
+    setup_worker_logging(Path(run_dir), main=False)
+    cfg = OmegaConf.create(container)
+    load_components(cfg.get("plugins") or [])
+    train(cfg, Path(run_dir))
 
 
 def evaluate_checkpoint(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from trainkit.data.splits import Splits
 from trainkit.registry import NonNegativeInt, PositiveInt, check_params
@@ -43,23 +43,40 @@ def _fetches_batches(dataset) -> bool:
     return hasattr(dataset, "__getitems__")
 
 
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th sample from ``rank`` on, in order: the processes' shards cover
+    an evaluation split exactly once (DistributedSampler would pad it with repeats)."""
+
+    def __init__(self, length: int, world_size: int, rank: int):
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_loaders(
     splits: Splits, settings: LoaderSettings, seed: int, world_size: int = 1, rank: int = 0
 ) -> dict[str, DataLoader]:
-    """One DataLoader per split; the train loader shuffles (seeded) and, under DDP, shards."""
+    """One DataLoader per split. The train loader shuffles with a seeded permutation per
+    epoch that every process shares, each taking every ``world_size``-th sample of it: the
+    samples of one global batch are the same for any number of processes. Evaluation
+    loaders take each sample once across processes."""
     loaders = {}
     for split_name in ("train", "val", "test"):
         dataset = getattr(splits, split_name)
         training = split_name == "train"
-        sampler = None
-        if world_size > 1 and training:
+        if training:
             sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+        else:
+            sampler = ShardSampler(len(dataset), world_size, rank)
         generator = torch.Generator().manual_seed(seed)
         batched = _fetches_batches(dataset)
         loaders[split_name] = DataLoader(
             dataset,
             batch_size=settings.batch_size if training else settings.eval_batch_size,
-            shuffle=training and sampler is None,
             sampler=sampler,
             generator=generator,
             num_workers=settings.num_workers,

@@ -1,0 +1,126 @@
+"""DDP on CPU with Gloo: real worker processes, one run directory, the numbers of one
+process on the same global batch, and each evaluation sample counted once."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import run_dirs, run_trainkit
+from trainkit.data import build_loaders, synthetic
+from trainkit.data.loaders import LoaderSettings, ShardSampler
+
+# 600 samples: 420 train (even, so DistributedSampler adds no repeats), 90 val, 90 test.
+RUN = [
+    "data=synthetic",
+    "model=mlp",
+    "model.hidden=[32]",
+    "trainer.max_epochs=3",
+    "logger.progress_bar=false",
+]
+# The same global batch: 2 processes x 64, or 1 process x 128. Values agree to float rounding
+# (the gradient is averaged across processes instead of within one batch).
+TOLERANCE = 1e-4
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def summary_of(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_shards_cover_an_evaluation_split_exactly_once():
+    for length in (0, 1, 7, 90):
+        shards = [list(ShardSampler(length, 4, rank)) for rank in range(4)]
+        assert sorted(i for shard in shards for i in shard) == list(range(length))
+
+
+def test_a_global_batch_holds_the_same_samples_for_one_or_two_processes():
+    splits = synthetic(num_samples=600)
+    one = build_loaders(splits, LoaderSettings(batch_size=64), seed=3)["train"]
+    two = [
+        build_loaders(splits, LoaderSettings(batch_size=32), seed=3, world_size=2, rank=r)["train"]
+        for r in range(2)
+    ]
+    for epoch in (0, 1):
+        for loader in (one, *two):
+            loader.sampler.set_epoch(epoch)
+        for single, *shards in zip(one, *two, strict=True):
+            together = torch.cat([shard[2] for shard in shards])
+            assert sorted(single[2].tolist()) == sorted(together.tolist())
+
+
+@pytest.mark.distributed
+def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_path):
+    two = tmp_path / "two"
+    two.mkdir()
+    result = run_trainkit("train", *RUN, "trainer.devices=2", cwd=two, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
+    one = tmp_path / "one"
+    one.mkdir()
+    result = run_trainkit("train", *RUN, "data.batch_size=128", cwd=one, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    # The reference has the global batch of two processes of 64 (the data's default).
+    (single_dir,) = run_dirs(one)
+
+    distributed, single = summary_of(run_dir), summary_of(single_dir)
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "test/f1", "train/loss"):
+        assert distributed[key] == pytest.approx(single[key], abs=TOLERANCE), key
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]  # rank 0 logged, once per epoch
+    with open(run_dir / "predictions.csv") as handle:
+        indices = [int(row["index"]) for row in csv.DictReader(handle)]
+    with open(single_dir / "predictions.csv") as handle:
+        single_indices = [int(row["index"]) for row in csv.DictReader(handle)]
+    assert indices == single_indices and len(set(indices)) == 90  # each test sample once
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.distributed
+def test_a_mistake_found_in_the_workers_is_one_line(tmp_path):
+    result = run_trainkit(
+        "train",
+        *RUN,
+        "trainer.devices=2",
+        "optimizer.lr_multipliers={nothing.*:2.0}",
+        cwd=tmp_path,
+        env=ONE_THREAD,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "trainkit: error: optimizer.lr_multipliers: pattern 'nothing.*' matches no parameter"
+    )
+    assert run_dirs(tmp_path) == []
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_torchrun_started_processes_make_one_run(tmp_path):
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "trainkit", "train", *RUN]
+    env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert summary_of(run_dir)["test/acc"] > 0.5
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_sweep_of_ddp_jobs_gives_each_job_its_run(tmp_path):
+    result = run_trainkit(
+        "train", "-m", *RUN, "trainer.devices=2", "optimizer=sgd,adam", cwd=tmp_path, env=ONE_THREAD
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(run_dirs(tmp_path)) == 2
