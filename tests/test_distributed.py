@@ -124,3 +124,20 @@ def test_a_sweep_of_ddp_jobs_gives_each_job_its_run(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(run_dirs(tmp_path)) == 2
+
+
+@pytest.mark.distributed
+@pytest.mark.gpu
+def test_ddp_on_one_gpu_through_the_launcher(tmp_path):
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1"]
+    command += ["-m", "trainkit", "train", *RUN, "trainer.device=cuda", "trainer.precision=bf16"]
+    env = {**os.environ, "COLUMNS": "200"}
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert summary_of(run_dir)["test/acc"] > 0.5

@@ -8,8 +8,10 @@ back into it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from trainkit.registry import (
     load_components,
 )
 from trainkit.schedulers import build_schedule, lr_curve
+from trainkit.speed import Speed
 from trainkit.tasks import Outputs, Task
 
 
@@ -55,6 +58,12 @@ class TrainerSettings:
     monitor: str = "auto"  # auto: the task's own (val/acc for classification)
     monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses and errors
     deterministic: bool = False
+    # Speed: mixed precision (32, bf16, fp16 with a grad scaler), memory layout, compiling.
+    precision: Literal[32, "bf16", "fp16"] = 32
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    accumulate: PositiveInt = 1  # batches whose gradients make one optimizer step
     # Several processes (DDP): started by trainkit itself, or by torchrun (then ignored).
     devices: PositiveInt = 1
     sync_batchnorm: bool = False  # batch statistics over all processes' batches
@@ -158,18 +167,20 @@ def evaluate(
     prefix: str,
     keep_outputs: bool = False,
     limit_batches: int = 0,
+    speed: Speed | None = None,
 ) -> tuple[dict[str, Any], Outputs | None]:
     """Metrics of ``model`` on one split; its outputs too when asked for."""
+    speed = speed or Speed(device)
     model.eval()
     metrics.reset()
     kept: list[tuple[torch.Tensor, ...]] = []
     for inputs, targets, indices in itertools.islice(loader, limit_batches or None):
-        inputs, targets = (
-            inputs.to(device, non_blocking=True),
-            targets.to(device, non_blocking=True),
-        )
-        outputs = model(inputs)
-        metrics.update(outputs, targets, task.compute_loss(loss_fn, outputs, targets))
+        inputs = speed.inputs(inputs.to(device, non_blocking=True))
+        targets = targets.to(device, non_blocking=True)
+        with speed.autocast():
+            outputs = model(inputs)
+            loss = task.compute_loss(loss_fn, outputs, targets)
+        metrics.update(outputs, targets, loss)
         if keep_outputs:
             kept.append((indices, targets.cpu(), outputs.float().cpu()))
     values = metrics.compute(prefix, task.splits.class_names)  # summed over processes
@@ -218,6 +229,14 @@ class Runner:
         self.settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
         self.device = resolve_device(self.settings.device)
         distributed.setup(self.device)
+        self.speed = Speed(
+            self.device,
+            self.settings.precision,
+            self.settings.channels_last,
+            self.settings.compile,
+            self.settings.cudnn_benchmark,
+            self.settings.deterministic,
+        )
         if self.settings.deterministic:
             torch.use_deterministic_algorithms(True)
         # Each rank gets its own stream of augmentation randomness; the split seed is shared.
@@ -238,7 +257,7 @@ class Runner:
         self.task = build_task(cfg, self.splits)
 
         # --- model, loss, optimizer ---
-        self.model = build_model(cfg, self.splits, self.task).to(self.device)
+        self.model = self.speed.prepare(build_model(cfg, self.splits, self.task).to(self.device))
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         if self.settings.sync_batchnorm and distributed.world_size() > 1:
@@ -252,6 +271,8 @@ class Runner:
         if distributed.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.model_ddp = self.train_model  # no_sync lives on the DDP wrapper, not the compiled one
+        self.train_model = self.speed.compiled(self.train_model)
 
         # --- metrics and what "best" means ---
         self.val_metrics = self.task.metrics().to(self.device)
@@ -267,7 +288,7 @@ class Runner:
 
         # --- lr schedule (plateau needs the monitored metric's direction) ---
         schedule_args = (
-            self.train_batches,
+            self.steps_per_epoch,
             self.settings.max_epochs,
             self.monitor,
             self.mode,
@@ -288,9 +309,14 @@ class Runner:
 
     @property
     def train_batches(self) -> int:
-        """Optimizer steps per epoch."""
+        """Train batches per epoch."""
         batches = len(self.loaders["train"])
         return min(batches, self.settings.limit_train_batches or batches)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: one per ``trainer.accumulate`` batches."""
+        return math.ceil(self.train_batches / self.settings.accumulate)
 
     # --- one epoch of training ---
 
@@ -304,39 +330,39 @@ class Runner:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         started = time.perf_counter()
-        batches = itertools.islice(loader, self.train_batches)
-        with self.logger.progress(f"epoch {self.epoch + 1}", self.train_batches) as advance:
-            for inputs, targets, _ in batches:
-                inputs = inputs.to(self.device, non_blocking=True)
+        accumulate, total = self.settings.accumulate, self.train_batches
+        batches = itertools.islice(loader, total)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.logger.progress(f"epoch {self.epoch + 1}", total) as advance:
+            for batch, (inputs, targets, _) in enumerate(batches, start=1):
+                inputs = self.speed.inputs(inputs.to(self.device, non_blocking=True))
                 targets = targets.to(self.device, non_blocking=True)
                 labels = targets  # before mixing, for the running accuracy
                 for regularizer in self.regularizers:
                     inputs, targets = regularizer.mix_batch(
                         inputs, targets, self.splits.num_classes
                     )
-                outputs = self.train_model(inputs)
-                loss = self.task.compute_loss(self.loss_fn, outputs, targets)
-                for regularizer in self.regularizers:
-                    penalty = regularizer.penalty(self.model)
-                    if penalty is not None:
-                        loss = loss + penalty
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for regularizer in self.regularizers:
-                    regularizer.before_optimizer_step(self.model)
-                self.optimizer.step()
-                for regularizer in self.regularizers:
-                    regularizer.after_optimizer_step(self.model)
-                self.step += 1
-                self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
-                self.scheduler.step_batch()
+                steps_now = batch % accumulate == 0 or batch == total
+                # Between the optimizer steps of accumulation, DDP need not average gradients.
+                no_sync = not steps_now and isinstance(self.model_ddp, DistributedDataParallel)
+                with self.model_ddp.no_sync() if no_sync else contextlib.nullcontext():
+                    with self.speed.autocast():
+                        outputs = self.train_model(inputs)
+                        loss = self.task.compute_loss(self.loss_fn, outputs, targets)
+                        for regularizer in self.regularizers:
+                            penalty = regularizer.penalty(self.model)
+                            if penalty is not None:
+                                loss = loss + penalty
+                    self.speed.scaler.scale(loss / accumulate).backward()
+                if steps_now:
+                    self._optimizer_step()
 
-                loss_sum += loss.detach() * targets.shape[0]
+                loss_sum += loss.detach().float() * targets.shape[0]
                 hits = self.task.train_hits(outputs.detach(), labels)
                 if hits is not None:
                     correct += hits
                 seen += targets.shape[0]
-                if self.logger.should_log_step(self.step):
+                if steps_now and self.logger.should_log_step(self.step):
                     step_loss = loss.item()  # the one host-device sync, every N steps
                     self.logger.log_step(self.step, {"train/step_loss": step_loss})
                     rate = seen / (time.perf_counter() - started)
@@ -351,6 +377,19 @@ class Runner:
         if self.task.tracks_accuracy:
             record["train/acc"] = correct_total / seen_total
         return record
+
+    def _optimizer_step(self) -> None:
+        self.speed.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        for regularizer in self.regularizers:
+            regularizer.before_optimizer_step(self.model)
+        self.speed.scaler.step(self.optimizer)
+        self.speed.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        for regularizer in self.regularizers:
+            regularizer.after_optimizer_step(self.model)
+        self.step += 1
+        self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
+        self.scheduler.step_batch()
 
     def evaluation_model(self) -> nn.Module:
         """What validation and test evaluate: the model, or its EMA when one is kept."""
@@ -369,6 +408,7 @@ class Runner:
             self.device,
             "val",
             limit_batches=self.settings.limit_eval_batches,
+            speed=self.speed,
         )
         return values
 
@@ -435,6 +475,7 @@ class Runner:
             "test",
             keep_outputs=True,
             limit_batches=self.settings.limit_eval_batches,
+            speed=self.speed,
         )
         summary = {
             "run_dir": str(self.run_dir),
@@ -466,6 +507,7 @@ class Runner:
             "evaluation_model": self.evaluation_model().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.speed.scaler.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "epoch": self.epoch,
             "step": self.step,
@@ -480,6 +522,7 @@ class Runner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.speed.scaler.load_state_dict(state.get("grad_scaler", {}))
         for regularizer, regularizer_state in zip(
             self.regularizers, state["regularizers"], strict=True
         ):
