@@ -237,3 +237,24 @@ def test_saved_files_get_normal_permissions(tmp_path):
         os.umask(umask)
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "s.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_says_so_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "last.pt"
+    checkpoint.save(make_state(), path)
+    before = path.read_bytes()
+
+    def no_space(obj, handle, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    with pytest.raises(UserError) as error:
+        checkpoint.save(make_state(), path)
+    assert str(error.value) == (
+        f"cannot write checkpoint {path} (No space left on device); "
+        "the previous checkpoint is intact"
+    )
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -44,8 +44,24 @@ def _write_atomically(path: Path, write) -> None:
 
 
 def save(state: dict[str, Any], path: str | Path) -> None:
-    """Write a checkpoint atomically (see ``_write_atomically``)."""
-    _write_atomically(Path(path), lambda handle: torch.save(state, handle))
+    """Write a checkpoint atomically (see ``_write_atomically``).
+
+    Raises UserError when the file system refuses (a full disk, say): the previous
+    checkpoint at ``path`` is then intact.
+    """
+    path = Path(path)
+    try:
+        _write_atomically(path, lambda handle: torch.save(state, handle))
+    except OSError as error:
+        kept = "the previous checkpoint is intact" if path.exists() else "nothing was written"
+        raise UserError(
+            f"cannot write checkpoint {path} ({error.strerror or error}); {kept}"
+        ) from None
+
+
+def write_text_atomically(text: str, path: str | Path) -> None:
+    """Replace a text file in one step (see ``_write_atomically``)."""
+    _write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_json(data: dict[str, Any], path: str | Path) -> None:
@@ -54,15 +70,11 @@ def save_json(data: dict[str, Any], path: str | Path) -> None:
     _write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
-def find(path: str | Path) -> Path:
-    """The checkpoint file meant by ``path``: the file itself, or a run directory's best.pt."""
+def find(path: str | Path, name: str = "best.pt") -> Path:
+    """The checkpoint file meant by ``path``: the file itself, or a run directory's ``name``."""
     path = Path(path)
     if path.is_dir():
-        path = (
-            path / "checkpoints" / "best.pt"
-            if (path / "checkpoints").is_dir()
-            else path / "best.pt"
-        )
+        path = path / "checkpoints" / name if (path / "checkpoints").is_dir() else path / name
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     return path

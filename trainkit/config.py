@@ -49,7 +49,7 @@ GROUP_REGISTRIES: dict[str, Registry] = {
     "task": TASKS,
 }
 MULTI_GROUPS: dict[str, Registry] = {"regularization": REGULARIZERS}  # several options at once
-TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins"}
+TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins", "resume"}
 
 
 # --- before composing: plugins, recipes ----------------------------------------------------

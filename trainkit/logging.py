@@ -41,16 +41,38 @@ class LoggerSettings:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, settings: LoggerSettings, enabled: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        settings: LoggerSettings,
+        enabled: bool = True,
+        resume_epoch: int | None = None,
+        resume_step: int | None = None,
+    ):
+        """``resume_epoch``/``resume_step``: the run continues from a checkpoint taken then;
+        what was logged after it (before the run stopped) is dropped, so no epoch or step
+        appears twice."""
         self.enabled, self.settings = enabled, settings
         self.writer = None
         if not enabled:
             return
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        metrics_path = run_dir / "metrics.jsonl"
+        if resume_epoch is not None and metrics_path.exists():
+            kept = [
+                line
+                for line in metrics_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= resume_epoch
+            ]
+            from trainkit.checkpoint import write_text_atomically
+
+            write_text_atomically("".join(f"{line}\n" for line in kept), metrics_path)
+        self.metrics_file = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
         if settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            # purge_step: TensorBoard hides earlier events at or after the resumed step.
+            purge_step = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     # --- per step -----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 
 from trainkit import checkpoint, distributed
 from trainkit.data import Splits, build_loaders, split_data_node
@@ -69,6 +69,11 @@ class TrainerSettings:
     sync_batchnorm: bool = False  # batch statistics over all processes' batches
     # Linear lr scaling: lr x (global batch / lr_reference_batch), e.g. 256; 0 keeps the lr.
     lr_reference_batch: NonNegativeInt = 0
+    # Checkpoints: last.pt at every epoch's end, and every this many optimizer steps (0: only
+    # at epoch ends); the newest keep_last of those and the keep_best best stay as files too.
+    checkpoint_every: NonNegativeInt = 0
+    keep_last: NonNegativeInt = 0
+    keep_best: PositiveInt = 1
     # Debugging (the `debug` group sets these): batches per epoch of each split, 0 = all;
     # overfit_batches > 0 trains and validates on the same first few train batches.
     limit_train_batches: NonNegativeInt = 0
@@ -128,6 +133,55 @@ def build_data(
 
 def build_task(cfg: DictConfig, splits: Splits) -> Task:
     return TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
+
+
+# Keys a resumed run may change: where and how fast it runs, how long, what it logs.
+SAFE_TO_CHANGE_ON_RESUME = (
+    "resume",
+    "trainer.device",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.keep_best",
+    "trainer.limit_eval_batches",
+    "trainer.cudnn_benchmark",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.eval_batch_size",
+    "logger.",
+    "plugins",
+)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """UserError with a readable diff if ``current`` trains differently from ``saved``."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = [
+        key
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+        and not any(
+            key == safe or (safe.endswith(".") and key.startswith(safe))
+            for safe in SAFE_TO_CHANGE_ON_RESUME
+        )
+    ]
+    if changed:
+        diff = "; ".join(
+            f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}" for key in changed
+        )
+        safe = ", ".join(k + ("*" if k.endswith(".") else "") for k in SAFE_TO_CHANGE_ON_RESUME)
+        raise UserError(
+            f"resume: the config differs from the run's ({diff}); a resumed run may change "
+            f"only {safe}: start a new run to change the others"
+        )
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
 
 
 def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -300,12 +354,24 @@ class Runner:
         # --- state: everything `state_dict` saves ---
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
+        self.epoch_progress: dict[str, Any] | None = None  # within an epoch: batches and sums
+        self.epoch_start_lr = self.lr
         self.best_value: float | None = None
         self.best_record: dict[str, Any] = {}
+        self.best_epochs: list[tuple[float, int]] = []  # (monitored value, epoch), best first
+        self.resumed_from: Path | None = None
+        if cfg.get("resume"):
+            self.resume(cfg.resume)
 
         logger_settings = LoggerSettings(**check_params("logger", cfg.logger, LoggerSettings))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = RunLogger(self.run_dir, logger_settings, distributed.is_main_process())
+        self.logger = RunLogger(
+            self.run_dir,
+            logger_settings,
+            distributed.is_main_process(),
+            resume_epoch=self.epoch if self.resumed_from else None,
+            resume_step=self.step if self.resumed_from else None,
+        )
 
     @property
     def train_batches(self) -> int:
@@ -323,18 +389,22 @@ class Runner:
     def train_epoch(self) -> dict[str, float]:
         self.train_model.train()
         loader = self.loaders["train"]
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(self.epoch)  # a different shuffle each epoch
-        # Sums stay on the device: reading a loss back every step would wait for the GPU.
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        started = time.perf_counter()
+        loader.sampler.set_epoch(self.epoch)  # a different shuffle each epoch
+        # A run resumed from a checkpoint taken within this epoch goes on from its next batch.
         accumulate, total = self.settings.accumulate, self.train_batches
-        batches = itertools.islice(loader, total)
+        progress = self.epoch_progress or {"batches": 0, "loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.epoch_progress = progress
+        loader.sampler.skip = progress["batches"] * loader.batch_size
+        # Sums stay on the device: reading a loss back every step would wait for the GPU.
+        self._loss_sum = torch.tensor(progress["loss_sum"], device=self.device)
+        self._correct = torch.tensor(progress["correct"], device=self.device)
+        self._seen = progress["seen"]
+        started = time.perf_counter()
+        batches = itertools.islice(loader, total - progress["batches"])
         self.optimizer.zero_grad(set_to_none=True)
         with self.logger.progress(f"epoch {self.epoch + 1}", total) as advance:
-            for batch, (inputs, targets, _) in enumerate(batches, start=1):
+            advance(progress["batches"])
+            for batch, (inputs, targets, _) in enumerate(batches, start=progress["batches"] + 1):
                 inputs = self.speed.inputs(inputs.to(self.device, non_blocking=True))
                 targets = targets.to(self.device, non_blocking=True)
                 labels = targets  # before mixing, for the running accuracy
@@ -354,22 +424,33 @@ class Runner:
                             if penalty is not None:
                                 loss = loss + penalty
                     self.speed.scaler.scale(loss / accumulate).backward()
-                if steps_now:
-                    self._optimizer_step()
 
-                loss_sum += loss.detach().float() * targets.shape[0]
+                self._loss_sum += loss.detach().float() * targets.shape[0]
                 hits = self.task.train_hits(outputs.detach(), labels)
                 if hits is not None:
-                    correct += hits
-                seen += targets.shape[0]
-                if steps_now and self.logger.should_log_step(self.step):
-                    step_loss = loss.item()  # the one host-device sync, every N steps
-                    self.logger.log_step(self.step, {"train/step_loss": step_loss})
-                    rate = seen / (time.perf_counter() - started)
-                    advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
+                    self._correct += hits
+                self._seen += targets.shape[0]
+                progress["batches"] = batch
+                if steps_now:
+                    self._optimizer_step()
+                    if self.settings.checkpoint_every and (
+                        self.step % self.settings.checkpoint_every == 0
+                    ):
+                        self.save_checkpoints(f"step_{self.step:07d}.pt")  # a resume point
+                    if self.logger.should_log_step(self.step):
+                        step_loss = loss.item()  # the one host-device sync, every N steps
+                        self.logger.log_step(self.step, {"train/step_loss": step_loss})
+                        rate = self._seen / (time.perf_counter() - started)
+                        advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
                 advance()
+        loader.sampler.skip = 0
+        self.epoch_progress = None
         totals = torch.stack(
-            [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)]
+            [
+                self._loss_sum,
+                self._correct.to(self._loss_sum.dtype),
+                torch.tensor(float(self._seen), device=self.device),
+            ]
         )
         distributed.all_reduce_sum(totals)
         loss_total, correct_total, seen_total = totals.tolist()
@@ -420,8 +501,10 @@ class Runner:
 
     def fit(self) -> dict[str, Any]:
         """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
-        if self.epoch == 0:  # the schedule planned before the first step, for TensorBoard
+        if self.step == 0:  # the schedule planned before the first step, for TensorBoard
             self.logger.log_curve("lr_schedule", self.planned_lrs)
+        if self.resumed_from:
+            log.info(f"resumed from {self.resumed_from}: epoch {self.epoch + 1}, step {self.step}")
         log.info(
             f"training {self.cfg.model.name} on {self.cfg.data.name} "
             f"({len(self.splits.train)} train / {len(self.splits.val)} val / "
@@ -430,7 +513,9 @@ class Runner:
         started = time.perf_counter()
         while self.epoch < self.settings.max_epochs:
             epoch_started = time.perf_counter()
-            record = {"epoch": self.epoch + 1, "step": 0, "lr": self.lr}  # lr the epoch began with
+            if self.epoch_progress is None:
+                self.epoch_start_lr = self.lr
+            record = {"epoch": self.epoch + 1, "step": 0, "lr": self.epoch_start_lr}
             record.update(self.train_epoch())
             record.update(self.validate())
             self.scheduler.step_epoch(record)
@@ -438,12 +523,10 @@ class Runner:
             record["step"] = self.step
             record["epoch_time_s"] = time.perf_counter() - epoch_started
 
-            improved = self._update_best(record)
+            self._update_best(record)
             stop = any(r.should_stop(record[self.monitor], self.mode) for r in self.regularizers)
             self.logger.log_epoch(record)
-            self.save_checkpoint("last.pt")
-            if improved:
-                self.save_checkpoint("best.pt")
+            self.save_checkpoints(f"epoch_{self.epoch:04d}.pt", record[self.monitor])
             if stop:
                 log.info(f"early stopping: {self.monitor} has not improved for a while")
                 break
@@ -511,8 +594,11 @@ class Runner:
             "regularizers": [r.state_dict() for r in self.regularizers],
             "epoch": self.epoch,
             "step": self.step,
+            "epoch_progress": self._progress_now(),
+            "epoch_start_lr": self.epoch_start_lr,
             "best_value": self.best_value,
             "best_record": self.best_record,
+            "best_epochs": self.best_epochs,
             "rng": rng_state(),
             "train_generator": self.loaders["train"].generator.get_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -528,13 +614,70 @@ class Runner:
         ):
             regularizer.load_state_dict(regularizer_state)
         self.epoch, self.step = state["epoch"], state["step"]
+        self.epoch_progress = state.get("epoch_progress")
+        self.epoch_start_lr = state.get("epoch_start_lr", self.lr)
         self.best_value, self.best_record = state["best_value"], state["best_record"]
+        self.best_epochs = [tuple(pair) for pair in state.get("best_epochs", [])]
         set_rng_state(state["rng"])
         self.loaders["train"].generator.set_state(state["train_generator"])
 
-    def save_checkpoint(self, name: str) -> None:
-        if distributed.is_main_process():
-            checkpoint.save(self.state_dict(), self.checkpoint_dir / name)
+    def _progress_now(self) -> dict[str, Any] | None:
+        """How far the current epoch has come (None between epochs), with its running sums."""
+        if self.epoch_progress is None:
+            return None
+        return {
+            **self.epoch_progress,
+            "loss_sum": self._loss_sum.item(),
+            "correct": int(self._correct.item()),
+            "seen": self._seen,
+        }
+
+    def resume(self, path: str | Path) -> None:
+        """Continue the run saved in ``path`` (a checkpoint, or a run directory's last.pt):
+        every piece of state, after checking that the config trains the same way."""
+        path = checkpoint.find(path, "last.pt")
+        state = checkpoint.load(path, map_location=self.device)
+        check_resumable(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise UserError(f"checkpoint {path} does not fit this run's model: {first}") from None
+        self.resumed_from = path
+
+    def save_checkpoints(self, name: str, monitored: float | None = None) -> None:
+        """last.pt (the resume point), and ``name`` when the newest ``keep_last`` are kept;
+        at an epoch's end (``monitored`` given) also best.pt and the ``keep_best`` best."""
+        if not distributed.is_main_process():
+            return
+        state = self.state_dict()
+        checkpoint.save(state, self.checkpoint_dir / "last.pt")
+        if self.settings.keep_last:
+            checkpoint.save(state, self.checkpoint_dir / name)
+            history = sorted(
+                [*self.checkpoint_dir.glob("epoch_*.pt"), *self.checkpoint_dir.glob("step_*.pt")],
+                key=lambda path: path.stat().st_mtime_ns,
+            )
+            for old in history[: -self.settings.keep_last]:
+                old.unlink()
+        if monitored is None:
+            return
+        if self.best_record.get("epoch") == self.epoch:
+            checkpoint.save(state, self.checkpoint_dir / "best.pt")
+        if self.settings.keep_best > 1:
+            self._keep_best(state, monitored)
+
+    def _keep_best(self, state: dict[str, Any], monitored: float) -> None:
+        """Files best_epoch_N.pt for the ``keep_best`` best epochs so far."""
+        self.best_epochs.append((monitored, self.epoch))
+        self.best_epochs.sort(key=lambda pair: -pair[0] if self.mode == "max" else pair[0])
+        del self.best_epochs[self.settings.keep_best :]
+        kept = {f"best_epoch_{epoch:04d}.pt" for _, epoch in self.best_epochs}
+        if f"best_epoch_{self.epoch:04d}.pt" in kept:
+            checkpoint.save(state, self.checkpoint_dir / f"best_epoch_{self.epoch:04d}.pt")
+        for path in self.checkpoint_dir.glob("best_epoch_*.pt"):
+            if path.name not in kept:
+                path.unlink()
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,20 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch after its first ``skip`` samples: a run
+    resumed within an epoch sees the rest of that epoch's order, and nothing is fetched
+    (or augmented, which would draw random numbers) for the batches already done."""
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def build_loaders(
     splits: Splits, settings: LoaderSettings, seed: int, world_size: int = 1, rank: int = 0
 ) -> dict[str, DataLoader]:
@@ -69,7 +84,7 @@ def build_loaders(
         dataset = getattr(splits, split_name)
         training = split_name == "train"
         if training:
-            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+            sampler = EpochSampler(dataset, world_size, rank, shuffle=True, seed=seed)
         else:
             sampler = ShardSampler(len(dataset), world_size, rank)
         generator = torch.Generator().manual_seed(seed)
