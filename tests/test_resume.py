@@ -1,0 +1,162 @@
+"""Resuming: a run stopped at any point and resumed ends exactly where it would have."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import run_dirs, run_trainkit
+from trainkit import checkpoint, config
+from trainkit.errors import UserError
+from trainkit.runner import Runner
+
+# Dropout and augmentation draw random numbers every step: resuming must restore them too.
+RUN = [
+    "data=synthetic",
+    "data.num_samples=400",
+    "model=mlp",
+    "model.hidden=[32]",
+    "model.dropout=0.2",
+    "augmentation=digits",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every=4",
+    "logger.progress_bar=false",
+]
+
+
+def make_runner(run_dir, *overrides):
+    return Runner(config.compose(config.prepare([*RUN, *overrides])), run_dir)
+
+
+def final_weights(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def epochs_logged(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("epoch_time_s")
+    return records
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_run_crashed_within_an_epoch_resumes_bitwise(tmp_path, monkeypatch):
+    straight = make_runner(tmp_path / "straight", "trainer.max_epochs=3")
+    straight.fit()
+
+    crashing = make_runner(tmp_path / "crashed", "trainer.max_epochs=3")
+    real_step = Runner._optimizer_step
+
+    def step_then_crash(self):
+        real_step(self)
+        if self.step == 10:  # mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8
+            raise Crash
+
+    monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
+    with pytest.raises(Crash):
+        crashing.fit()
+    monkeypatch.undo()
+    saved = checkpoint.load(tmp_path / "crashed" / "checkpoints" / "last.pt")
+    assert saved["step"] == 8 and saved["epoch_progress"]["batches"] == 3
+
+    resumed = make_runner(
+        tmp_path / "crashed", "trainer.max_epochs=3", f"resume={tmp_path / 'crashed'}"
+    )
+    assert (resumed.epoch, resumed.step) == (1, 8)
+    resumed.fit()
+    assert_bitwise_equal(final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed"))
+    assert epochs_logged(tmp_path / "crashed") == epochs_logged(tmp_path / "straight")
+
+
+def test_resuming_refuses_a_config_that_trains_differently():
+    saved = {"optimizer": {"lr": 0.1}, "trainer": {"device": "cpu"}, "logger": {"x": 1}}
+    current = {"optimizer": {"lr": 0.3}, "trainer": {"device": "cuda"}, "logger": {"x": 2}}
+    with pytest.raises(UserError) as error:
+        from trainkit.runner import check_resumable
+
+        check_resumable(saved, current)
+    message = str(error.value)
+    assert message.startswith(
+        "resume: the config differs from the run's (optimizer.lr: 0.1 -> 0.3)"
+    )
+    assert "trainer.device" not in message.split(";")[0]  # safe to change: not in the diff
+
+
+def test_a_checkpoint_of_another_model_is_one_line(tmp_path):
+    make_runner(tmp_path / "run", "trainer.max_epochs=1").fit()
+    with pytest.raises(UserError, match="differs from the run's .*model.hidden"):
+        make_runner(tmp_path / "other", "model.hidden=[8]", f"resume={tmp_path / 'run'}")
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_and_resumed_ends_with_the_same_weights(tmp_path):
+    args = ["train", *RUN, "trainer.max_epochs=12"]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert run_trainkit(*args, cwd=straight).returncode == 0
+    (straight_dir,) = run_dirs(straight)
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    env = {**os.environ, "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainkit", *args],
+        cwd=killed,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(killed.rglob("last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))  # somewhere in the run: mid-step, mid-save
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (run_dir,) = run_dirs(killed)
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not (run_dir / "summary.json").exists()
+
+    result = run_trainkit("train", f"resume={run_dir}", cwd=killed)
+    assert result.returncode == 0, result.stderr
+    assert run_dirs(killed) == [run_dir]  # continued in the same directory
+    assert_bitwise_equal(final_weights(straight_dir), final_weights(run_dir))
+    assert epochs_logged(run_dir) == epochs_logged(straight_dir)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("lr")]
+    assert sorted(steps) == list(range(1, 12 * 5 + 1))  # every step once, none twice
+
+
+def test_resume_mistakes_are_one_line(tmp_path):
+    result = run_trainkit("train", "resume=nowhere", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "trainkit: error: checkpoint nowhere does not exist"
+    result = run_trainkit("train", *RUN, "trainer.max_epochs=1", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path)
+    before = (run_dir / "metrics.jsonl").read_text()
+    result = run_trainkit("train", f"resume={run_dir}", "optimizer.lr=0.5", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trainkit: error: resume: the config differs from the run's")
+    assert (run_dir / "metrics.jsonl").read_text() == before  # nothing written is lost
