@@ -96,10 +96,11 @@ def fail(error: UserError | str) -> None:
 
 def train(args: list[str]) -> None:
     """Validate the overrides, then hand over to Hydra, which makes the run directory."""
-    from trainkit import config
+    from trainkit import config, sweeps
 
     overrides, flags = _split_hydra_args(args)
     rewritten = config.prepare(overrides)
+    sweeps.check_overrides(rewritten)  # a sweep plugin not installed: one line, not a traceback
     if not _multirun(flags) and not (_HYDRA_FLAGS_NO_RUN & set(flags)):
         # Composed and checked here first, so a mistake leaves no run directory behind.
         cfg = config.compose(rewritten)
@@ -164,25 +165,29 @@ def _run_hydra(task) -> None:
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(task)()
 
 
-def _train_job(cfg) -> float:
-    """Hydra's task: one training run in Hydra's run directory; returns the best monitored value."""
+def _train_job(cfg) -> float | None:
+    """Hydra's task: one training run in Hydra's run directory; returns the best monitored
+    value, or None when a sweep's job failed or diverged (the sweep records it and goes on)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainkit import config
+    from trainkit import config, sweeps
     from trainkit.logging import print_summary
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         config.validate(cfg)
         summary = _train_in_processes(cfg, run_dir)
-    except UserError as error:
-        _remove_unused_run_dir(run_dir)
+    except Exception as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra records the failed job
+            sweeps.record_failure(run_dir, error)  # failed.json: the sweep summary lists it
+            return None
+        if not isinstance(error, UserError):
+            raise
+        _remove_unused_run_dir(run_dir)
         fail(error)
     print_summary(summary, run_dir)
-    return summary[summary["monitor"]]
+    return sweeps.objective(summary)
 
 
 def _train_in_processes(cfg, run_dir: Path) -> dict:

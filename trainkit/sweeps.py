@@ -1,0 +1,283 @@
+"""Sweeps: failed jobs that do not stop the sweep, and the summary of all jobs at its end.
+
+``trainkit train -m ...`` runs one job per point of the grid (Hydra's basic sweeper) or per
+Optuna trial (``hparams_search=random|tpe``). A job that fails writes ``failed.json`` into its
+directory and the sweep goes on. When the sweep ends, ``SweepCallback`` (a Hydra callback
+registered in conf/train.yaml) ranks the jobs by the monitored metric, prints them as a table
+and writes ``sweep_summary.csv`` and ``sweep_summary.json`` into the sweep directory.
+
+Nothing here imports torch at module level: Hydra imports this module for every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import importlib.util
+import json
+import logging
+import math
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from trainkit.errors import UserError
+
+log = logging.getLogger("trainkit")
+
+FAILED_FILE = "failed.json"
+INSTALL_HINT = "pip install 'trainkit[sweeps]'"
+
+# The Hydra plugin each sweep option needs, all in the `sweeps` extra.
+_PLUGINS = {
+    "hparams_search": ("hydra_optuna_sweeper", "the Optuna sweeper"),
+    "hydra/launcher=joblib": ("hydra_joblib_launcher", "the joblib launcher"),
+    "hydra/launcher=submitit": ("hydra_submitit_launcher", "the submitit launcher"),
+}
+
+
+# --- before the sweep ----------------------------------------------------------------------
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise UserError for an unknown ``hparams_search`` option or a sweep plugin that is
+    not installed, before Hydra answers with a traceback."""
+    from trainkit.paths import config_dir
+
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key == "hparams_search" and value not in ("", "null"):
+            options = sorted(p.stem for p in (config_dir() / "hparams_search").glob("*.yaml"))
+            if value not in options:
+                hint = difflib.get_close_matches(value, options, n=1)
+                did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+                raise UserError(
+                    f"unknown hparams_search '{value}'; {did_you_mean}available: "
+                    + ", ".join(options)
+                )
+            _require_plugin("hparams_search", override)
+        elif key == "hydra/launcher":
+            for prefix in ("joblib", "submitit"):
+                if value.startswith(prefix):
+                    _require_plugin(f"hydra/launcher={prefix}", override)
+
+
+def _require_plugin(what: str, override: str) -> None:
+    module, description = _PLUGINS[what]
+    if importlib.util.find_spec(f"hydra_plugins.{module}") is None:
+        raise UserError(f"{override} needs {description}: {INSTALL_HINT}")
+
+
+# --- in each job ---------------------------------------------------------------------------
+
+
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """Log one line and write ``failed.json`` (the error and its traceback) into the job's
+    directory, where the sweep summary finds it."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, UserError):
+        message = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    log.error(f"job {run_dir.name} failed: {message}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": "failed", "error": message}
+    if not isinstance(error, UserError):  # a crash: the traceback is for whoever debugs it
+        record["traceback"] = "".join(traceback.format_exception(error))
+    (run_dir / FAILED_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """What a job gives the sweeper: its best monitored value, or None when that is not a
+    finite number (a diverged run), which the Optuna sweeper records as a failed trial."""
+    monitor = summary.get("monitor")
+    value = summary.get(monitor)
+    if _finite(value):
+        return value
+    log.warning(f"the monitored {monitor} is {value}: a sweep counts this run as failed")
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
+    """The metric the runs of ``cfg`` monitor and its direction, ``"max"`` or ``"min"``,
+    resolved as the runner does (``auto``: the task's own metric)."""
+    from trainkit.registry import TASKS, load_components
+    from trainkit.runner import TrainerSettings, resolve_monitor
+
+    load_components(cfg.get("plugins") or [])
+    settings = TrainerSettings(**cfg.trainer)
+    # resolve_monitor reads only the task's class attribute default_monitor.
+    return resolve_monitor(settings, TASKS.get(cfg.task.name))
+
+
+# --- after the sweep -----------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One job of a sweep, as its directory tells it."""
+
+    dir: Path
+    overrides: list[str]
+    status: str  # "ok" or "failed"
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run directories (those with a ``.hydra/``) under ``sweep_dir``, in job order."""
+    dirs = {path.parent for path in sweep_dir.rglob(".hydra") if path.is_dir()}
+    return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, str(d)))
+
+
+def read_job(run_dir: Path) -> Job:
+    """A job's overrides, its summary.json and whether it failed (failed.json, no summary,
+    or a monitored value that is not a finite number)."""
+    import yaml
+
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    failed = run_dir / FAILED_FILE
+    if failed.is_file():
+        return Job(run_dir, overrides, "failed", error=json.loads(failed.read_text())["error"])
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        return Job(run_dir, overrides, "failed", error="no summary.json: interrupted?")
+    summary = json.loads(summary_file.read_text())
+    monitor = summary.get("monitor")
+    if not _finite(summary.get(monitor)):
+        return Job(run_dir, overrides, "failed", summary, f"{monitor} is {summary.get(monitor)}")
+    return Job(run_dir, overrides, "ok", summary)
+
+
+def rank(jobs: list[Job], monitor: str, mode: str) -> list[Job]:
+    """Finished jobs best first by ``monitor`` (``mode`` "max" or "min"), then those
+    without that metric, then the failed ones, each group in job order."""
+
+    def key(job: Job):
+        value = job.summary.get(monitor)
+        if job.status != "ok":
+            return (2, 0.0)
+        if not _finite(value):
+            return (1, 0.0)
+        return (0, -value if mode == "max" else value)
+
+    return sorted(jobs, key=key)  # sorted is stable: ties keep the job order
+
+
+def _test_metrics(jobs: list[Job]) -> list[str]:
+    """The scalar test metrics the jobs report (``test/acc``; not per class, ``test/f1/3``)."""
+    names: dict[str, None] = {}
+    for job in jobs:
+        for key, value in job.summary.items():
+            if key.startswith("test/") and key.count("/") == 1 and isinstance(value, (int, float)):
+                names[key] = None
+    return list(names)
+
+
+def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
+    """Read every job of ``sweep_dir``, rank them, write sweep_summary.csv and .json there;
+    returns the ranked jobs."""
+    jobs = rank([read_job(d) for d in job_dirs(sweep_dir)], monitor, mode)
+    tests = _test_metrics(jobs)
+    rows = []
+    for position, job in enumerate(jobs, start=1):
+        row = {
+            "rank": position if job.status == "ok" else None,
+            "job": str(job.dir.relative_to(sweep_dir)),
+            "status": job.status,
+            monitor: job.summary.get(monitor),
+            "best_epoch": job.summary.get("best_epoch"),
+            **{name: job.summary.get(name) for name in tests if name != monitor},
+            "train_time_s": job.summary.get("train_time_s"),
+            "overrides": " ".join(job.overrides),
+            "error": job.error,
+        }
+        rows.append(
+            {
+                k: (v if v is None or isinstance(v, str) or _finite(v) else None)
+                for k, v in row.items()
+            }
+        )
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["rank", "job"])
+        writer.writeheader()
+        writer.writerows(rows)
+    for row, job in zip(rows, jobs, strict=True):
+        row["overrides"] = job.overrides  # a list in the JSON
+    document = {"sweep_dir": str(sweep_dir), "monitor": monitor, "mode": mode, "jobs": rows}
+    (sweep_dir / "sweep_summary.json").write_text(json.dumps(document, indent=2) + "\n")
+    return jobs
+
+
+def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> None:
+    """The ranked jobs as a rich table; overrides shared by every job are said once above."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    test_metric = monitor.replace("val/", "test/", 1)
+    best = "highest" if mode == "max" else "lowest"
+    table = Table(title=f"sweep: {len(jobs)} jobs ranked by {monitor} ({best} first)")
+    table.add_column("rank", justify="right")
+    table.add_column("job")
+    table.add_column("status")
+    table.add_column(monitor, justify="right")
+    if test_metric != monitor:
+        table.add_column(test_metric, justify="right")
+    table.add_column("overrides", overflow="fold")
+    any_failed = any(job.status != "ok" for job in jobs)
+    if any_failed:
+        table.add_column("why it failed")
+    for position, job in enumerate(jobs, start=1):
+        ok = job.status == "ok"
+        cells = [str(position) if ok else "-", job.name, "ok" if ok else "[red]failed[/red]"]
+        metrics = [monitor] + ([test_metric] if test_metric != monitor else [])
+        cells += [_cell(job.summary.get(name)) for name in metrics]
+        cells.append(" ".join(o for o in job.overrides if o not in shared))
+        if any_failed:
+            cells.append(job.error)
+        table.add_row(*cells)
+    console = Console()
+    if shared:
+        console.print(f"every job: {' '.join(o for o in jobs[0].overrides if o in shared)}")
+    console.print(table)
+    console.print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} (and .json)")
+    console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class SweepCallback(Callback):
+    """Hydra callback (conf/train.yaml): each job has trainkit's components, and when a sweep
+    ends, the table and files of ``summarize``."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A launcher may run the job in a process of its own (joblib, submitit), where the
+        # registries are empty: `trainkit train` filled them only in the first process.
+        from trainkit.registry import load_components
+
+        load_components(config.get("plugins") or [])
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return  # nothing ran (an empty sweep)
+        monitor, mode = monitored_metric(config)
+        jobs = summarize(sweep_dir, monitor, mode)
+        print_table(jobs, monitor, mode, sweep_dir)
