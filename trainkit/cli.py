@@ -28,11 +28,16 @@ commands:
   lr-plot [OVERRIDES] [output=PATH.png]
                                 the lr at every step of the composed optimizer and
                                 schedule, in the terminal and as a PNG (lr_schedule.png)
+  compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]
+                                runs side by side: a table of their metrics and their
+                                validation curves as a PNG (compare.png)
 
 examples:
   trainkit train
   trainkit train optimizer=adam scheduler=cosine
   trainkit train -m optimizer=adam,sgd
+  trainkit train -m hparams_search=tpe trainer.max_epochs=10
+  trainkit compare outputs/multirun/2026-01-01/12-00-00-000000 metrics=val/acc,test/acc
   trainkit lr-plot optimizer=adamw scheduler=inverse_sqrt scheduler.warmup=100
   trainkit eval checkpoint=outputs/2026-01-01/12-00-00-000000/checkpoints/best.pt
 """
@@ -72,7 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"trainkit {__version__}")
         return
-    commands = {"train": train, "eval": evaluate, "ls": list_components, "lr-plot": lr_plot}
+    commands = {
+        "train": train,
+        "eval": evaluate,
+        "ls": list_components,
+        "lr-plot": lr_plot,
+        "compare": compare_runs,
+    }
     command, args = argv[0], argv[1:]
     try:
         if command not in commands:
@@ -325,3 +336,31 @@ def lr_plot(args: list[str]) -> None:
     print(terminal_lr_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
     print(f"wrote {output}")
+
+
+# --- compare -------------------------------------------------------------------------------
+
+
+def compare_runs(args: list[str]) -> None:
+    """``trainkit compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]``."""
+    options = {"metrics": "", "output": "compare.png"}
+    paths = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in options:
+            options[key] = value
+        elif sep and not Path(arg).expanduser().exists():
+            raise UserError(
+                f"compare takes directories, metrics=A,B and output=PATH.png; got {arg!r}"
+            )
+        else:
+            paths.append(Path(arg).expanduser())
+    if not paths:
+        raise UserError("compare needs at least one run or sweep directory")
+    output = Path(options["output"]).expanduser()
+    if output.suffix.lower() != ".png":
+        raise UserError(f"output={output} must end in .png")
+
+    from trainkit.compare import compare
+
+    compare(paths, [m for m in options["metrics"].split(",") if m], output)

@@ -136,8 +136,10 @@ class Job:
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The run directories (those with a ``.hydra/``) under ``sweep_dir``, in job order."""
-    dirs = {path.parent for path in sweep_dir.rglob(".hydra") if path.is_dir()}
+    """The run directories (those with a ``.hydra/``) one or two levels below ``sweep_dir``
+    (a sweep's jobs; a day's runs under outputs/), in job order."""
+    found = [*sweep_dir.glob("*/.hydra"), *sweep_dir.glob("*/*/.hydra")]
+    dirs = {path.parent for path in found if path.is_dir()}
     return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, str(d)))
 
 
