@@ -13,10 +13,12 @@ import dataclasses
 import itertools
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ from trainkit.registry import (
     TASKS,
     NonNegativeInt,
     PositiveInt,
+    Range,
     check_params,
     load_components,
 )
@@ -74,6 +77,13 @@ class TrainerSettings:
     checkpoint_every: NonNegativeInt = 0
     keep_last: NonNegativeInt = 0
     keep_best: PositiveInt = 1
+    # A loss or gradient norm that is NaN or infinite: error (stop and say where), skip (the
+    # update; stop after nonfinite_max_skips), rollback (reload last.pt, lr x nonfinite_lr_factor;
+    # at most nonfinite_max_rollbacks times). skip and rollback check every step (a host sync).
+    nonfinite: Literal["error", "skip", "rollback"] = "error"
+    nonfinite_max_skips: PositiveInt = 10
+    nonfinite_lr_factor: Annotated[float, Range(gt=0, lt=1)] = 0.5
+    nonfinite_max_rollbacks: PositiveInt = 3
     # Debugging (the `debug` group sets these): batches per epoch of each split, 0 = all;
     # overfit_batches > 0 trains and validates on the same first few train batches.
     limit_train_batches: NonNegativeInt = 0
@@ -271,6 +281,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a step; ``checkpoint`` is the resume point."""
+
+    def __init__(self, signal_number: int, checkpoint_path: Path | None):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number, self.checkpoint_path = signal_number, checkpoint_path
+
+
+class NonFinite(Exception):
+    """A NaN or infinite loss or gradient norm at this step (handled per trainer.nonfinite)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(runner: Runner):
+    """While training: the first SIGINT or SIGTERM asks the runner to stop after the current
+    step; a second SIGINT stops at once. Only the main thread of a process can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signal_number, frame):
+        if runner.stop_signal is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        runner.stop_signal = signal_number
+        log.warning(
+            f"{signal.Signals(signal_number).name}: stopping after this step and saving a "
+            "checkpoint (Ctrl-C again to quit at once)"
+        )
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
+
+
 # --- the runner ----------------------------------------------------------------------------
 
 
@@ -360,6 +407,10 @@ class Runner:
         self.best_record: dict[str, Any] = {}
         self.best_epochs: list[tuple[float, int]] = []  # (monitored value, epoch), best first
         self.resumed_from: Path | None = None
+        self.stop_signal: int | None = None
+        self.skipped_steps = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0  # rollbacks multiply the planned lr by this
         if cfg.get("resume"):
             self.resume(cfg.resume)
 
@@ -402,6 +453,7 @@ class Runner:
         started = time.perf_counter()
         batches = itertools.islice(loader, total - progress["batches"])
         self.optimizer.zero_grad(set_to_none=True)
+        bad_update = False
         with self.logger.progress(f"epoch {self.epoch + 1}", total) as advance:
             advance(progress["batches"])
             for batch, (inputs, targets, _) in enumerate(batches, start=progress["batches"] + 1):
@@ -424,21 +476,33 @@ class Runner:
                             if penalty is not None:
                                 loss = loss + penalty
                     self.speed.scaler.scale(loss / accumulate).backward()
-
-                self._loss_sum += loss.detach().float() * targets.shape[0]
-                hits = self.task.train_hits(outputs.detach(), labels)
-                if hits is not None:
-                    self._correct += hits
-                self._seen += targets.shape[0]
+                if self.settings.nonfinite != "error" and not torch.isfinite(loss.detach()):
+                    if self.settings.nonfinite == "rollback":
+                        raise NonFinite(f"the loss is {loss.item()}")
+                    bad_update = True  # skip: this step's update is dropped
+                else:
+                    self._loss_sum += loss.detach().float() * targets.shape[0]
+                    hits = self.task.train_hits(outputs.detach(), labels)
+                    if hits is not None:
+                        self._correct += hits
+                    self._seen += targets.shape[0]
                 progress["batches"] = batch
                 if steps_now:
-                    self._optimizer_step()
+                    skip, bad_update = bad_update, False
+                    if not self._optimizer_step(skip):
+                        advance()
+                        continue  # a skipped non-finite update
                     if self.settings.checkpoint_every and (
                         self.step % self.settings.checkpoint_every == 0
                     ):
                         self.save_checkpoints(f"step_{self.step:07d}.pt")  # a resume point
+                    if self.stop_signal is not None:
+                        self.save_checkpoints(f"step_{self.step:07d}.pt")
+                        raise Interrupted(self.stop_signal, self.checkpoint_dir / "last.pt")
                     if self.logger.should_log_step(self.step):
                         step_loss = loss.item()  # the one host-device sync, every N steps
+                        if not math.isfinite(step_loss):
+                            raise NonFinite(f"the loss is {step_loss}")
                         self.logger.log_step(self.step, {"train/step_loss": step_loss})
                         rate = self._seen / (time.perf_counter() - started)
                         advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
@@ -459,8 +523,27 @@ class Runner:
             record["train/acc"] = correct_total / seen_total
         return record
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, skip: bool = False) -> bool:
+        """One update from the accumulated gradients; False if it was skipped (``skip``: the
+        loss was not finite; the gradient norm is checked here)."""
         self.speed.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        if self.settings.nonfinite != "error" and not self.speed.scaler.is_enabled():
+            # (With fp16 the grad scaler skips non-finite steps itself: that is its job.)
+            norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in self.model.parameters() if p.grad is not None]
+            )
+            if skip or not torch.isfinite(norm):
+                if self.settings.nonfinite == "rollback":
+                    raise NonFinite(f"the gradient norm is {norm.item()}")
+                self.skipped_steps += 1
+                log.warning(
+                    f"skipped a non-finite update at epoch {self.epoch + 1}, step {self.step + 1} "
+                    f"({self.skipped_steps} of at most {self.settings.nonfinite_max_skips})"
+                )
+                if self.skipped_steps > self.settings.nonfinite_max_skips:
+                    raise NonFinite("too many non-finite updates were skipped")
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
         for regularizer in self.regularizers:
             regularizer.before_optimizer_step(self.model)
         self.speed.scaler.step(self.optimizer)
@@ -471,6 +554,7 @@ class Runner:
         self.step += 1
         self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
         self.scheduler.step_batch()
+        return True
 
     def evaluation_model(self) -> nn.Module:
         """What validation and test evaluate: the model, or its EMA when one is kept."""
@@ -511,26 +595,62 @@ class Runner:
             f"{len(self.splits.test)} test) on {self.device}"
         )
         started = time.perf_counter()
-        while self.epoch < self.settings.max_epochs:
-            epoch_started = time.perf_counter()
-            if self.epoch_progress is None:
-                self.epoch_start_lr = self.lr
-            record = {"epoch": self.epoch + 1, "step": 0, "lr": self.epoch_start_lr}
-            record.update(self.train_epoch())
-            record.update(self.validate())
-            self.scheduler.step_epoch(record)
-            self.epoch += 1
-            record["step"] = self.step
-            record["epoch_time_s"] = time.perf_counter() - epoch_started
+        if self.settings.nonfinite == "rollback" and self.step == 0:
+            self.save_checkpoints("step_0000000.pt")  # a good state before the first step
+        with stop_on_signals(self):
+            while self.epoch < self.settings.max_epochs:
+                epoch_started = time.perf_counter()
+                if self.epoch_progress is None:
+                    self.epoch_start_lr = self.lr
+                record = {"epoch": self.epoch + 1, "step": 0, "lr": self.epoch_start_lr}
+                try:
+                    record.update(self.train_epoch())
+                    if not math.isfinite(record["train/loss"]):
+                        raise NonFinite(f"the epoch's mean loss is {record['train/loss']}")
+                except NonFinite as error:
+                    self._recover(error)  # rolls back, or raises
+                    continue
+                record.update(self.validate())
+                self.scheduler.step_epoch(record)
+                self.epoch += 1
+                record["step"] = self.step
+                record["epoch_time_s"] = time.perf_counter() - epoch_started
 
-            self._update_best(record)
-            stop = any(r.should_stop(record[self.monitor], self.mode) for r in self.regularizers)
-            self.logger.log_epoch(record)
-            self.save_checkpoints(f"epoch_{self.epoch:04d}.pt", record[self.monitor])
-            if stop:
-                log.info(f"early stopping: {self.monitor} has not improved for a while")
-                break
+                self._update_best(record)
+                monitored = record[self.monitor]
+                stop = any(r.should_stop(monitored, self.mode) for r in self.regularizers)
+                self.logger.log_epoch(record)
+                self.save_checkpoints(f"epoch_{self.epoch:04d}.pt", monitored)
+                if stop:
+                    log.info(f"early stopping: {self.monitor} has not improved for a while")
+                    break
         return self.test(train_time_s=time.perf_counter() - started)
+
+    def _recover(self, error: NonFinite) -> None:
+        """After a non-finite loss or gradient: roll back to last.pt with a lower lr (with
+        trainer.nonfinite=rollback, a bounded number of times), or stop with where it was."""
+        where = f"epoch {self.epoch + 1} after step {self.step} (lr {self.lr:.3g})"
+        last = self.checkpoint_dir / "last.pt"
+        if (
+            self.settings.nonfinite == "rollback"
+            and self.rollbacks < self.settings.nonfinite_max_rollbacks
+            and last.exists()
+        ):
+            self.rollbacks += 1
+            scale = self.lr_scale * self.settings.nonfinite_lr_factor
+            state = checkpoint.load(last, map_location=self.device)
+            self.load_state_dict(state)
+            self.scheduler.scale(scale / state.get("lr_scale", 1.0))
+            self.lr_scale = scale
+            log.warning(
+                f"{error} at {where}: rolled back to step {self.step} with the lr x{scale:g} "
+                f"(rollback {self.rollbacks} of {self.settings.nonfinite_max_rollbacks})"
+            )
+            return
+        raise UserError(
+            f"training diverged: {error} at {where}; lower optimizer.lr, add "
+            "regularization=[grad_clip], or set trainer.nonfinite=skip or rollback"
+        )
 
     def _update_best(self, record: dict[str, Any]) -> bool:
         value = record[self.monitor]
@@ -596,6 +716,7 @@ class Runner:
             "step": self.step,
             "epoch_progress": self._progress_now(),
             "epoch_start_lr": self.epoch_start_lr,
+            "lr_scale": self.lr_scale,
             "best_value": self.best_value,
             "best_record": self.best_record,
             "best_epochs": self.best_epochs,

@@ -72,6 +72,17 @@ class Schedule:
         else:
             self.main.step()
 
+    def scale(self, factor: float) -> None:
+        """Multiply the lr from now on by ``factor`` (a rollback after divergence)."""
+        for scheduler in (self.main, self.warmup):
+            for inner in [scheduler, *getattr(scheduler, "_schedulers", [])]:
+                if inner is not None and hasattr(inner, "base_lrs"):
+                    inner.base_lrs = [lr * factor for lr in inner.base_lrs]
+        for group in self.main.optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "main": self.main.state_dict(),
