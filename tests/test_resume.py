@@ -64,10 +64,11 @@ def test_a_run_crashed_within_an_epoch_resumes_bitwise(tmp_path, monkeypatch):
     crashing = make_runner(tmp_path / "crashed", "trainer.max_epochs=3")
     real_step = Runner._optimizer_step
 
-    def step_then_crash(self):
-        real_step(self)
+    def step_then_crash(self, *args):
+        stepped = real_step(self, *args)
         if self.step == 10:  # mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8
             raise Crash
+        return stepped
 
     monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
     with pytest.raises(Crash):
