@@ -169,3 +169,26 @@ def test_debug_overfit_memorizes_a_few_batches(tmp_path):
     runner.fit()
     assert runner.best_record["val/acc"] == 1.0
     assert runner.best_record["val/loss"] < 0.05
+
+
+# --- which checkpoints stay ------------------------------------------------------------------
+
+
+def test_keep_last_and_keep_best_keep_that_many_files(tmp_path):
+    runner = make_runner(
+        tmp_path / "run",
+        "trainer.max_epochs=5",
+        "trainer.keep_last=2",
+        "trainer.keep_best=3",
+        "trainer.checkpoint_every=3",
+        "trainer.monitor=val/loss",
+    )
+    runner.fit()
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt"))
+    history = [n for n in names if n.startswith(("epoch_", "step_"))]
+    assert history == ["epoch_0005.pt", "step_0000033.pt"]  # the newest two (7 steps an epoch)
+    best = [n for n in names if n.startswith("best_epoch_")]
+    expected = sorted(runner.best_epochs, key=lambda pair: pair[1])
+    assert len(best) == 3 and best == [f"best_epoch_{e:04d}.pt" for _, e in expected]
+    assert runner.best_epochs[0][0] == runner.best_value
+    assert {"last.pt", "best.pt"} <= set(names)
