@@ -1,0 +1,311 @@
+"""Sweeps: a failed job does not stop the sweep, the summary ranks the jobs, Optuna searches
+keep their study in the sweep directory and continue it, the launchers compose."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_trainkit
+from trainkit import cli, sweeps
+from trainkit.errors import UserError
+from trainkit.paths import config_dir
+
+TINY = [
+    "data=synthetic",
+    "data.num_samples=120",
+    "model=mlp",
+    "model.hidden=[16]",
+    "trainer.max_epochs=2",
+    "logger.progress_bar=false",
+]
+
+
+def only_sweep_dir(cwd: Path) -> Path:
+    (sweep_dir,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """Three jobs; the middle one has a negative lr, which fails when the job validates."""
+    cwd = tmp_path_factory.mktemp("grid_sweep")
+    result = run_trainkit("train", "-m", "optimizer.lr=0.05,-1,0.2", *TINY, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return only_sweep_dir(cwd), result
+
+
+# --- grid sweep with a failing job ---------------------------------------------------------
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(grid_sweep):
+    sweep_dir, result = grid_sweep
+    assert sorted(p.name for p in sweeps.job_dirs(sweep_dir)) == ["0", "1", "2"]
+    failed = json.loads((sweep_dir / "1" / "failed.json").read_text())
+    assert failed["error"] == "optimizer.lr=-1 is out of range: it must be > 0"
+    assert "traceback" not in failed  # a user's mistake needs none
+    assert "job 1 failed: optimizer.lr=-1 is out of range" in result.stdout + result.stderr
+    for job in ("0", "2"):
+        assert (sweep_dir / job / "summary.json").is_file()
+
+
+def test_the_summary_ranks_the_jobs_by_the_monitored_metric(grid_sweep):
+    sweep_dir, result = grid_sweep
+    values = {
+        job: json.loads((sweep_dir / job / "summary.json").read_text())["val/acc"]
+        for job in ("0", "2")
+    }
+    best, worst = sorted(values, key=values.get, reverse=True)
+    with open(sweep_dir / "sweep_summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["rank"], r["job"], r["status"]) for r in rows] == [
+        ("1", best, "ok"),
+        ("2", worst, "ok"),
+        ("", "1", "failed"),
+    ]
+    assert float(rows[0]["val/acc"]) == pytest.approx(values[best])
+    assert rows[2]["error"].startswith("optimizer.lr=-1 is out of range")
+    assert "optimizer.lr=-1" in rows[2]["overrides"] and "data=synthetic" in rows[2]["overrides"]
+    assert {"best_epoch", "test/acc", "test/loss", "train_time_s"} <= set(rows[0])
+
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert (summary["monitor"], summary["mode"]) == ("val/acc", "max")
+    assert [job["job"] for job in summary["jobs"]] == [best, worst, "1"]
+    assert "optimizer.lr=-1" in summary["jobs"][2]["overrides"]  # a list in the JSON
+    assert summary["jobs"][2]["val/acc"] is None
+
+    console = result.stdout.replace("\n", " ")
+    assert "3 jobs ranked by val/acc (highest first)" in console
+    assert "failed" in console and "sweep_summary.csv" in console
+
+
+def test_every_job_of_a_sweep_has_its_hparams_in_its_own_event_file(grid_sweep):
+    """`tensorboard --logdir SWEEP_DIR` shows one HParams row per job that trained."""
+    sweep_dir, _ = grid_sweep
+    event_files = sorted(sweep_dir.glob("*/events.out.tfevents.*"))
+    assert [f.parent.name for f in event_files] == ["0", "2"]
+    for event_file in event_files:
+        events = EventAccumulator(str(event_file))
+        events.Reload()
+        hparams = events.PluginTagToContent("hparams")
+        assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+
+
+# --- ranking, files and failure records, without training ----------------------------------
+
+
+def fake_job(sweep_dir: Path, name: str, overrides: list[str], summary=None, failed=None):
+    job = sweep_dir / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if summary is not None:
+        (job / "summary.json").write_text(json.dumps(summary))
+    if failed is not None:
+        (job / "failed.json").write_text(json.dumps({"status": "failed", "error": failed}))
+
+
+@pytest.mark.parametrize(("mode", "order"), [("min", ["2", "0", "4"]), ("max", ["4", "0", "2"])])
+def test_ranking_follows_the_direction_and_failed_jobs_come_last(tmp_path, mode, order):
+    for name, value in (("0", 0.5), ("2", 0.25), ("4", 0.75)):
+        fake_job(tmp_path, name, [f"x={name}"], {"monitor": "val/rmse", "val/rmse": value})
+    fake_job(tmp_path, "1", ["x=1"], failed="boom")
+    fake_job(tmp_path, "3", ["x=3"], {"monitor": "val/rmse", "val/rmse": math.nan})
+    fake_job(tmp_path, "5", ["x=5"])  # interrupted: neither summary nor failure
+
+    jobs = sweeps.summarize(tmp_path, "val/rmse", mode)
+
+    assert [job.name for job in jobs] == [*order, "1", "3", "5"]
+    assert [job.error for job in jobs[3:]] == [
+        "boom",
+        "val/rmse is nan",
+        "no summary.json: interrupted?",
+    ]
+    with open(tmp_path / "sweep_summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "", "", ""]
+    assert [r["overrides"] for r in rows[:3]] == [f"x={name}" for name in order]
+    assert rows[4]["val/rmse"] == ""  # NaN is left empty, in the JSON null
+    document = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert document["jobs"][4]["val/rmse"] is None and document["mode"] == mode
+
+
+def test_a_crash_in_a_job_keeps_its_traceback(tmp_path):
+    try:
+        raise RuntimeError("loss is nan at step 12")
+    except RuntimeError as error:
+        sweeps.record_failure(tmp_path, error)
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    assert failed["error"] == "RuntimeError: loss is nan at step 12"
+    assert "Traceback" in failed["traceback"] and "test_sweeps.py" in failed["traceback"]
+
+
+def test_a_diverged_run_gives_the_sweeper_no_value():
+    assert sweeps.objective({"monitor": "val/loss", "val/loss": 0.5}) == 0.5
+    assert sweeps.objective({"monitor": "val/loss", "val/loss": math.nan}) is None
+    assert sweeps.objective({"monitor": "val/loss", "val/loss": math.inf}) is None
+
+
+# --- Optuna --------------------------------------------------------------------------------
+
+
+def load_study(sweep_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="trainkit", storage=f"sqlite:///{sweep_dir}/optuna.db")
+
+
+@pytest.mark.parametrize("search", ["random", "tpe"])
+def test_optuna_search_runs_its_trials_and_keeps_the_study_in_the_sweep_dir(tmp_path, search):
+    result = run_trainkit(
+        "train",
+        "-m",
+        f"hparams_search={search}",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.seed=0",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep_dir = only_sweep_dir(tmp_path)
+    study = load_study(sweep_dir)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val/acc
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert sorted(job["job"] for job in summary["jobs"]) == ["0", "1"]
+    # Each job ran with its trial's parameters, and reports the value the trial got.
+    for trial in study.trials:
+        job = next(j for j in summary["jobs"] if j["job"] == str(trial.number))
+        assert f"optimizer.lr={trial.params['optimizer.lr']}" in job["overrides"]
+        assert job["val/acc"] == pytest.approx(trial.value)
+
+
+@pytest.mark.slow
+def test_a_nan_trial_fails_and_a_rerun_continues_the_study(tmp_path):
+    """An lr of 1e30 makes the loss NaN: a failed trial, not a crash of the sweep. Rerun
+    with the same sweep dir, the study goes on to n_trials with job 1 beside job 0."""
+    sweep = ["train", "-m", "hparams_search=tpe", "hydra.sweep.dir=sweep"]
+    monitor = ["trainer.monitor=val/loss", *TINY]
+    first = run_trainkit(
+        *sweep, "hydra.sweeper.n_trials=1", "optimizer.lr=1e30", *monitor, cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    sweep_dir = tmp_path / "sweep"
+    study = load_study(sweep_dir)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE  # val/loss
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+    (job,) = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
+    assert (job["job"], job["status"]) == ("0", "failed")
+    assert "nan" in job["error"]  # the runner's divergence error, or a NaN val/loss
+
+    second = run_trainkit(
+        *sweep, "hydra.sweeper.n_trials=2", "optimizer.lr=0.05", *monitor, cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    study = load_study(sweep_dir)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
+    assert [(j["job"], j["status"]) for j in jobs] == [("1", "ok"), ("0", "failed")]
+    assert "optimizer.lr=1e+30" in (sweep_dir / "0" / ".hydra" / "overrides.yaml").read_text()
+
+
+# --- composing the sweeper and the launchers -----------------------------------------------
+
+
+def compose_with_hydra(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("search", ["random", "tpe"])
+def test_hparams_search_composes_and_adds_no_config_key(search):
+    from trainkit import config
+
+    cfg = compose_with_hydra([f"hparams_search={search}"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.trainkit_optuna_sweeper.TrainkitOptunaSweeper"
+    assert sweeper.sampler._target_.endswith("TPESampler" if search == "tpe" else "RandomSampler")
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    # The run's own config (what `trainkit train` checks before Hydra) is unchanged.
+    config.validate(config.compose(config.prepare([f"hparams_search={search}"])))
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ],
+)
+def test_launchers_compose(launcher, target):
+    cfg = compose_with_hydra([f"hydra/launcher={launcher}", "optimizer=adam"])
+    assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.slow
+def test_joblib_runs_jobs_in_parallel_processes(tmp_path):
+    result = run_trainkit(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer=sgd,adam",
+        *TINY,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = json.loads((only_sweep_dir(tmp_path) / "sweep_summary.json").read_text())["jobs"]
+    assert sorted(j["status"] for j in jobs) == ["ok", "ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs SLURM (sbatch)")
+def test_submitit_runs_jobs_on_slurm(tmp_path):
+    result = run_trainkit(
+        "train", "-m", "hydra/launcher=submitit_slurm", "optimizer=sgd,adam", *TINY, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = json.loads((only_sweep_dir(tmp_path) / "sweep_summary.json").read_text())["jobs"]
+    assert sorted(j["status"] for j in jobs) == ["ok", "ok"]
+
+
+# --- mistakes ------------------------------------------------------------------------------
+
+
+def test_a_missing_sweep_plugin_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setattr(sweeps.importlib.util, "find_spec", lambda name: None)
+    for override, needs in [
+        ("hparams_search=tpe", "the Optuna sweeper"),
+        ("hydra/launcher=joblib", "the joblib launcher"),
+        ("hydra/launcher=submitit_slurm", "the submitit launcher"),
+    ]:
+        with pytest.raises(UserError) as error:
+            sweeps.check_overrides([override])
+        assert str(error.value) == f"{override} needs {needs}: pip install 'trainkit[sweeps]'"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", "hparams_search=tpee"], "unknown hparams_search 'tpee'; did you mean 'tpe'?"),
+        (["hparams_search=tpe", "optimizer.lrr=1"], "unknown key optimizer.lrr"),
+    ],
+)
+def test_sweep_mistakes_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", *args])
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
