@@ -141,3 +141,46 @@ def test_ddp_on_one_gpu_through_the_launcher(tmp_path):
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
     assert summary_of(run_dir)["test/acc"] > 0.5
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_checkpoint_and_resume_to_the_same_weights(tmp_path):
+    from trainkit import checkpoint
+
+    args = [*RUN, "trainer.devices=2", "trainer.checkpoint_every=5", "trainer.keep_last=4"]
+    result = run_trainkit("train", *args, cwd=tmp_path, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    finished = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    middle = run_dir / "checkpoints" / "step_0000005.pt"  # within epoch 2 (4 steps an epoch)
+    assert checkpoint.load(middle)["epoch_progress"] is not None
+
+    result = run_trainkit("train", f"resume={middle}", cwd=tmp_path, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert run_dirs(tmp_path) == [run_dir]
+    resumed = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    assert resumed["step"] == finished["step"]
+    for key, value in finished["model"].items():
+        assert torch.allclose(resumed["model"][key], value, atol=1e-6), key
+
+
+@pytest.mark.distributed
+@pytest.mark.gpu
+def test_sync_batchnorm_makes_two_processes_match_one_with_batch_norm(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs: torch's SyncBatchNorm runs on GPUs only")
+    conv = ["data=synthetic", "model=resnet_cifar", "model.width=8", "trainer.max_epochs=2"]
+    conv += ["trainer.device=cuda", "trainer.deterministic=false"]
+    conv += ["logger.progress_bar=false"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    result = run_trainkit(
+        "train", *conv, "trainer.devices=2", "trainer.sync_batchnorm=true", cwd=two, env=ONE_THREAD
+    )
+    assert result.returncode == 0, result.stderr
+    result = run_trainkit("train", *conv, "data.batch_size=128", cwd=one, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    (two_dir,), (one_dir,) = run_dirs(two), run_dirs(one)
+    for key in ("val/loss", "test/loss"):
+        assert summary_of(two_dir)[key] == pytest.approx(summary_of(one_dir)[key], abs=1e-3), key

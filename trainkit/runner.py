@@ -362,7 +362,10 @@ class Runner:
         self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
         self.loss_fn = self.loss_fn.to(self.device)
         if self.settings.sync_batchnorm and distributed.world_size() > 1:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:  # torch's SyncBatchNorm runs on GPUs only
+                log.info("note: trainer.sync_batchnorm applies to CUDA only; ignored on CPU")
         self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
         if self.settings.lr_reference_batch:
             global_batch = self.loaders["train"].batch_size * distributed.world_size()
