@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         commands[command](args)
     except UserError as error:
         fail(error)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
+        print("trainkit: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def fail(error: UserError | str) -> None:
@@ -110,6 +113,7 @@ def train(args: list[str]) -> None:
     from trainkit import config, sweeps
 
     overrides, flags = _split_hydra_args(args)
+    overrides, run_dir_override = _resume(overrides, flags)
     rewritten = config.prepare(overrides)
     sweeps.check_overrides(rewritten)  # a sweep plugin not installed: one line, not a traceback
     if not _multirun(flags) and not (_HYDRA_FLAGS_NO_RUN & set(flags)):
@@ -123,8 +127,37 @@ def train(args: list[str]) -> None:
             "torchrun starts one run in several processes, not a sweep; "
             "for DDP inside each sweep job use -m with trainer.devices=N instead"
         )
-    sys.argv = ["trainkit train", *flags, *rewritten]
+    sys.argv = ["trainkit train", *flags, *rewritten, *run_dir_override]
     _run_hydra(_train_job)
+
+
+def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], list[str]]:
+    """``resume=PATH``: the run's own overrides (from its .hydra/overrides.yaml), then the
+    new ones, and Hydra pointed at the run's directory so the run continues in it."""
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return overrides, []
+    if _multirun(flags):
+        raise UserError("resume=PATH continues one run; it cannot be part of a sweep (-m)")
+    from omegaconf import OmegaConf
+
+    from trainkit import checkpoint
+
+    path = checkpoint.find(Path(resume[-1].partition("=")[2]).expanduser(), "last.pt")
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(
+            f"resume={path}: {saved} is missing; resume needs the run directory the "
+            "checkpoint was written in"
+        )
+    merged: dict[str, str] = {}
+    for override in [*OmegaConf.load(saved), *overrides]:
+        key = override.partition("=")[0].lstrip("+~")
+        if key != "resume" and not key.startswith("hydra."):
+            merged[key] = override
+    merged["resume"] = f"resume={path.resolve()}"
+    return list(merged.values()), [f"hydra.run.dir={run_dir.resolve()}"]
 
 
 def _torchrun() -> bool:
@@ -190,6 +223,7 @@ def _train_job(cfg) -> float | None:
         config.validate(cfg)
         summary = _train_in_processes(cfg, run_dir)
     except Exception as error:
+        _stop_if_interrupted(error, run_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             sweeps.record_failure(run_dir, error)  # failed.json: the sweep summary lists it
             return None
@@ -199,6 +233,19 @@ def _train_job(cfg) -> float | None:
         fail(error)
     print_summary(summary, run_dir)
     return sweeps.objective(summary)
+
+
+def _stop_if_interrupted(error: Exception, run_dir: Path) -> None:
+    """SIGINT/SIGTERM stopped the run after a step: say how to resume; exit 128 + signal."""
+    from trainkit.runner import Interrupted
+
+    if isinstance(error, Interrupted):
+        print(
+            f"trainkit: {error} at a step's end; checkpoint saved: {error.checkpoint_path}\n"
+            f"resume with: trainkit train resume={run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + error.signal_number)
 
 
 def _train_in_processes(cfg, run_dir: Path) -> dict:
