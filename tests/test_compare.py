@@ -1,0 +1,109 @@
+"""`trainkit compare`: the table of runs, the PNG of their curves, and its mistakes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_trainkit
+from trainkit import cli
+from trainkit.compare import COLOURS, write_curves_png
+
+TINY = [
+    "data=synthetic",
+    "data.num_samples=120",
+    "model=mlp",
+    "model.hidden=[16]",
+    "trainer.max_epochs=3",
+    "logger.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """Two runs, SGD and Adam, as jobs 0 and 1 of a sweep."""
+    cwd = tmp_path_factory.mktemp("compare")
+    result = run_trainkit("train", "-m", "optimizer=sgd,adam", *TINY, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (sweep,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return sweep
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_compare_two_runs_prints_their_metrics_and_draws_their_curves(sweep_dir, tmp_path):
+    runs = [sweep_dir / "0", sweep_dir / "1"]
+    result = run_trainkit("compare", *map(str, runs), "output=plots/curves.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    console = result.stdout
+    for column in ("val/acc", "test/acc", "best_epoch", "train_time_s"):
+        assert column in console
+    for run, optimizer in zip(runs, ("sgd", "adam"), strict=True):
+        summary = summary_of(run)
+        row = next(line for line in console.splitlines() if f"optimizer={optimizer}" in line)
+        assert f"{summary['val/acc']:.4f}" in row and f"{summary['test/acc']:.4f}" in row
+    assert "every run: data=synthetic" in console  # what they share is said once
+
+    image = np.asarray(Image.open(tmp_path / "plots" / "curves.png").convert("RGB"))
+    assert image.shape == (400 + 2 * 16 + 10, 800, 3)  # the plot, then a legend row per run
+    colours = {tuple(pixel) for pixel in image.reshape(-1, 3)}
+    assert COLOURS[0] in colours and COLOURS[1] in colours and COLOURS[2] not in colours
+
+
+def test_a_sweep_dir_stands_for_its_jobs(sweep_dir, tmp_path):
+    result = run_trainkit(
+        "compare", str(sweep_dir), "metrics=val/loss,test/f1", "output=c.png", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 runs" in result.stdout and "test/f1" in result.stdout
+    for job in ("0", "1"):
+        assert f"{summary_of(sweep_dir / job)['test/f1']:.4f}" in result.stdout
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_a_failed_run_is_listed_with_its_error(sweep_dir, tmp_path, capsys, monkeypatch):
+    failed = tmp_path / "2"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=-1\n")
+    (failed / "failed.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    monkeypatch.setenv("COLUMNS", "200")
+    cli.main(["compare", str(sweep_dir / "0"), str(failed), f"output={tmp_path / 'c.png'}"])
+    console = capsys.readouterr().out
+    assert "failed: boom" in console and "optimizer.lr=-1" in console
+
+
+def test_curves_leave_a_gap_at_a_nan(tmp_path):
+    curves = [("a", [(1, 0.5), (2, math.nan), (3, 0.7)]), ("b", [])]
+    path = write_curves_png(curves, tmp_path / "gap.png", "val/acc per epoch")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    row = image[: 400 - 40]  # the plot area, without the legend
+    # Between the two points of epochs 1 and 3 (x 80 and 780) no line is drawn.
+    assert COLOURS[0] not in {tuple(p) for p in row[:, 420:440].reshape(-1, 3)}
+    assert COLOURS[0] in {tuple(p) for p in row[:, 70:90].reshape(-1, 3)}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nowhere"], "nowhere: no such directory"),
+        (["{empty}"], "is not a run directory (it has no .hydra/) and holds no run directories"),
+        (["{sweep}", "metrics=val/accc"], "no run has the metric val/accc; available: "),
+        (["{sweep}", "output=curves.jpg"], "output=curves.jpg must end in .png"),
+        (["{sweep}", "metric=val/acc"], "compare takes directories, metrics=A,B and output="),
+        ([], "compare needs at least one run or sweep directory"),
+    ],
+)
+def test_compare_mistakes_are_one_line(sweep_dir, tmp_path, capsys, args, message):
+    args = [a.format(sweep=sweep_dir, empty=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compare", *args])
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and len(stderr.strip().splitlines()) == 1
