@@ -139,3 +139,70 @@ def test_a_fixed_length_tuple_checks_its_length(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["train", "optimizer=adam", "optimizer.betas=[0.9]"])
     assert "optimizer.betas=[0.9] must have 2 items" in capsys.readouterr().err
+
+
+# --- data that cannot be read ----------------------------------------------------------------
+
+IMAGEFOLDER = [
+    "data=imagefolder",
+    "model=mlp",
+    "data.image_size=32",
+    "data.resize=36",
+    "data.num_workers=0",
+    "data.val_fraction=0.2",
+    "trainer.max_epochs=1",
+    "logger.progress_bar=false",
+]
+
+
+def assert_one_line_and_no_run_dir(result, message: str, cwd) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("trainkit: error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert run_dirs(cwd) == []
+
+
+@pytest.mark.parametrize(("folder", "num_workers"), [("train", 0), ("train", 2), ("val", 0)])
+def test_an_image_that_cannot_be_decoded_under_on_bad_image_error(folder, num_workers, tmp_path):
+    """In train/ it is met in the first epoch: no run directory is left. In val/ (the test
+    split) it is met after training: the run directory and its checkpoints are kept."""
+    from tests.fake_images import make_imagefolder
+    from tests.test_data_vision import make_bad_images
+
+    make_imagefolder(tmp_path / "images", per_class=10)
+    garbage, truncated = make_bad_images(tmp_path / "images" / folder)
+    truncated.unlink()  # one bad file, so that the message is known
+    result = run_trainkit(
+        "train",
+        *IMAGEFOLDER,
+        f"data.root={tmp_path / 'images'}",
+        f"data.num_workers={num_workers}",
+        "data.on_bad_image=error",
+        cwd=tmp_path,
+    )
+    message = (
+        f"trainkit: error: data imagefolder: {garbage} cannot be decoded (cannot identify "
+        f"image file '{garbage}'); delete or replace it, or set data.on_bad_image=skip\n"
+    )
+    assert result.returncode == 2 and result.stderr == message, result.stdout + result.stderr
+    if folder == "train":
+        assert run_dirs(tmp_path) == []
+    else:
+        (run_dir,) = run_dirs(tmp_path)
+        assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "data imagefolder: there is no directory /nonexistent/images; expected"),
+        ("empty", "/images/train has no class folders; expected "),
+    ],
+)
+def test_an_imagefolder_root_that_is_missing_or_empty(layout, message, tmp_path):
+    root = "/nonexistent/images" if layout == "missing" else tmp_path / "images"
+    if layout == "empty":
+        root.mkdir()
+    result = run_trainkit("train", *IMAGEFOLDER, f"data.root={root}", cwd=tmp_path)
+    assert_one_line_and_no_run_dir(result, message, tmp_path)

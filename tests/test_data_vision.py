@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import socket
 import tarfile
@@ -10,12 +11,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from tests.fake_images import (
     CIFAR10_CLASSES,
@@ -26,7 +27,7 @@ from tests.fake_images import (
     make_imagefolder,
     make_mnist,
 )
-from trainkit.data import vision
+from trainkit.data import LoaderSettings, build_loaders, vision
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, load_components
 
@@ -273,8 +274,10 @@ def test_items_are_eval_views_of_the_requested_size(tmp_path):
     image, target, index = splits.test[4]
     assert image.shape == (3, 16, 16) and image.dtype == torch.float32
     assert target == splits.test.targets[4] and index == 4
-    batch = next(iter(DataLoader(splits.val, batch_size=3)))
-    assert batch[0].shape == (3, 3, 16, 16) and batch[1].dtype == torch.long
+    loaders = build_loaders(splits, LoaderSettings(eval_batch_size=3), seed=0)
+    images, targets, indices = next(iter(loaders["val"]))
+    assert images.shape == (3, 3, 16, 16) and targets.dtype == indices.dtype == torch.long
+    assert targets.tolist() == splits.val.targets[:3]
 
 
 def test_pixels_are_normalized_with_mean_and_std(tmp_path):
@@ -334,3 +337,106 @@ def test_layout_errors_name_the_directory(layout, message, tmp_path):
 def test_resize_below_image_size_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"^data\.resize=20 is below data\.image_size=24"):
         load("imagefolder", root=str(tmp_path), image_size=24, resize=20)
+
+
+# --- files that cannot be decoded ----------------------------------------------------------
+
+
+def make_bad_images(folder: Path) -> tuple[Path, Path]:
+    """Two .png files that cannot be decoded in ``folder/class_0`` and ``folder/class_1``:
+    random bytes (PIL cannot even open it) and a PNG cut in half (it opens; loading fails)."""
+    garbage = folder / "class_0" / "garbage.png"
+    garbage.write_bytes(np.random.default_rng(0).bytes(500))
+    truncated = folder / "class_1" / "truncated.png"
+    images, _ = fake_images(1, 1, (30, 40, 3))
+    Image.fromarray(images[0]).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    return garbage, truncated
+
+
+def bad_folder_splits(root, **params):
+    """An image folder whose train split (all of train/) holds a file of random bytes and a
+    PNG cut in half: two of its 32 files cannot be decoded."""
+    make_imagefolder(root, classes=3, per_class=10, splits=("train", "val"))
+    garbage, truncated = make_bad_images(root / "train")
+    splits = folder_splits(root, val_fraction=0.0, **params)
+    files = splits.train.files
+    return splits, files.index(str(garbage)), files.index(str(truncated))
+
+
+def epoch_indices(loader) -> list[int]:
+    return torch.cat([indices for _, _, indices in loader]).tolist()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_leaves_bad_images_out_and_counts_each_once(num_workers, tmp_path, caplog):
+    splits, garbage, truncated = bad_folder_splits(tmp_path)
+    assert splits.train.on_bad_image == "skip"  # the default
+    settings = LoaderSettings(batch_size=8, num_workers=num_workers)
+    loader = build_loaders(splits, settings, seed=0)["train"]
+    good = sorted(set(range(32)) - {garbage, truncated})
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        assert sorted(epoch_indices(loader)) == good
+    flagged = splits.train.failed_to_decode.nonzero().flatten().tolist()
+    assert flagged == sorted([garbage, truncated])  # in memory the worker processes share
+    with caplog.at_level("WARNING", logger="trainkit"):
+        splits.train.undecodable.report()
+        splits.train.undecodable.report()  # once only
+    (record,) = caplog.records
+    first = splits.train.files[min(garbage, truncated)]
+    assert record.getMessage() == (
+        "data imagefolder: 2 images could not be decoded and were skipped "
+        f"(data.on_bad_image=skip); first: {first}"
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_error_names_the_file_and_the_fix_in_one_line(num_workers, tmp_path):
+    splits, _, _ = bad_folder_splits(tmp_path, on_bad_image="error")
+    settings = LoaderSettings(batch_size=8, num_workers=num_workers)
+    loader = build_loaders(splits, settings, seed=0)["train"]
+    with pytest.raises(UserError) as error:
+        epoch_indices(loader)
+    assert re.fullmatch(
+        r"data imagefolder: \S+/train/class_\d/(garbage|truncated)\.png cannot be decoded "
+        r"\((cannot identify image file .*|image file is truncated.*)\); "
+        r"delete or replace it, or set data\.on_bad_image=skip",
+        str(error.value),
+    ), str(error.value)
+
+
+def test_each_kind_of_bad_file_gives_its_reason(tmp_path):
+    splits, garbage, truncated = bad_folder_splits(tmp_path, on_bad_image="error")
+    with pytest.raises(UserError, match=r"garbage\.png cannot be decoded \(cannot identify"):
+        splits.train[garbage]
+    with pytest.raises(UserError, match=r"truncated\.png cannot be decoded \(image file is trunc"):
+        splits.train[truncated]
+    assert splits.train[garbage + 1][0].shape == (3, 16, 16)
+
+
+def test_a_batch_of_bad_images_only_holds_the_next_good_one(tmp_path):
+    splits, garbage, truncated = bad_folder_splits(tmp_path)
+    images, targets, indices = splits.train.__getitems__([garbage, truncated])
+    after = max(garbage, truncated) + 1
+    assert images.shape == (1, 3, 16, 16) and indices.tolist() == [after]
+    assert targets.tolist() == [splits.train.targets[after]]
+
+
+def test_the_three_splits_are_counted_together(tmp_path, caplog):
+    make_imagefolder(tmp_path, per_class=10, splits=("train", "val"))
+    make_bad_images(tmp_path / "train")
+    make_bad_images(tmp_path / "val")
+    splits = folder_splits(tmp_path, val_fraction=0.0)
+    for split in (splits.train, splits.test):
+        split.__getitems__(list(range(len(split))))
+    with caplog.at_level("WARNING", logger="trainkit"):
+        splits.train.undecodable.report()
+    (record,) = caplog.records
+    assert "4 images could not be decoded" in record.getMessage()
+
+
+def test_on_bad_image_takes_skip_or_error(tmp_path):
+    make_imagefolder(tmp_path)
+    with pytest.raises(UserError, match=r"^data\.on_bad_image='ignore' .*'skip', 'error'"):
+        folder_splits(tmp_path, on_bad_image="ignore")

@@ -11,15 +11,22 @@ unless ``download: false``; an archive already placed in ``root`` is extracted i
 machine without network can be given the files by hand.
 
 ``imagefolder`` reads ``root/train/<class>/<image>`` (and ``val/``, ``test/``) lazily, one
-image per item, so a data set as large as ImageNet never has to fit in memory.
+image per item, so a data set as large as ImageNet never has to fit in memory. An image
+that cannot be decoded is found when it is first loaded (checking a million files up front
+would take minutes): ``on_bad_image`` says whether it stops the run or is left out.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import socket
+import struct
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +41,8 @@ from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
 # seconds instead of hanging, while a slow but working download still finishes. (Name lookups
 # are not sockets; the system resolver bounds those, typically to 5 s per try.)
 DOWNLOAD_TIMEOUT_S = 30.0
+
+log = logging.getLogger("trainkit")
 
 # --- files: find, extract or download ------------------------------------------------------
 
@@ -236,6 +245,64 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# What PIL raises for a file that is not a readable image: UnidentifiedImageError and "image
+# file is truncated" are OSErrors; some decoders raise SyntaxError, ValueError or struct.error.
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+
+class WorkerUserError(UserError):
+    """A UserError that keeps its one line when a DataLoader worker process raised it.
+
+    The DataLoader re-raises a worker's exception in the main process by calling its class
+    with a message of several lines (which worker, then the whole traceback); the last line
+    of that traceback holds the original message.
+    """
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            last_line = message.rstrip().splitlines()[-1]
+            message = last_line.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+def _report_undecodable(owner_pid: int, splits: list[tuple[list[str], torch.Tensor]]) -> None:
+    if os.getpid() != owner_pid:  # a worker's copy of the data set: the main process reports
+        return
+    bad = [files[i] for files, flags in splits for i in flags.nonzero().flatten().tolist()]
+    if bad:
+        log.warning(
+            f"data imagefolder: {len(bad)} images could not be decoded and were skipped "
+            f"(data.on_bad_image=skip); first: {bad[0]}"
+        )
+
+
+class UndecodableImages:
+    """Which files of an image folder failed to decode, in memory that the DataLoader's worker
+    processes share: each bad file is opened once and counted once, however many epochs ask
+    for it. The count is logged once, when the data set is released (at the latest when the
+    process exits); ``report()`` logs it now."""
+
+    def __init__(self):
+        self.splits: list[tuple[list[str], torch.Tensor]] = []
+        self.report = weakref.finalize(self, _report_undecodable, os.getpid(), self.splits)
+
+    def track(self, files: list[str]) -> torch.Tensor:
+        """A flag per file of one split, True once it failed to decode."""
+        flags = torch.zeros(len(files), dtype=torch.bool).share_memory_()
+        self.splits.append((files, flags))
+        return flags
+
+    def __getstate__(self):  # a spawned worker gets the flags, not the report
+        return {"splits": self.splits}
+
+
 class ImageFolderSplit(Dataset):
     """Image files decoded one at a time; items are ``(image, target, index)``, the image a
     normalized float tensor (3, image_size, image_size).
@@ -245,6 +312,11 @@ class ImageFolderSplit(Dataset):
     (torchvision's ImageNet evaluation: 256, then 224). With one (the train split), the
     transform gets the whole image at that scale instead, and its result is center-cropped to
     ``image_size``: a random-resized or random crop picks the view, any other preset works too.
+
+    The DataLoader fetches whole batches (``__getitems__``), so that a file which cannot be
+    decoded can be left out of its batch under ``on_bad_image="skip"``; a batch whose every
+    image fails holds the split's next decodable image instead, so no batch is ever empty.
+    Under ``"error"`` such a file is a UserError naming it.
     """
 
     def __init__(
@@ -256,23 +328,55 @@ class ImageFolderSplit(Dataset):
         resize: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
+        on_bad_image: str = "skip",
+        undecodable: UndecodableImages | None = None,
     ):
         self.files, self.targets, self.indices = files, targets, indices
         self.image_size, self.resize = image_size, resize
         self.mean, self.std = list(mean), list(std)
         self.transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.on_bad_image = on_bad_image
+        self.undecodable = UndecodableImages() if undecodable is None else undecodable
+        self.failed_to_decode = self.undecodable.track(files)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
+        return self._image(i, skip=False), self.targets[i], self.indices[i]
+
+    def __getitems__(self, batch: list[int]):
+        skip = self.on_bad_image == "skip"
+        kept = [(i, image) for i in batch if (image := self._image(i, skip)) is not None]
+        if not kept:
+            kept = [self._next_decodable(batch[-1])]
+        return (
+            torch.stack([image for _, image in kept]),
+            torch.tensor([self.targets[i] for i, _ in kept], dtype=torch.long),
+            torch.tensor([self.indices[i] for i, _ in kept], dtype=torch.long),
+        )
+
+    def _image(self, i: int, skip: bool) -> torch.Tensor | None:
+        """Image ``i`` as a tensor; None when it cannot be decoded and ``skip``."""
         from torchvision.transforms.v2 import functional as F
 
-        with Image.open(self.files[i]) as image:
-            # JPEG only: decode at the smallest scale that keeps both sides >= resize, which
-            # is several times faster for photographs much larger than the model's input.
-            image.draft("RGB", (self.resize, self.resize))
-            image = image.convert("RGB")
+        if skip and self.failed_to_decode[i]:
+            return None  # known to be bad: not opened again
+        try:
+            with Image.open(self.files[i]) as image:
+                # JPEG only: decode at the smallest scale that keeps both sides >= resize,
+                # which is several times faster for photographs much larger than the input.
+                image.draft("RGB", (self.resize, self.resize))
+                image = image.convert("RGB")
+        except DECODE_ERRORS as error:
+            if not skip:
+                hint = ", or set data.on_bad_image=skip" if self.on_bad_image == "error" else ""
+                raise WorkerUserError(
+                    f"data imagefolder: {self.files[i]} cannot be decoded "
+                    f"({_one_line(error)}); delete or replace it{hint}"
+                ) from None
+            self.failed_to_decode[i] = True
+            return None
         image = F.resize(image, self.resize)  # the shorter side
         if self.transform is None:
             image = F.center_crop(image, self.image_size)
@@ -280,7 +384,18 @@ class ImageFolderSplit(Dataset):
         x = F.normalize(x, self.mean, self.std)
         if self.transform is not None:
             x = F.center_crop(self.transform(x), self.image_size)
-        return x, self.targets[i], self.indices[i]
+        return x
+
+    def _next_decodable(self, after: int) -> tuple[int, torch.Tensor]:
+        for step in range(1, len(self) + 1):
+            i = (after + step) % len(self)
+            image = self._image(i, skip=True)
+            if image is not None:
+                return i, image
+        raise WorkerUserError(
+            f"data imagefolder: none of the {len(self)} images of a split can be decoded "
+            f"({self.files[0]} among them); replace them with image files"
+        )
 
 
 def _folder_images(folder: Path, classes: list[str], layout: str) -> tuple[list[str], list[int]]:
@@ -311,6 +426,7 @@ def imagefolder(
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = IMAGENET_STD,
     val_fraction: Probability = 0.1,
     seed: int = 0,
+    on_bad_image: Literal["skip", "error"] = "skip",
 ) -> Splits:
     """Images in class folders: ``root/train/<class>/*.jpg`` plus ``root/val/`` and/or
     ``root/test/`` laid out the same way; classes are the sorted train folder names.
@@ -318,7 +434,9 @@ def imagefolder(
     Without ``test/``, the val folder serves as the test split (as for ImageNet, whose
     labelled "val" set is what papers report). Unless both exist, the val split is
     ``val_fraction`` of the train folder (stratified, seeded). Images are converted to RGB.
-    ``root`` is relative to the working directory.
+    ``root`` is relative to the working directory. A file that cannot be decoded is left out
+    of its batch and counted (``on_bad_image="skip"``, logged once) or stops the run with a
+    UserError naming it (``"error"``).
     """
     base = Path(root)
     layout = f"expected {base}/train/<class>/<image> and {base}/val/ or {base}/test/ alike"
@@ -352,6 +470,7 @@ def imagefolder(
             raise UserError(f"data imagefolder: {base / name} holds no images; {layout}")
     if not found:
         raise UserError(f"data imagefolder: {base} has train/ but neither val/ nor test/; {layout}")
+    undecodable = UndecodableImages()  # one count for the three splits
 
     def split(files: list[str], targets: list[int], rows) -> ImageFolderSplit:
         return ImageFolderSplit(
@@ -362,6 +481,8 @@ def imagefolder(
             resize,
             mean,
             std,
+            on_bad_image,
+            undecodable,
         )
 
     test_files, test_targets = found.get("test", found.get("val"))
