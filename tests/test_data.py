@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from trainkit.data import (
     stratified_split,
     synthetic,
 )
+from trainkit.data.splits import check_labels
 from trainkit.errors import UserError
 
 
@@ -308,3 +311,82 @@ def test_digit_strings_length_bounds_are_checked():
 
     with pytest.raises(UserError, match="data.min_length=6 is above data.max_length=5"):
         bundled.digit_strings(min_length=6, max_length=5)
+
+
+# --- check_labels --------------------------------------------------------------------------
+
+
+def labelled_splits(train, val=(0, 1), test=(0, 1), num_classes=10, **fields) -> Splits:
+    def part(labels):
+        labels = torch.as_tensor(labels)
+        return TensorSplit(torch.zeros(len(labels), 2), labels, torch.arange(len(labels)))
+
+    return Splits(part(train), part(val), part(test), num_classes, input_shape=(2,), **fields)
+
+
+class LabelledFiles(torch.utils.data.Dataset):
+    """A data set that lists its labels as Python objects, as file-backed ones do."""
+
+    def __init__(self, targets=None, samples=None):
+        if targets is not None:
+            self.targets = targets
+        if samples is not None:
+            self.samples = samples
+
+    def __len__(self):
+        return len(getattr(self, "targets", getattr(self, "samples", [])))
+
+
+def test_labels_inside_0_to_num_classes_pass(digits_splits):
+    check_labels(labelled_splits(train=[0, 9, 3], val=[9], test=[0]))
+    check_labels(digits_splits)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (dict(train=[0, 12, 3, 10]), "label 12 in the train split is outside 0..9"),
+        (dict(train=[0, 1], val=[1, -1]), "label -1 in the val split is outside 0..9"),
+        (dict(train=[0, 1], test=[[0, 1], [2, 10]]), "label 10 in the test split is outside 0..9"),
+    ],
+)
+def test_a_label_outside_0_to_num_classes_is_one_line(labels, message):
+    with pytest.raises(UserError) as error:
+        check_labels(labelled_splits(**labels))
+    assert str(error.value) == (
+        f"data: {message} (num_classes=10); fix the labels or the data set's num_classes"
+    )
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        LabelledFiles(targets=[0, 1, 2, 3]),  # ImageFolderSplit, torchvision's data sets
+        LabelledFiles(samples=[("a.png", 0), ("b.png", 3)]),  # torchvision's ImageFolder
+    ],
+)
+def test_labels_listed_as_python_objects_are_checked(split):
+    splits = labelled_splits(train=[0])
+    splits.val = split
+    with pytest.raises(UserError, match=r"^data: label 3 in the val split is outside 0\.\.2 "):
+        check_labels(dataclasses.replace(splits, num_classes=3))
+    check_labels(dataclasses.replace(splits, num_classes=4))
+
+
+def test_a_subset_is_checked_on_its_own_rows():
+    splits = labelled_splits(train=[0, 1, 7, 2])
+    splits.train = torch.utils.data.Subset(splits.train, range(2))
+    check_labels(dataclasses.replace(splits, num_classes=3))  # the 7 is not in the subset
+    splits.train.indices = [1, 2]
+    with pytest.raises(UserError, match="label 7 in the train split"):
+        check_labels(dataclasses.replace(splits, num_classes=3))
+
+
+def test_splits_without_class_labels_are_not_checked():
+    check_labels(labelled_splits(train=[0.5, 250.0], target_kind="continuous", num_classes=1))
+    check_labels(labelled_splits(train=[[1, 12, 0]], target_kind="sequence", num_classes=11))
+    splits = labelled_splits(train=[0])
+    splits.train = LabelledFiles()  # no targets, no samples
+    splits.val = LabelledFiles(targets=["cat", "dog"])  # not class indices
+    splits.test = LabelledFiles(samples=[("a.png",)])  # not pairs
+    check_labels(splits)

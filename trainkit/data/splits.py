@@ -1,4 +1,5 @@
-"""The ``Splits`` a data set builder returns, in-memory splits, and the stratified split."""
+"""The ``Splits`` a data set builder returns, in-memory splits, the stratified split, and the
+check that class labels fit the number of classes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from trainkit.errors import UserError
 
@@ -109,3 +110,47 @@ def tensor_splits(
         TensorSplit(x[idx].contiguous(), y[idx], torch.as_tensor(idx))
         for idx in (train_idx, val_idx, test_idx)
     )
+
+
+def _class_labels(dataset: Dataset) -> torch.Tensor | None:
+    """A split's labels, read without loading its inputs; None when it does not expose them."""
+    if isinstance(dataset, Subset):
+        labels = _class_labels(dataset.dataset)
+        rows = torch.as_tensor(dataset.indices, dtype=torch.long)
+        return None if labels is None else labels[rows]
+    targets = getattr(dataset, "targets", None)
+    samples = getattr(dataset, "samples", None)
+    try:
+        if targets is None and isinstance(samples, list):
+            targets = [label for _, label in samples]  # torchvision's (path, label) pairs
+        if targets is None:
+            return None
+        # Through numpy: several times faster than torch for a list of a million ints.
+        labels = torch.as_tensor(targets if torch.is_tensor(targets) else np.asarray(targets))
+    except (TypeError, ValueError, RuntimeError):  # not pairs, strings, ragged sequences
+        return None
+    return None if labels.dtype == torch.bool else labels.flatten()
+
+
+def check_labels(splits: Splits) -> None:
+    """Raise UserError when a class label of a split is below 0 or not below ``num_classes``.
+
+    Only for ``target_kind == "class"``, and only splits that expose their labels without
+    loading their inputs: a ``targets`` tensor or list (TensorSplit, ImageFolderSplit,
+    torchvision's data sets) or a ``samples`` list of ``(input, label)`` pairs (torchvision's
+    ImageFolder), also inside a Subset. One vectorized pass per split.
+    """
+    if splits.target_kind != "class":
+        return
+    last = splits.num_classes - 1
+    for split_name in ("train", "val", "test"):
+        labels = _class_labels(getattr(splits, split_name))
+        if labels is None:
+            continue
+        outside = (labels < 0) | (labels > last)
+        if outside.any():
+            label = labels[outside.nonzero()[0, 0]].item()
+            raise UserError(
+                f"data: label {label} in the {split_name} split is outside 0..{last} "
+                f"(num_classes={splits.num_classes}); fix the labels or the data set's num_classes"
+            )
