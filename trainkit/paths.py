@@ -1,6 +1,11 @@
-"""Where trainkit's own YAML lives: beside the package in a checkout, inside it in a wheel."""
+"""Where trainkit's own YAML lives (beside the package in a checkout, inside it in a wheel),
+and whether a run's output directory can be written."""
 
+import os
+import tempfile
 from pathlib import Path
+
+from trainkit.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -20,3 +25,35 @@ def config_dir() -> Path:
 def recipes_dir() -> Path:
     """The bundled experiment recipes (recipes/)."""
     return _find("recipes")
+
+
+def check_writable(directory: Path, key: str) -> None:
+    """Raise UserError unless run directories can be made at ``directory`` (relative to the
+    working directory; it need not exist yet). ``key`` is the config key that moves it, such
+    as ``hydra.run.dir``; the message tells the user to set it.
+
+    Its nearest existing ancestor must be a directory this process may create files in:
+    checked with os.access, then by creating and removing a temporary file there, because
+    os.access can say yes where writing fails (root on a read-only or root-squashed mount).
+    """
+    fix = f"set {key}=SOMEWHERE_WRITABLE"
+    if not Path(directory).is_absolute():
+        fix += " or run from a writable directory"
+    existing = Path(directory).absolute()
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent  # os.path.exists: False under a file or a closed directory
+    if not existing.is_dir():
+        raise UserError(
+            f"cannot write run directories under {directory}: {existing} is a file, "
+            f"not a directory; {fix}"
+        )
+    reason = None if os.access(existing, os.W_OK | os.X_OK) else "permission denied"
+    if reason is None:
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".trainkit-write-test-", dir=existing)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            reason = (error.strerror or type(error).__name__).lower()
+    if reason is not None:
+        raise UserError(f"cannot write run directories under {existing} ({reason}); {fix}")
