@@ -206,3 +206,15 @@ def test_an_imagefolder_root_that_is_missing_or_empty(layout, message, tmp_path)
         root.mkdir()
     result = run_trainkit("train", *IMAGEFOLDER, f"data.root={root}", cwd=tmp_path)
     assert_one_line_and_no_run_dir(result, message, tmp_path)
+
+
+def test_an_unwritable_output_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("a file where the run directories would go")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("trainkit: error: cannot write run directories under outputs")
+    assert line.endswith("set hydra.run.dir=SOMEWHERE_WRITABLE or run from a writable directory")
+    assert (tmp_path / "outputs").read_text().startswith("a file")  # nothing lost

@@ -192,3 +192,22 @@ def test_keep_last_and_keep_best_keep_that_many_files(tmp_path):
     assert len(best) == 3 and best == [f"best_epoch_{e:04d}.pt" for _, e in expected]
     assert runner.best_epochs[0][0] == runner.best_value
     assert {"last.pt", "best.pt"} <= set(names)
+
+
+def test_labels_outside_the_classes_are_one_line_before_training(tmp_path, monkeypatch):
+    from trainkit.data import synthetic
+    from trainkit.errors import UserError
+    from trainkit.registry import DATASETS
+
+    def bad_labels(**params):
+        splits = synthetic(**params)
+        splits.train.targets[0] = 12
+        return splits
+
+    monkeypatch.setitem(DATASETS._builders, "synthetic", bad_labels)
+    with pytest.raises(UserError) as error:
+        make_runner(tmp_path / "run")
+    assert str(error.value) == (
+        "data: label 12 in the train split is outside 0..9 (num_classes=10); "
+        "fix the labels or the data set's num_classes"
+    )

@@ -127,8 +127,18 @@ def train(args: list[str]) -> None:
             "torchrun starts one run in several processes, not a sweep; "
             "for DDP inside each sweep job use -m with trainer.devices=N instead"
         )
+    _check_output_dir([*rewritten, *run_dir_override], flags)
     sys.argv = ["trainkit train", *flags, *rewritten, *run_dir_override]
     _run_hydra(_train_job)
+
+
+def _check_output_dir(overrides: list[str], flags: list[str]) -> None:
+    """An unwritable output directory: one line now, not Hydra's traceback later."""
+    from trainkit.paths import check_writable
+
+    key = "hydra.sweep.dir" if _multirun(flags) else "hydra.run.dir"
+    given = [o.partition("=")[2] for o in overrides if o.startswith(f"{key}=")]
+    check_writable(Path(given[-1] if given else "outputs"), key)
 
 
 def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], list[str]]:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from trainkit import checkpoint, distributed
 from trainkit.data import Splits, build_loaders, split_data_node
+from trainkit.data.splits import check_labels
 from trainkit.errors import UserError
 from trainkit.logging import LoggerSettings, RunLogger, flatten_hparams, log
 from trainkit.metrics import lower_is_better
@@ -122,6 +123,7 @@ def build_data(
     dataset_node, loader_settings = split_data_node(cfg.data)
     with distributed.main_process_first():  # one process downloads; the others then read
         splits = DATASETS.build(dataset_node, "data")
+    check_labels(splits)
     for split_name in ("val", "test"):
         if len(getattr(splits, split_name)) == 0:
             raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
@@ -157,6 +159,7 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "data.num_workers",
     "data.pin_memory",
     "data.eval_batch_size",
+    "data.on_bad_image",
     "logger.",
     "plugins",
 )
