@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 if optuna_sweeper is not None:
 
     class TrainkitOptunaSweeper(optuna_sweeper.OptunaSweeper):
+        """Hydra's Optuna sweeper, aimed at the monitored metric and able to continue."""
+
         def __init__(self, **config) -> None:
             # Hydra's sweeper imports optuna, which imports alembic, which logs at INFO.
             logging.getLogger("alembic").setLevel(logging.WARNING)

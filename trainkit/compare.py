@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from trainkit.errors import UserError
-from trainkit.sweeps import Job, job_dirs, read_job
+from trainkit.sweeps import Job, job_dirs, read_job, shared_overrides
 
 WIDTH, PLOT_HEIGHT, LEGEND_ROW = 800, 400, 16
 # Plot area margins in pixels: room for the y labels on the left, x labels below.
@@ -51,7 +51,7 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
         if metric not in known:
             raise UserError(f"no run has the metric {metric}; available: {', '.join(known)}")
 
-    shared = _shared_overrides(runs)
+    shared = shared_overrides(runs)
     labels = [" ".join(o for o in run.overrides if o not in shared) for run in runs]
     labels = [label or _short_path(run.dir) for run, label in zip(runs, labels, strict=True)]
     console = Console()
@@ -96,12 +96,6 @@ def _is_scalar_metric(run: Job, key: str) -> bool:
     # Numbers only, and not per class (test/f1/3): those would crowd the list.
     value = run.summary[key]
     return isinstance(value, (int, float)) and not isinstance(value, bool) and key.count("/") < 2
-
-
-def _shared_overrides(runs: list[Job]) -> set[str]:
-    if len(runs) < 2:
-        return set()
-    return set.intersection(*(set(run.overrides) for run in runs))
 
 
 def _short_path(path: Path) -> str:

@@ -77,8 +77,8 @@ def _require_plugin(what: str, override: str) -> None:
 
 
 def record_failure(run_dir: Path, error: BaseException) -> None:
-    """Log one line and write ``failed.json`` (the error and its traceback) into the job's
-    directory, where the sweep summary finds it."""
+    """Log one line and write ``failed.json`` (the error; for a crash, its traceback) into
+    the job's directory, where the sweep summary finds it."""
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if not isinstance(error, UserError):
         message = f"{type(error).__name__}: {message}" if message else type(error).__name__
@@ -206,12 +206,7 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
             "overrides": " ".join(job.overrides),
             "error": job.error,
         }
-        rows.append(
-            {
-                k: (v if v is None or isinstance(v, str) or _finite(v) else None)
-                for k, v in row.items()
-            }
-        )
+        rows.append({key: _nan_to_none(value) for key, value in row.items()})
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["rank", "job"])
         writer.writeheader()
@@ -223,12 +218,19 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     return jobs
 
 
+def shared_overrides(jobs: list[Job]) -> set[str]:
+    """The overrides every job has (none for a single job): said once, not on every row."""
+    if len(jobs) < 2:
+        return set()
+    return set.intersection(*(set(job.overrides) for job in jobs))
+
+
 def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> None:
     """The ranked jobs as a rich table; overrides shared by every job are said once above."""
     from rich.console import Console
     from rich.table import Table
 
-    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    shared = shared_overrides(jobs)
     test_metric = monitor.replace("val/", "test/", 1)
     best = "highest" if mode == "max" else "lowest"
     table = Table(title=f"sweep: {len(jobs)} jobs ranked by {monitor} ({best} first)")
@@ -257,6 +259,11 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     console.print(table)
     console.print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} (and .json)")
     console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
+
+
+def _nan_to_none(value: Any) -> Any:
+    """NaN and infinities as empty CSV cells and JSON nulls (JSON has no NaN)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _cell(value: Any) -> str:
