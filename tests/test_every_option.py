@@ -68,6 +68,8 @@ def files_for_data(option: str, root: Path) -> list[str]:
         ]
     if option == "text_csv":
         return [f"data.path={make_text_csv(root / 'texts.csv', n=90)}", "data.max_len=16"]
+    if option == "digit_strings":
+        return ["data.num_strings=300"]
     return []
 
 
@@ -81,8 +83,10 @@ def overrides_for(group: str, option: str, root: Path) -> list[str]:
         overrides = [*SMALL, *LOSS_DATA.get(option, TASK_DATA[task]), choice]
     if group == "task":
         overrides = [*SMALL, *TASK_DATA[option], choice]
+    if group == "model":  # one batch of each split: big models cost seconds a step on CPU
+        overrides.append("debug=fast")
     if group == "model" and option in MODEL_DATA:
-        overrides = [*SMALL, *MODEL_DATA[option], choice]
+        overrides = [*SMALL, *MODEL_DATA[option], choice, "debug=fast"]
         if option == "text_transformer":
             overrides.append(f"data.path={make_text_csv(root / 'texts.csv', n=90)}")
     return overrides
