@@ -1,0 +1,47 @@
+"""bench/bench.py end to end with tiny settings: it runs and reports what it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+TINY = ["--repeats", "1", "--epochs", "1", "--check-epochs", "2", "--batches", "2", "--json"]
+
+
+def run_bench(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *TINY, *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_trainkit_and_the_hand_loop_train_alike():
+    summary = run_bench("--startup", "0", "--no-lightning")
+    for key in ("trainkit_steps_per_s", "plain_steps_per_s", "trainkit_logging_steps_per_s"):
+        assert summary[key] > 0, key
+    assert summary["lightning_steps_per_s"] is None
+    assert summary["trainkit_vs_plain"] > 0
+    assert summary["steps_per_run"] == 2
+    # Same data, weights and sample order: the same losses.
+    assert summary["losses_equal_to_5_decimals"], summary["epoch_losses"]
+
+
+@pytest.mark.slow  # importing Lightning alone takes seconds
+def test_lightning_is_timed_when_installed():
+    pytest.importorskip("lightning")
+    summary = run_bench("--startup", "0")
+    assert summary["lightning_steps_per_s"] > 0
+    assert summary["trainkit_vs_lightning"] > 0
+
+
+@pytest.mark.slow
+def test_startup_is_timed():
+    summary = run_bench("--startup", "1", "--no-lightning")
+    for key in ("help_s", "import_torch_s", "plain_first_step_s", "first_step_s"):
+        assert summary[key] > 0, key
