@@ -842,6 +842,14 @@ def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[st
         raise
 
 
+def config_from(container: dict[str, Any]) -> DictConfig:
+    """A config handed over as plain data (to a worker, in a checkpoint), with the plugins it
+    names loaded, so its components can be built in this process."""
+    cfg = OmegaConf.create(container)
+    load_components(cfg.get("plugins") or [])
+    return cfg
+
+
 def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """One worker of ``train_distributed`` (in its own process): train with the given config."""
     import os
@@ -853,9 +861,7 @@ def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any
     setup_worker_logging(Path(run_dir), distributed.is_main_process())
     # The processes share the machine's cores instead of each starting a thread per core.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
-    cfg = OmegaConf.create(container)
-    load_components(cfg.get("plugins") or [])
-    return record(train)(cfg, Path(run_dir))
+    return record(train)(config_from(container), Path(run_dir))
 
 
 def follow_main_process() -> None:
@@ -865,9 +871,7 @@ def follow_main_process() -> None:
 
     container, run_dir = distributed.broadcast_from_main(None)
     setup_worker_logging(Path(run_dir), main=False)
-    cfg = OmegaConf.create(container)
-    load_components(cfg.get("plugins") or [])
-    train(cfg, Path(run_dir))
+    train(config_from(container), Path(run_dir))
 
 
 def evaluate_checkpoint(
@@ -882,8 +886,7 @@ def evaluate_checkpoint(
 
     path = checkpoint.find(path)
     state = checkpoint.load(path)
-    cfg = OmegaConf.create(state["config"])
-    load_components(cfg.get("plugins") or [])
+    cfg = config_from(state["config"])
     for override in overrides:
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
