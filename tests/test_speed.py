@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,3 +126,45 @@ def test_compile_and_channels_last_on_cuda(tmp_path):
         "trainer.max_epochs=2",
     )
     assert run.fit()["test/acc"] > 0.5
+
+
+FAULTS_PER_STEP = """
+import resource, sys, torch
+import torch.nn.functional as F
+from trainkit.models.resnet import resnet_cifar
+torch.set_num_threads(1)
+if sys.argv[1] == "keep":
+    from trainkit.speed import Speed
+    Speed(torch.device("cpu"))
+model = resnet_cifar(num_classes=10, input_shape=(1, 32, 32), depth=8)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+inputs, targets = torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))
+def step():
+    optimizer.zero_grad()
+    F.cross_entropy(model(inputs), targets).backward()
+    optimizer.step()
+for _ in range(5):  # the heap settles in the first few
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again():
+    # Each in a fresh process: the allocator settings are the process's.
+    def faults(mode: str) -> float:
+        result = subprocess.run(
+            [sys.executable, "-c", FAULTS_PER_STEP, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return float(result.stdout)
+
+    # glibc's default hands a step's freed activations back and faults them in again.
+    default = faults("default")
+    assert default > 1000
+    assert faults("keep") < default / 20

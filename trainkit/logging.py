@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ _EPOCH_LINE_KEYS = {
     "val/seq_acc": "val_seq_acc",
     "lr": "lr",
 }
+
+
+# Seconds between progress bar redraws.
+_REDRAW_S = 0.5
 
 
 @dataclass
@@ -94,7 +99,12 @@ class RunLogger:
 
     @contextmanager
     def progress(self, description: str, total: int):
-        """A transient progress bar; yields ``advance(steps, **fields)``."""
+        """A transient progress bar; yields ``advance(steps, **fields)``.
+
+        Drawn from the training thread at most every ``_REDRAW_S`` seconds: rich's own
+        refresh thread would redraw ten times a second and take the GIL from the training
+        loop each time, and an eye reads no faster than this anyway.
+        """
         if not (self.enabled and self.settings.progress_bar):
             yield lambda *args, **kwargs: None
             return
@@ -106,10 +116,20 @@ class RunLogger:
             TextColumn("{task.fields[throughput]}"),
             TimeRemainingColumn(),
             transient=True,
+            auto_refresh=False,
         )
         with bar:
             task = bar.add_task(description, total=total, loss="-", throughput="")
-            yield lambda steps=1, **fields: bar.update(task, advance=steps, **fields)
+            drawn = time.monotonic()
+
+            def advance(steps: int = 1, **fields: str) -> None:
+                nonlocal drawn
+                bar.update(task, advance=steps, **fields)
+                if time.monotonic() - drawn >= _REDRAW_S:
+                    bar.refresh()
+                    drawn = time.monotonic()
+
+            yield advance
 
     # --- per epoch ----------------------------------------------------------------------
 

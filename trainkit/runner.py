@@ -558,7 +558,8 @@ class Runner:
         for regularizer in self.regularizers:
             regularizer.after_optimizer_step(self.model)
         self.step += 1
-        self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
+        if self.logger.should_log_step(self.step):
+            self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
         self.scheduler.step_batch()
         return True
 
