@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from trainkit import paths
-from trainkit.augment import STEPS, UnitRange
+from trainkit.augment import STEPS, UnitRange, device_augmentation
 from trainkit.errors import UserError
 from trainkit.registry import AUGMENTATIONS, load_components
 
@@ -246,3 +248,120 @@ def test_augmentation_applies_to_the_train_split_only():
     assert torch.equal(splits.test[0][0], splits.test.inputs[0])
     rows = list(range(len(splits.test)))
     assert torch.equal(splits.test.__getitems__(rows)[0], splits.test.inputs)
+
+
+# --- on the device: crops and flips of a batch (data.on_device=true) -------------------------
+
+
+def offsets_drawn(
+    step: v2.RandomCrop, images: torch.Tensor, cropped: torch.Tensor
+) -> tuple[list, set]:
+    """For each cropped image, the (top, left) at which torchvision's own RandomCrop gives
+    exactly that crop of the image (the reference, independent of trainkit's code); and
+    every offset RandomCrop can draw."""
+    params = step.make_params([images])
+    padded_height = images.shape[-2] + params["padding"][1] + params["padding"][3]
+    padded_width = images.shape[-1] + params["padding"][0] + params["padding"][2]
+    height, width = step.size
+    matches = {}
+    for top in range(padded_height - height + 1):
+        for left in range(padded_width - width + 1):
+            fixed = {**params, "top": top, "left": left, "needs_crop": True}
+            reference = step.transform(images, fixed)  # every image at this offset at once
+            matches[top, left] = (reference == cropped).flatten(1).all(dim=1)
+    found = []
+    for i in range(len(images)):
+        (offset,) = [offset for offset, match in matches.items() if match[i]]
+        found.append(offset)
+    return found, set(matches)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"padding": 2},
+        {"padding": 2, "fill": 0.5},
+        {"padding": [1, 3], "padding_mode": "edge"},
+        {"padding": [1, 0, 2, 3], "padding_mode": "reflect"},
+        {"padding": 2, "padding_mode": "symmetric"},
+        {"size": [6, 5]},  # smaller than the image, no padding
+        {"size": [10, 9], "pad_if_needed": True},
+    ],
+)
+def test_a_device_crop_is_torchvision_random_crop_at_every_offset(params):
+    params = {"size": [8, 8], **params}
+    step = v2.RandomCrop(params.pop("size"), **params)
+    augment = device_augmentation(v2.Compose([step]))
+    torch.manual_seed(0)
+    images = torch.randn(4000, 2, 8, 8)
+    cropped = augment(images)
+    assert cropped.shape == (4000, 2, *step.size)
+    found, possible = offsets_drawn(step, images, cropped)
+    counts = Counter(found)
+    assert set(counts) == possible  # every offset appears
+    expected = len(images) / len(possible)
+    assert all(0.7 * expected < n < 1.3 * expected for n in counts.values()), counts
+
+
+def test_device_crops_with_constant_padding_shift_by_minus_pad_to_pad():
+    augment = device_augmentation(preset("basic", image_size=(8, 8), flip=0.0))
+    torch.manual_seed(1)
+    # Pixel values 1..64 say where each pixel came from; padding fills with 0.
+    images = torch.arange(1.0, 65.0).reshape(1, 1, 8, 8).repeat(3000, 1, 1, 1)
+    centre = augment(images)[:, 0, 4, 4].long() - 1  # within 2 pixels of the middle: never 0
+    shifts = Counter(zip((centre // 8 - 4).tolist(), (centre % 8 - 4).tolist(), strict=True))
+    assert set(shifts) == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}
+
+
+@pytest.mark.parametrize(
+    ("name", "dim"), [("RandomHorizontalFlip", -1), ("RandomVerticalFlip", -2)]
+)
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_device_flips_happen_at_their_rate_each_image_on_its_own(name, dim, p):
+    augment = device_augmentation(pipeline({"name": name, "p": p}, image_size=(8, 8)))
+    images = torch.randn(20000, 3, 8, 8)
+    out = augment(images)
+    flipped = (out == images.flip(dim)).flatten(1).all(dim=1)
+    kept = (out == images).flatten(1).all(dim=1)
+    assert bool((flipped ^ kept).all())  # each image whole, flipped or not
+    assert flipped.float().mean().item() == pytest.approx(p, abs=0.02)
+
+
+@pytest.mark.parametrize("name", ["basic", "cifar"])
+def test_crop_and_flip_presets_run_on_the_device_and_draw_from_its_generator(name):
+    augment = device_augmentation(preset(name, image_size=(8, 8)))
+    assert [type(step).__name__ for step in augment] == ["BatchRandomCrop", "BatchRandomFlip"]
+    images = torch.randn(64, 3, 8, 8)
+    torch.manual_seed(7)
+    first = augment(images)
+    torch.manual_seed(7)  # what resuming a checkpoint restores
+    assert torch.equal(augment(images), first)
+    assert not torch.equal(augment(images), first)
+    assert device_augmentation(None) is None
+
+
+def test_a_pipeline_keeps_its_order_on_the_device():
+    steps = [{"name": "RandomVerticalFlip", "p": 1.0}, {"name": "RandomCrop", "size": [4, 4]}]
+    augment = device_augmentation(pipeline(*steps, image_size=(8, 8)))
+    assert [type(step).__name__ for step in augment] == ["BatchRandomFlip", "BatchRandomCrop"]
+    assert augment(torch.randn(5, 1, 8, 8)).shape == (5, 1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("transform", "step"),
+    [
+        (lambda: preset("digits", image_size=(8, 8)), "RandomRotation"),
+        (lambda: preset("imagenet", image_size=(8, 8)), "RandomResizedCrop"),
+        (lambda: preset("randaugment", image_size=(8, 8)), "RandAugment"),
+        (lambda: pipeline({"name": "RandomErasing"}, image_size=(8, 8)), "RandomErasing"),
+        (lambda: pipeline({"name": "ColorJitter"}, image_size=(8, 8)), "ColorJitter"),
+    ],
+)
+def test_other_steps_on_the_device_are_one_line_naming_the_step_and_the_fix(transform, step):
+    with pytest.raises(UserError) as error:
+        device_augmentation(transform())
+    assert str(error.value) == (
+        "data.on_device=true augments on the device with RandomCrop and flips only, and this "
+        f"augmentation has {step}: use data.on_device=false, or augmentation=basic, cifar or "
+        "a pipeline of RandomCrop, RandomHorizontalFlip, RandomVerticalFlip"
+    )

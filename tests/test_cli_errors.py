@@ -27,6 +27,8 @@ EARLY_MISTAKES = [
     (["model.dropout=1.5"], "model.dropout=1.5 is out of range: it must be >= 0 and < 1"),
     (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is out of range"),
     (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
+    (["data.prefetch_factor=4"], "data.prefetch_factor=4 counts the batches each worker loads"),
+    (["data.pin_memory=maybe"], "data.pin_memory='maybe' has the wrong type: it must be true"),
     (
         ["optimizer.nesterov=maybe"],
         "optimizer.nesterov='maybe' has the wrong type: it must be true or false",
@@ -88,6 +90,11 @@ def test_unknown_command(capsys):
         (["data.val_fraction=0.6", "data.test_fraction=0.5"], "must sum to less than 1"),
         (["trainer.monitor=val/auc"], "trainer.monitor='val/auc' is not a logged metric"),
         (["model.depth=9"], "model.depth=9 is not 6n+2"),
+        (
+            ["augmentation=digits", "data.on_device=true"],
+            "data.on_device=true augments on the device with RandomCrop and flips only, and "
+            "this augmentation has RandomRotation: use data.on_device=false",
+        ),
     ],
 )
 def test_mistakes_found_at_build_time_leave_no_run_dir(overrides, message, tmp_path):

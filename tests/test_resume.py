@@ -57,11 +57,16 @@ class Crash(Exception):
     pass
 
 
-def test_a_run_crashed_within_an_epoch_resumes_bitwise(tmp_path, monkeypatch):
-    straight = make_runner(tmp_path / "straight", "trainer.max_epochs=3")
+# On the device, batches are cut and augmented (crops and flips only) by trainkit itself.
+ON_DEVICE = ["data.on_device=true", "augmentation=basic"]
+
+
+@pytest.mark.parametrize("loader", [[], ON_DEVICE], ids=["dataloader", "on_device"])
+def test_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeypatch):
+    straight = make_runner(tmp_path / "straight", "trainer.max_epochs=3", *loader)
     straight.fit()
 
-    crashing = make_runner(tmp_path / "crashed", "trainer.max_epochs=3")
+    crashing = make_runner(tmp_path / "crashed", "trainer.max_epochs=3", *loader)
     real_step = Runner._optimizer_step
 
     def step_then_crash(self, *args):
@@ -78,7 +83,7 @@ def test_a_run_crashed_within_an_epoch_resumes_bitwise(tmp_path, monkeypatch):
     assert saved["step"] == 8 and saved["epoch_progress"]["batches"] == 3
 
     resumed = make_runner(
-        tmp_path / "crashed", "trainer.max_epochs=3", f"resume={tmp_path / 'crashed'}"
+        tmp_path / "crashed", "trainer.max_epochs=3", *loader, f"resume={tmp_path / 'crashed'}"
     )
     assert (resumed.epoch, resumed.step) == (1, 8)
     resumed.fit()

@@ -263,3 +263,109 @@ def pipeline(image_size: tuple[int, int] | None, steps: list[dict] = ()) -> Tran
     return _compose(
         [build_step(step, f"augmentation.steps[{i}]", size) for i, step in enumerate(steps)]
     )
+
+
+# --- on the device: crops and flips of a whole batch at once (data.on_device=true) ----------
+
+
+class BatchRandomCrop(nn.Module):
+    """torchvision's ``RandomCrop`` (padding, ``pad_if_needed``, fill and padding mode
+    included) applied to a batch, each image at its own random offset, drawn on the batch's
+    device with its default generator."""
+
+    def __init__(self, step: v2.RandomCrop):
+        super().__init__()
+        self.step = step
+
+    def padding(self, height: int, width: int) -> list[int]:
+        """``[left, top, right, bottom]``, as RandomCrop pads an image of this size."""
+        left, right, top, bottom = self.step.padding or (0, 0, 0, 0)
+        crop_height, crop_width = self.step.size
+        if self.step.pad_if_needed:
+            extra_height = max(0, crop_height - (height + top + bottom))
+            extra_width = max(0, crop_width - (width + left + right))
+            top, bottom = top + extra_height, bottom + extra_height
+            left, right = left + extra_width, right + extra_width
+        return [left, top, right, bottom]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        padded = self.pad(images)
+        height, width = padded.shape[-2:]
+        crop_height, crop_width = self.step.size
+        if crop_height > height or crop_width > width:
+            raise UserError(
+                f"augmentation RandomCrop of size {crop_height}x{crop_width} is larger than the "
+                f"padded {height}x{width} images; lower its size or raise its padding"
+            )
+        count, device = len(images), images.device
+        top = torch.randint(0, height - crop_height + 1, (count,), device=device)
+        left = torch.randint(0, width - crop_width + 1, (count,), device=device)
+        return crop(padded, top, left, crop_height, crop_width)
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        padding = self.padding(*images.shape[-2:])
+        if not any(padding):
+            return images
+        return v2.functional.pad(
+            images, padding, fill=self.step.fill, padding_mode=self.step.padding_mode
+        )
+
+
+def crop(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """``images[i, :, top[i]:top[i] + height, left[i]:left[i] + width]`` for every image i,
+    in one gather."""
+    count, channels, device = images.shape[0], images.shape[1], images.device
+    rows = (top[:, None] + torch.arange(height, device=device))[:, None, :, None]
+    columns = (left[:, None] + torch.arange(width, device=device))[:, None, None, :]
+    batch = torch.arange(count, device=device)[:, None, None, None]
+    channel = torch.arange(channels, device=device)[None, :, None, None]
+    return images[batch, channel, rows, columns]
+
+
+class BatchRandomFlip(nn.Module):
+    """Flip each image of a batch along ``dim`` with probability ``p``, on its own."""
+
+    def __init__(self, p: float, dim: int):
+        super().__init__()
+        self.p, self.dim = p, dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(len(images), device=images.device) < self.p
+        flip = flip.view(-1, *[1] * (images.ndim - 1))
+        return torch.where(flip, images.flip(self.dim), images)
+
+
+DEVICE_STEPS = ("RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip")
+
+
+def device_augmentation(transform: Transform | None) -> Transform | None:
+    """The train transform as one operation on a batch, run on the batch's device.
+
+    ``transform`` is the per-sample pipeline an augmentation builds: a ``v2.Compose`` of
+    RandomCrop, RandomHorizontalFlip and RandomVerticalFlip (presets ``basic`` and ``cifar``,
+    or a ``pipeline`` of them), or None. Each image draws its own crop offset and flips, with
+    the probabilities of the steps, from its device's default generator, which checkpoints
+    save. Raises UserError naming the first other step.
+    """
+    if transform is None:
+        return None
+    steps = transform.transforms if isinstance(transform, v2.Compose) else [transform]
+    batch_steps: list[nn.Module] = []
+    for step in steps:
+        kind = type(step)
+        if kind is v2.RandomCrop:
+            batch_steps.append(BatchRandomCrop(step))
+        elif kind is v2.RandomHorizontalFlip:
+            batch_steps.append(BatchRandomFlip(step.p, dim=-1))
+        elif kind is v2.RandomVerticalFlip:
+            batch_steps.append(BatchRandomFlip(step.p, dim=-2))
+        else:
+            name = type(step.transform if kind is UnitRange else step).__name__
+            raise UserError(
+                "data.on_device=true augments on the device with RandomCrop and flips only, "
+                f"and this augmentation has {name}: use data.on_device=false, or "
+                f"augmentation=basic, cifar or a pipeline of {', '.join(DEVICE_STEPS)}"
+            )
+    return nn.Sequential(*batch_steps)

@@ -9,7 +9,8 @@ know about the data (number of classes, input shape, vocabulary size).
 - ``bundled``: data sets that need no download (scikit-learn's, synthetic).
 - ``vision``: torchvision's downloadable data sets and image folders.
 - ``text``: text classification from CSV or JSONL files.
-- ``loaders``: DataLoaders and the data node's loader settings.
+- ``loaders``: DataLoaders, or the split held on the device and batched there
+  (``data.on_device``), and the data node's loader settings.
 """
 
 from trainkit.data import bundled, text, vision  # noqa: F401  (registers the data sets)

@@ -1,16 +1,24 @@
-"""The DataLoaders that feed the runner, and the data node's loader settings."""
+"""The loaders that feed the runner, and the data node's loader settings.
+
+Two ways to batch a split, chosen by ``data.on_device``: a DataLoader (workers, pinned
+memory), or ``DeviceLoader``, which holds an in-memory split on the run's device and cuts
+batches there. Both follow the same samplers, so they give the same batches.
+"""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from trainkit.data.splits import Splits
+from trainkit.augment import device_augmentation
+from trainkit.data.splits import Splits, TensorSplit
+from trainkit.errors import UserError
 from trainkit.registry import NonNegativeInt, PositiveInt, check_params
 
 
@@ -21,7 +29,9 @@ class LoaderSettings:
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt = 256
     num_workers: NonNegativeInt = 0
-    pin_memory: bool = False
+    pin_memory: bool | Literal["auto"] = "auto"  # auto: when the run's device is CUDA
+    prefetch_factor: PositiveInt | None = None  # per worker; None: torch's default (2)
+    on_device: bool = False
 
 
 def split_data_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], LoaderSettings]:
@@ -29,7 +39,14 @@ def split_data_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], LoaderSett
     loader_keys = set(LoaderSettings.__dataclass_fields__)
     dataset_node = {k: v for k, v in node.items() if k not in loader_keys}
     loader = {k: v for k, v in node.items() if k in loader_keys}
-    return dataset_node, LoaderSettings(**check_params("data", loader, LoaderSettings))
+    settings = LoaderSettings(**check_params("data", loader, LoaderSettings))
+    if settings.prefetch_factor is not None and settings.num_workers == 0:
+        raise UserError(
+            f"data.prefetch_factor={settings.prefetch_factor} counts the batches each worker "
+            "loads ahead, and data.num_workers=0 starts none: set data.num_workers or "
+            "data.prefetch_factor=null"
+        )
+    return dataset_node, settings
 
 
 def _keep_batch(batch):
@@ -72,13 +89,86 @@ class EpochSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
+def _in_memory(dataset: Dataset) -> TensorSplit:
+    """The TensorSplit behind ``dataset``; for a Subset, a TensorSplit of its rows."""
+    if isinstance(dataset, Subset):
+        whole = _in_memory(dataset.dataset)
+        rows = torch.as_tensor(dataset.indices, dtype=torch.long)
+        part = TensorSplit(whole.inputs[rows], whole.targets[rows], whole.indices[rows])
+        part.transform = whole.transform
+        return part
+    if not isinstance(dataset, TensorSplit):
+        raise UserError(
+            "data.on_device=true needs a data set held in memory as tensors (TensorSplits); "
+            f"this one's splits are {type(dataset).__name__}s: use data.on_device=false"
+        )
+    return dataset
+
+
+class DeviceLoader:
+    """Batches of an in-memory split, cut on the device that holds it.
+
+    Yields what a DataLoader over the split yields, ``(inputs, targets, indices)`` in the
+    order of the same ``sampler`` (``set_epoch`` and ``skip`` included), with the same
+    ``len()`` and ``batch_size``; but the split is copied to ``device`` once, and each batch
+    is one indexing operation there: no workers, no collation, no copy per step. ``indices``
+    stay on the host, as a DataLoader's do. ``augment`` transforms a whole batch.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        sampler: Sampler[int],
+        batch_size: int,
+        device: torch.device,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        try:
+            self.inputs, self.targets = split.inputs.to(device), split.targets.to(device)
+        except torch.OutOfMemoryError:
+            gigabytes = (split.inputs.nbytes + split.targets.nbytes) / 1e9
+            raise UserError(
+                f"data.on_device=true: the {gigabytes:.1f} GB of a split do not fit in the "
+                f"memory of {device}; use data.on_device=false"
+            ) from None
+        self.indices, self.sampler, self.batch_size = split.indices, sampler, batch_size
+        self.augment = augment
+        # Unused here; kept so that a checkpoint holds the train loader's generator either way.
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)
+        order_on_device = order.to(self.inputs.device)  # one copy per epoch, not per step
+        for start in range(0, len(order), self.batch_size):
+            rows = order_on_device[start : start + self.batch_size]
+            inputs = self.inputs[rows]
+            if self.augment is not None:
+                inputs = self.augment(inputs)
+            yield inputs, self.targets[rows], self.indices[order[start : start + self.batch_size]]
+
+
 def build_loaders(
-    splits: Splits, settings: LoaderSettings, seed: int, world_size: int = 1, rank: int = 0
-) -> dict[str, DataLoader]:
-    """One DataLoader per split. The train loader shuffles with a seeded permutation per
-    epoch that every process shares, each taking every ``world_size``-th sample of it: the
-    samples of one global batch are the same for any number of processes. Evaluation
-    loaders take each sample once across processes."""
+    splits: Splits,
+    settings: LoaderSettings,
+    seed: int,
+    world_size: int = 1,
+    rank: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, DataLoader | DeviceLoader]:
+    """One loader per split: a DataLoader, or with ``settings.on_device`` a DeviceLoader
+    on ``device``. The train loader shuffles with a seeded permutation per epoch that every
+    process shares, each taking every ``world_size``-th sample of it: the samples of one
+    global batch are the same for any number of processes. Evaluation loaders take each
+    sample once across processes.
+
+    Raises UserError when ``on_device`` is asked of a data set that is not in memory as
+    tensors, or of an augmentation that is not crops and flips."""
+    device = torch.device(device)
+    pin_memory = device.type == "cuda" if settings.pin_memory == "auto" else settings.pin_memory
     loaders = {}
     for split_name in ("train", "val", "test"):
         dataset = getattr(splits, split_name)
@@ -88,15 +178,24 @@ def build_loaders(
         else:
             sampler = ShardSampler(len(dataset), world_size, rank)
         generator = torch.Generator().manual_seed(seed)
+        batch_size = settings.batch_size if training else settings.eval_batch_size
+        if settings.on_device:
+            split = _in_memory(dataset)
+            augment = device_augmentation(split.transform)  # refused before any copy
+            loaders[split_name] = DeviceLoader(
+                split, sampler, batch_size, device, augment, generator
+            )
+            continue
         batched = _fetches_batches(dataset)
         loaders[split_name] = DataLoader(
             dataset,
-            batch_size=settings.batch_size if training else settings.eval_batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             generator=generator,
             num_workers=settings.num_workers,
-            pin_memory=settings.pin_memory,
+            pin_memory=pin_memory,
             persistent_workers=settings.num_workers > 0,
+            prefetch_factor=settings.prefetch_factor,
             collate_fn=_keep_batch if batched else None,
         )
     return loaders

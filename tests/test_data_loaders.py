@@ -1,0 +1,220 @@
+"""The two loaders of trainkit/data/loaders.py: a DataLoader and the on-device loader give the
+same batches in the same order, and the loader keys of the data node are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from tests import fake_images
+from tests.fake_images import make_imagefolder
+from tests.fake_text import make_text_csv
+from trainkit import config
+from trainkit.data import LoaderSettings, Splits, TensorSplit, build_loaders, split_data_node
+from trainkit.data.loaders import DeviceLoader, EpochSampler
+from trainkit.errors import UserError
+from trainkit.registry import DATASETS, load_components
+from trainkit.runner import Runner
+
+load_components()
+
+
+def image_splits(n: int = 50) -> Splits:
+    def part(offset):
+        inputs = torch.randn(n, 1, 4, 4)
+        return TensorSplit(inputs, torch.arange(n) % 3, torch.arange(n) + offset)
+
+    return Splits(part(0), part(1000), part(2000), num_classes=3, input_shape=(1, 4, 4))
+
+
+def both(splits: Splits, **settings) -> tuple[dict, dict]:
+    """The loaders of each kind for the same splits and settings."""
+    common = {"batch_size": 8, "eval_batch_size": 16, **settings}
+    loaders = build_loaders(splits, LoaderSettings(**common), seed=3)
+    on_device = build_loaders(splits, LoaderSettings(**common, on_device=True), seed=3)
+    return loaders, on_device
+
+
+def assert_same_batches(a, b) -> None:
+    assert len(a) == len(b) and a.batch_size == b.batch_size
+    batches = list(zip(a, b, strict=True))
+    assert len(batches) == len(a)
+    for first, second in batches:
+        for x, y in zip(first, second, strict=True):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def order(loader) -> list[int]:
+    return torch.cat([indices for _, _, indices in loader]).tolist()
+
+
+def test_the_device_loader_gives_the_batches_of_the_dataloader():
+    loaders, on_device = both(image_splits())
+    assert isinstance(on_device["train"], DeviceLoader)
+    for epoch in (0, 1):
+        loaders["train"].sampler.set_epoch(epoch)
+        on_device["train"].sampler.set_epoch(epoch)
+        assert_same_batches(loaders["train"], on_device["train"])
+    for split_name in ("val", "test"):
+        assert_same_batches(loaders[split_name], on_device[split_name])
+    assert [len(y) for _, y, _ in on_device["train"]] == [8] * 6 + [2]
+    assert order(on_device["val"]) == list(range(1000, 1050))
+
+
+def test_two_ranks_on_the_device_share_the_epoch_permutation():
+    splits = image_splits(n=50)  # even: DistributedSampler adds no repeats
+    single = build_loaders(splits, LoaderSettings(batch_size=8, on_device=True), seed=5)["train"]
+    ranks = [
+        build_loaders(
+            splits, LoaderSettings(batch_size=4, on_device=True), seed=5, world_size=2, rank=rank
+        )
+        for rank in range(2)
+    ]
+    for epoch in (0, 1):
+        for loader in (single, *(r["train"] for r in ranks)):
+            loader.sampler.set_epoch(epoch)
+        for rank, loaders in enumerate(ranks):
+            sampler = EpochSampler(splits.train, 2, rank, shuffle=True, seed=5)
+            sampler.set_epoch(epoch)
+            assert order(loaders["train"]) == list(sampler)  # indices equal rows here
+        shards = [order(r["train"]) for r in ranks]
+        assert set(shards[0] + shards[1]) == set(range(50))
+        for batch, *parts in zip(single, *(r["train"] for r in ranks), strict=True):
+            together = torch.cat([part[2] for part in parts]).tolist()
+            assert set(batch[2].tolist()) == set(together)  # one global batch
+    # Evaluation: each sample once, across the ranks.
+    val = order(ranks[0]["val"]) + order(ranks[1]["val"])
+    assert sorted(val) == list(range(1000, 1050))
+
+
+def test_skip_resumes_an_epoch_after_its_first_batches():
+    _, on_device = both(image_splits())
+    loader = on_device["train"]
+    loader.sampler.set_epoch(2)
+    whole = list(loader)
+    loader.sampler.skip = 3 * loader.batch_size
+    rest = list(loader)
+    assert len(rest) == len(whole) - 3
+    for first, second in zip(whole[3:], rest, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
+
+
+def test_a_subset_of_a_split_is_batched_with_its_augmentation():
+    splits = image_splits()
+    splits.train.transform = torch.nn.Identity()  # no step of crops and flips: refused
+    few = Subset(splits.train, range(10, 30))
+    with pytest.raises(UserError, match="this augmentation has Identity"):
+        both(Splits(few, few, few, num_classes=3, input_shape=(1, 4, 4)))
+    splits.train.transform = None
+    loaders, on_device = both(Splits(few, few, few, num_classes=3, input_shape=(1, 4, 4)))
+    assert_same_batches(loaders["train"], on_device["train"])
+    assert sorted(order(on_device["train"])) == list(range(10, 30))
+
+
+def test_a_data_set_read_from_files_cannot_be_held_on_the_device(tmp_path):
+    make_imagefolder(tmp_path, per_class=10)
+    splits = DATASETS.build(
+        {"name": "imagefolder", "root": str(tmp_path), "image_size": 16, "resize": 16}, "data"
+    )
+    with pytest.raises(UserError) as error:
+        build_loaders(splits, LoaderSettings(on_device=True), seed=0)
+    assert str(error.value) == (
+        "data.on_device=true needs a data set held in memory as tensors (TensorSplits); "
+        "this one's splits are ImageFolderSplits: use data.on_device=false"
+    )
+
+
+def small_data_set(name: str, root) -> dict:
+    """Parameters that build data set ``name`` small, from fake files where it reads files."""
+    makers = {
+        "cifar10": fake_images.make_cifar10,
+        "cifar100": fake_images.make_cifar100,
+        "mnist": fake_images.make_mnist,
+        "fashion_mnist": fake_images.make_fashion_mnist,
+    }
+    if name in makers:
+        makers[name](root)
+        return {"root": str(root), "download": False}
+    if name == "text_csv":
+        return {"path": str(make_text_csv(root / "texts.csv", n=90)), "max_len": 8}
+    return {"digit_strings": {"num_strings": 200}, "synthetic": {"num_samples": 200}}.get(name, {})
+
+
+@pytest.mark.parametrize("name", sorted(set(DATASETS.names()) - {"imagefolder"}))
+def test_every_in_memory_data_set_is_batched_alike_on_the_device(name, tmp_path):
+    splits = DATASETS.build({"name": name, **small_data_set(name, tmp_path)}, "data")
+    loaders, on_device = both(splits)
+    for split_name in ("train", "val", "test"):
+        assert_same_batches(loaders[split_name], on_device[split_name])
+
+
+# --- the loader keys ---------------------------------------------------------------------
+
+
+def test_pin_memory_auto_pins_for_cuda_only():
+    splits = image_splits()
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        loaders = build_loaders(splits, LoaderSettings(pin_memory="auto"), seed=0, device=device)
+        assert loaders["train"].pin_memory is pinned
+    loaders = build_loaders(splits, LoaderSettings(pin_memory=True), seed=0)
+    assert loaders["train"].pin_memory is True
+
+
+def test_prefetch_factor_reaches_the_workers():
+    settings = LoaderSettings(num_workers=2, prefetch_factor=4)
+    loader = build_loaders(image_splits(), settings, seed=0)["train"]
+    assert loader.prefetch_factor == 4 and loader.persistent_workers
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (
+            {"prefetch_factor": 4},
+            "data.prefetch_factor=4 counts the batches each worker loads ahead, and "
+            "data.num_workers=0 starts none: set data.num_workers or data.prefetch_factor=null",
+        ),
+        ({"prefetch_factor": 0, "num_workers": 2}, "data.prefetch_factor=0 is out of range"),
+        ({"pin_memory": "yes"}, "data.pin_memory='yes' has the wrong type: it must be true or"),
+        ({"on_device": "cuda"}, "data.on_device='cuda' has the wrong type: it must be true or"),
+    ],
+)
+def test_loader_keys_are_checked(node, message):
+    with pytest.raises(UserError, match=f"^{message}"):
+        split_data_node({"name": "digits", **node})
+
+
+# --- a run ---------------------------------------------------------------------------------
+
+RUN = [
+    "data=digits",
+    "model.depth=8",
+    "augmentation=none",
+    "debug=limit",
+    "trainer.device=cpu",
+    "logger.tensorboard=false",
+    "logger.progress_bar=false",
+]
+
+
+def epochs_logged(run_dir) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("epoch_time_s")
+    return records
+
+
+def test_a_run_on_the_device_trains_bit_for_bit_as_with_a_dataloader(tmp_path):
+    summaries = {}
+    for on_device in ("false", "true"):
+        cfg = config.compose(config.prepare([*RUN, f"data.on_device={on_device}"]))
+        config.validate(cfg)
+        runner = Runner(cfg, tmp_path / on_device)
+        summaries[on_device] = runner.fit()
+    assert isinstance(runner.loaders["train"], DeviceLoader)
+    assert epochs_logged(tmp_path / "true") == epochs_logged(tmp_path / "false")
+    for key in ("test/loss", "test/acc", "best_epoch"):
+        assert summaries["true"][key] == summaries["false"][key], key
