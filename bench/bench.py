@@ -11,19 +11,20 @@ by trainkit's own ``build_data``), the same initial weights (the same builder af
 seed) and the same sample order (trainkit's per-epoch seeded permutation).
 
 - trainkit: ``Runner.train_epoch()`` with TensorBoard and the progress bar off, and again
-  with both on (trainkit's defaults), to price them.
+  with both on (trainkit's defaults), to price them; and with ``data.on_device=true`` (the
+  data set held on the run's device, here the CPU, and batches cut there: no DataLoader).
 - plain: the loop one writes by hand: index the tensors with the permutation, forward,
   cross-entropy, backward, step; the epoch's loss summed on the device.
 - lightning: a LightningModule with that training step, fed trainkit's train loader; no
   logger, checkpointing, progress bar or validation (pip install -e '.[bench]').
 
 First each contender trains ``--check-epochs`` epochs untimed (a warm-up, and the loss
-check: the per-epoch train losses of trainkit and the hand loop must agree). Then only
-training epochs are timed (no validation, checkpoints or setup): the contenders take turns,
-in a rotating order, ``--repeats`` times, each from fresh weights; each one's median steps/s
-is reported (and steps per CPU-second of this process, less sensitive to other programs on
-the machine), and the ratios are the medians of the ratios within each round, which hold
-when the machine's speed drifts.
+check: the per-epoch train losses of trainkit, with and without ``data.on_device``, must
+equal the hand loop's). Then only training epochs are timed (no validation, checkpoints or
+setup): the contenders take turns, in a rotating order, ``--repeats`` times, each from fresh
+weights; each one's median steps/s is reported (and steps per CPU-second of this process,
+less sensitive to other programs on the machine), and the ratios are the medians of the
+ratios within each round, which hold when the machine's speed drifts.
 
 Startup (``--startup N`` rounds, in turn): the wall time of ``trainkit --help``; from
 process start to the first optimizer step of ``trainkit train`` (its default config, the
@@ -261,10 +262,12 @@ def time_training(
     limit = [f"trainer.limit_train_batches={args.batches}"]
     quiet_cfg = compose([*WORKLOAD, *QUIET, *limit])
     logging_cfg = compose([*WORKLOAD, *LOGGING, *limit])
+    on_device_cfg = compose([*WORKLOAD, *QUIET, *limit, "+data.on_device=true"])
     splits, _ = build_data(quiet_cfg, quiet_cfg.trainer.seed)  # what the Runner trains on
     contenders: dict[str, Callable[[int], Result]] = {
         "trainkit": lambda epochs: run_trainkit(quiet_cfg, epochs),
         "trainkit_logging": lambda epochs: run_trainkit(logging_cfg, epochs),
+        "trainkit_on_device": lambda epochs: run_trainkit(on_device_cfg, epochs),
         "plain": lambda epochs: run_plain(quiet_cfg, splits, epochs, args.batches),
     }
     if not args.no_lightning and lightning_version():
@@ -368,6 +371,7 @@ def time_startup(rounds: int, say: Callable[[str], None]) -> dict[str, float]:
 LABELS = {
     "trainkit": "trainkit",
     "trainkit_logging": "trainkit + TensorBoard + progress bar",
+    "trainkit_on_device": "trainkit, data.on_device=true",
     "plain": "hand-written PyTorch loop",
     "lightning": "Lightning",
 }
@@ -405,6 +409,9 @@ def summarize(
         summary[f"trainkit_vs_plain{suffix}"] = median_ratio(
             results["trainkit"], results["plain"], cpu
         )
+        summary[f"trainkit_on_device_vs_plain{suffix}"] = median_ratio(
+            results["trainkit_on_device"], results["plain"], cpu
+        )
         summary[f"trainkit_vs_lightning{suffix}"] = (
             median_ratio(results["trainkit"], results["lightning"], cpu) if lightning else None
         )
@@ -414,6 +421,9 @@ def summarize(
         )
     trainkit_losses = checks["trainkit"].epoch_losses
     difference = max_difference(trainkit_losses, checks["plain"].epoch_losses)
+    on_device_difference = max_difference(
+        checks["trainkit_on_device"].epoch_losses, checks["plain"].epoch_losses
+    )
     summary.update(
         {
             "steps_per_s": {name: [r.steps_per_s for r in rs] for name, rs in results.items()},
@@ -429,7 +439,8 @@ def summarize(
             ),
             "epoch_losses": {name: check.epoch_losses for name, check in checks.items()},
             "loss_difference_trainkit_plain": difference,
-            "losses_equal_to_5_decimals": difference < 5e-6,
+            "loss_difference_trainkit_on_device_plain": on_device_difference,
+            "losses_equal_to_5_decimals": max(difference, on_device_difference) < 5e-6,
             "loss_difference_trainkit_lightning": (
                 max_difference(trainkit_losses, checks["lightning"].epoch_losses)
                 if lightning
@@ -491,6 +502,11 @@ def print_report(summary: dict, command: str) -> None:
         f"- trainkit / hand loop: {summary['trainkit_vs_plain']:.3f}, "
         f"{summary['trainkit_vs_plain_cpu']:.3f}"
     )
+    print(
+        f"- trainkit with data.on_device=true / hand loop: "
+        f"{summary['trainkit_on_device_vs_plain']:.3f}, "
+        f"{summary['trainkit_on_device_vs_plain_cpu']:.3f}"
+    )
     if summary["trainkit_vs_lightning"] is not None:
         print(
             f"- trainkit / Lightning: {summary['trainkit_vs_lightning']:.3f}, "
@@ -503,8 +519,9 @@ def print_report(summary: dict, command: str) -> None:
     )
     equal = "equal" if summary["losses_equal_to_5_decimals"] else "NOT equal"
     print(
-        f"- per-epoch train losses, trainkit vs hand loop: {equal} to 5 decimals "
-        f"(largest difference {summary['loss_difference_trainkit_plain']:.1e})"
+        f"- per-epoch train losses, trainkit (on the device or not) vs hand loop: {equal} to "
+        f"5 decimals (largest differences {summary['loss_difference_trainkit_plain']:.1e}, "
+        f"{summary['loss_difference_trainkit_on_device_plain']:.1e})"
     )
     if summary["noisy"]:
         print(

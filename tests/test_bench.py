@@ -23,13 +23,15 @@ def run_bench(*args: str) -> dict:
 
 def test_trainkit_and_the_hand_loop_train_alike():
     summary = run_bench("--startup", "0", "--no-lightning")
-    for key in ("trainkit_steps_per_s", "plain_steps_per_s", "trainkit_logging_steps_per_s"):
-        assert summary[key] > 0, key
+    for name in ("trainkit", "plain", "trainkit_logging", "trainkit_on_device"):
+        assert summary[f"{name}_steps_per_s"] > 0, name
     assert summary["lightning_steps_per_s"] is None
-    assert summary["trainkit_vs_plain"] > 0
+    assert summary["trainkit_vs_plain"] > 0 and summary["trainkit_on_device_vs_plain"] > 0
     assert summary["steps_per_run"] == 2
-    # Same data, weights and sample order: the same losses.
+    # Same data, weights and sample order: the same losses, on the device or not.
     assert summary["losses_equal_to_5_decimals"], summary["epoch_losses"]
+    losses = summary["epoch_losses"]
+    assert losses["trainkit_on_device"] == losses["trainkit"]
 
 
 @pytest.mark.slow  # importing Lightning alone takes seconds
