@@ -295,13 +295,3 @@ def test_sequence_accuracy_and_character_error_rate_match_a_hand_count():
     assert values["test/cer"] == pytest.approx(edits / sum(len(e) for e in expected))
     assert values["test/seq_acc"] == pytest.approx(1 / 5)
     assert values["test/loss"] == pytest.approx(1.5)
-
-
-@pytest.mark.parametrize(
-    ("name", "lower"),
-    [("val/loss", True), ("val/rmse", True), ("val/cer", True), ("val/acc", False)],
-)
-def test_which_metrics_improve_by_going_down(name, lower):
-    from trainkit.metrics import lower_is_better
-
-    assert lower_is_better(name) is lower

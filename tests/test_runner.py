@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import run_trainkit
 from trainkit import checkpoint, config
 from trainkit.runner import Runner
 
@@ -122,7 +123,9 @@ def test_ema_is_validated_checkpointed_and_evaluated(tmp_path):
 def test_the_planned_lr_curve_is_the_one_the_run_uses(schedule, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    runner = make_runner(tmp_path / "run", "logger.tensorboard=true", *schedule)
+    runner = make_runner(
+        tmp_path / "run", "logger.tensorboard=true", "logger.log_every_n_steps=1", *schedule
+    )
     runner.fit()
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
@@ -211,3 +214,29 @@ def test_labels_outside_the_classes_are_one_line_before_training(tmp_path, monke
         "data: label 12 in the train split is outside 0..9 (num_classes=10); "
         "fix the labels or the data set's num_classes"
     )
+
+
+FIRST_STEP_PROBE = """
+import os, sys
+from trainkit.registry import REGULARIZERS
+from trainkit.regularization import Regularizer
+
+@REGULARIZERS.register("first_step_probe")
+class FirstStepProbe(Regularizer):
+    def after_optimizer_step(self, model):
+        with open("modules.txt", "w") as handle:
+            handle.write("\\n".join(sys.modules))
+        os._exit(0)
+"""
+
+
+def test_training_starts_before_torchmetrics_is_imported(tmp_path):
+    # torchmetrics imports scipy.signal (about half a second): only validation needs it.
+    (tmp_path / "probe.py").write_text(FIRST_STEP_PROBE)
+    result = run_trainkit(
+        "train", "plugins=[probe]", "regularization=[first_step_probe]", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    modules = (tmp_path / "modules.txt").read_text().split()
+    assert "trainkit.runner" in modules
+    assert "torchmetrics" not in modules

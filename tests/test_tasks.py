@@ -18,6 +18,7 @@ from trainkit.tasks import (
     Sequence,
     check_task_loss,
     hardest_triplets,
+    lower_is_better,
 )
 
 
@@ -239,3 +240,39 @@ def test_sequence_task_errors():
     task = Sequence(splits(11, "sequence"), {"name": "ctc"})
     with pytest.raises(UserError, match=r"needs model outputs of shape \(batch, time, classes\)"):
         task.compute_loss(loss("ctc"), torch.zeros(2, 11), torch.ones(2, 3, dtype=torch.long))
+
+
+# --- what is logged ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "data"),
+    [
+        (Classification, splits(2)),
+        (Classification, splits(3)),
+        (Classification, splits(10)),
+        (Regression, splits(1, "continuous", target_scale=(0.0, 1.0))),
+        (MetricLearning, splits(10)),
+        (Sequence, splits(11, "sequence")),
+    ],
+)
+def test_score_names_are_the_scores_the_metrics_compute(task, data):
+    # score_names() answers without building the metrics (torchmetrics is slow to import).
+    default_loss = {
+        Classification: "cross_entropy",
+        Regression: "mse",
+        MetricLearning: "triplet_margin",
+        Sequence: "ctc",
+    }[task]
+    built = task(data, {"name": default_loss})
+    computed = built.metrics().scalar_names("val")
+    assert sorted(computed) == sorted(["val/loss", *(f"val/{n}" for n in built.score_names())])
+    assert built.default_monitor in computed
+
+
+@pytest.mark.parametrize(
+    ("name", "lower"),
+    [("val/loss", True), ("val/rmse", True), ("val/cer", True), ("val/acc", False)],
+)
+def test_which_metrics_improve_by_going_down(name, lower):
+    assert lower_is_better(name) is lower

@@ -108,7 +108,7 @@ def _short_path(path: Path) -> str:
 def _table(runs: list[Job], labels: list[str], metrics: list[str]):
     from rich.table import Table
 
-    from trainkit.metrics import lower_is_better
+    from trainkit.tasks import lower_is_better
 
     table = Table(title=f"{len(runs)} runs")
     table.add_column("#", justify="right")

@@ -29,14 +29,6 @@ from torchmetrics.classification import (
 )
 from torchmetrics.text import CharErrorRate
 
-# Metrics where smaller is better; every other metric is better when larger.
-LOWER_IS_BETTER = {"loss", "mae", "rmse", "cer"}
-
-
-def lower_is_better(name: str) -> bool:
-    """Whether a logged metric such as ``val/rmse`` improves by going down."""
-    return name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
-
 
 class _LossAndScores:
     """The mean loss of a split plus a MetricCollection of scores; subclasses fill ``scores``

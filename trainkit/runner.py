@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import random
@@ -32,7 +33,6 @@ from trainkit.data import Splits, build_loaders, split_data_node
 from trainkit.data.splits import check_labels
 from trainkit.errors import UserError
 from trainkit.logging import LoggerSettings, RunLogger, flatten_hparams, log
-from trainkit.metrics import lower_is_better
 from trainkit.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -49,7 +49,7 @@ from trainkit.registry import (
 )
 from trainkit.schedulers import build_schedule, lr_curve
 from trainkit.speed import Speed
-from trainkit.tasks import Outputs, Task
+from trainkit.tasks import Outputs, Task, lower_is_better
 
 
 @dataclass
@@ -117,9 +117,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(
-    cfg: DictConfig, seed: int, overfit_batches: int = 0
+    cfg: DictConfig, seed: int, overfit_batches: int = 0, device: torch.device | str = "cpu"
 ) -> tuple[Splits, dict[str, DataLoader]]:
-    """The data set's splits (train split augmented) and a loader for each."""
+    """The data set's splits (train split augmented) and a loader for each; ``device`` is
+    where ``data.on_device`` puts them and what ``data.pin_memory=auto`` pins for."""
     dataset_node, loader_settings = split_data_node(cfg.data)
     with distributed.main_process_first():  # one process downloads; the others then read
         splits = DATASETS.build(dataset_node, "data")
@@ -138,7 +139,7 @@ def build_data(
         )
         splits = dataclasses.replace(splits, train=few, val=few)
     loaders = build_loaders(
-        splits, loader_settings, seed, distributed.world_size(), distributed.rank()
+        splits, loader_settings, seed, distributed.world_size(), distributed.rank(), device
     )
     return splits, loaders
 
@@ -158,6 +159,8 @@ SAFE_TO_CHANGE_ON_RESUME = (
     "trainer.cudnn_benchmark",
     "data.num_workers",
     "data.pin_memory",
+    "data.prefetch_factor",
+    "data.on_device",  # like num_workers, it changes which crops and flips are drawn, not how
     "data.eval_batch_size",
     "data.on_bad_image",
     "logger.",
@@ -356,7 +359,7 @@ class Runner:
 
         # --- data, and the task its targets are for ---
         self.splits, self.loaders = build_data(
-            cfg, self.settings.seed, self.settings.overfit_batches
+            cfg, self.settings.seed, self.settings.overfit_batches, self.device
         )
         self.task = build_task(cfg, self.splits)
 
@@ -381,10 +384,9 @@ class Runner:
         self.model_ddp = self.train_model  # no_sync lives on the DDP wrapper, not the compiled one
         self.train_model = self.speed.compiled(self.train_model)
 
-        # --- metrics and what "best" means ---
-        self.val_metrics = self.task.metrics().to(self.device)
+        # --- what "best" means (the metrics themselves are built at the first validation) ---
         self.monitor, self.mode = resolve_monitor(self.settings, self.task)
-        known = {"train/loss", *self.val_metrics.scalar_names("val")}
+        known = {"train/loss", "val/loss", *(f"val/{name}" for name in self.task.score_names())}
         if self.task.tracks_accuracy:
             known.add("train/acc")
         if self.monitor not in known:
@@ -569,6 +571,10 @@ class Runner:
         for regularizer in self.regularizers:
             model = regularizer.evaluation_model(model)
         return model
+
+    @functools.cached_property
+    def val_metrics(self):
+        return self.task.metrics().to(self.device)
 
     def validate(self) -> dict[str, float]:
         values, _ = evaluate(
@@ -898,7 +904,7 @@ def evaluate_checkpoint(
     settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
-    splits, loaders = build_data(cfg, settings.seed)
+    splits, loaders = build_data(cfg, settings.seed, device=device)
     task = build_task(cfg, splits)
     model = build_model(cfg, splits, task)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +21,15 @@ from torch import nn
 from trainkit.data import Splits
 from trainkit.errors import UserError
 from trainkit.losses import LOSS_INPUTS
-from trainkit.metrics import (
-    ClassificationMetrics,
-    EmbeddingMetrics,
-    RegressionMetrics,
-    SequenceMetrics,
-    knn_predict,
-)
 from trainkit.registry import TASKS, PositiveInt
+
+if TYPE_CHECKING:
+    from trainkit.metrics import (
+        ClassificationMetrics,
+        EmbeddingMetrics,
+        RegressionMetrics,
+        SequenceMetrics,
+    )
 
 TASK_LOSSES: dict[str, tuple[str, ...]] = {
     "classification": ("cross_entropy", "nll", "focal", "bce"),
@@ -43,6 +44,15 @@ _TARGETS = {
     "continuous": "continuous targets",
     "sequence": "label sequences",
 }
+
+
+# Scores where smaller is better; every other score is better when larger.
+LOWER_IS_BETTER = {"loss", "mae", "rmse", "cer"}
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a logged metric such as ``val/rmse`` improves by going down."""
+    return name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
 def check_task_loss(task: str, loss: str) -> None:
@@ -83,6 +93,15 @@ class Task:
 
     def compute_loss(self, loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Tensor):
         return loss_fn(outputs, targets)
+
+    def score_names(self) -> list[str]:
+        """The single-number scores that ``metrics()`` computes besides the loss: what
+        ``trainer.monitor`` can name, known before any metric is built.
+
+        ``metrics()`` imports torchmetrics, which imports scipy.signal (about half a second):
+        it is built at the first validation, so that training starts without waiting.
+        """
+        raise NotImplementedError
 
     def train_hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """Correct training predictions in a batch, for the running train/acc."""
@@ -145,7 +164,17 @@ class Classification(Task):
     def train_hits(self, outputs, targets):
         return (outputs.argmax(dim=1) == targets).sum()
 
+    def score_names(self) -> list[str]:
+        names = ["acc", "precision", "recall", "f1"]
+        if self.splits.num_classes >= 5:
+            names.append("acc_top5")
+        if self.splits.num_classes == 2:
+            names += ["auroc", "average_precision"]
+        return names
+
     def metrics(self, per_class: bool = False) -> ClassificationMetrics:
+        from trainkit.metrics import ClassificationMetrics
+
         return ClassificationMetrics(self.splits.num_classes, per_class)
 
     def summary_extras(self) -> dict[str, Any]:
@@ -229,7 +258,12 @@ class Regression(Task):
             return loss_fn(outputs, targets / self.mean)
         return loss_fn(outputs, (targets - self.mean) / self.std)
 
+    def score_names(self) -> list[str]:
+        return ["mae", "rmse", "r2"]
+
     def metrics(self, per_class: bool = False) -> RegressionMetrics:
+        from trainkit.metrics import RegressionMetrics
+
         return RegressionMetrics(self.predict)
 
     def write_predictions(self, path: Path, outputs: Outputs) -> None:
@@ -306,11 +340,18 @@ class MetricLearning(Task):
             return loss_fn(negative_distance, positive_distance, ones)
         return loss_fn(negative_distance - positive_distance, ones)
 
+    def score_names(self) -> list[str]:
+        return ["knn_acc"]
+
     def metrics(self, per_class: bool = False) -> EmbeddingMetrics:
+        from trainkit.metrics import EmbeddingMetrics
+
         return EmbeddingMetrics(self.knn_k)
 
     def write_predictions(self, path: Path, outputs: Outputs) -> None:
         """``index,target,prediction``: the label the k nearest other test samples vote for."""
+        from trainkit.metrics import knn_predict
+
         embeddings = F.normalize(outputs.outputs.float(), dim=1)
         predicted = knn_predict(
             embeddings, outputs.targets, embeddings, self.knn_k, leave_one_out=True
@@ -371,7 +412,12 @@ class Sequence(Task):
         expected = ["".join(names[c] for c in row if c != 0) for row in targets.tolist()]
         return predicted, expected
 
+    def score_names(self) -> list[str]:
+        return ["seq_acc", "cer"]
+
     def metrics(self, per_class: bool = False) -> SequenceMetrics:
+        from trainkit.metrics import SequenceMetrics
+
         return SequenceMetrics(self.decode)
 
     def write_predictions(self, path: Path, outputs: Outputs) -> None:
