@@ -218,3 +218,34 @@ def test_a_run_on_the_device_trains_bit_for_bit_as_with_a_dataloader(tmp_path):
     assert epochs_logged(tmp_path / "true") == epochs_logged(tmp_path / "false")
     for key in ("test/loss", "test/acc", "best_epoch"):
         assert summaries["true"][key] == summaries["false"][key], key
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_run_stopped_with_a_dataloader_resumes_on_the_device_bitwise(tmp_path, monkeypatch):
+    """Without augmentation the two loaders train alike, so data.on_device may change when a
+    run resumes (it is in SAFE_TO_CHANGE_ON_RESUME), also within an epoch."""
+    run = [*RUN, "trainer.checkpoint_every=4"]
+
+    def make_runner(run_dir, *overrides):
+        return Runner(config.compose(config.prepare([*run, *overrides])), run_dir)
+
+    make_runner(tmp_path / "straight").fit()
+    real_step = Runner._optimizer_step
+
+    def step_then_crash(self, *args):
+        stepped = real_step(self, *args)
+        if self.step == 15:  # within epoch 2 (10 steps an epoch), after the checkpoint at 12
+            raise Crash
+        return stepped
+
+    monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
+    with pytest.raises(Crash):
+        make_runner(tmp_path / "crashed").fit()
+    monkeypatch.undo()
+    resumed = make_runner(tmp_path / "crashed", "data.on_device=true", f"resume={tmp_path}/crashed")
+    assert resumed.step == 12 and isinstance(resumed.loaders["train"], DeviceLoader)
+    resumed.fit()
+    assert epochs_logged(tmp_path / "crashed") == epochs_logged(tmp_path / "straight")
