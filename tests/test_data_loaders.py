@@ -4,6 +4,7 @@ same batches in the same order, and the loader keys of the data node are checked
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -249,3 +250,11 @@ def test_a_run_stopped_with_a_dataloader_resumes_on_the_device_bitwise(tmp_path,
     assert resumed.step == 12 and isinstance(resumed.loaders["train"], DeviceLoader)
     resumed.fit()
     assert epochs_logged(tmp_path / "crashed") == epochs_logged(tmp_path / "straight")
+
+
+def test_workers_with_on_device_are_a_note_not_silence(caplog):
+    settings = LoaderSettings(num_workers=2, on_device=True)
+    with caplog.at_level(logging.INFO, logger="trainkit"):
+        loaders = build_loaders(image_splits(), settings, seed=0)
+    assert isinstance(loaders["train"], DeviceLoader)
+    assert "data.num_workers unused" in caplog.text

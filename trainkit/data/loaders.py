@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from trainkit.augment import device_augmentation
 from trainkit.data.splits import Splits, TensorSplit
 from trainkit.errors import UserError
+from trainkit.logging import log
 from trainkit.registry import NonNegativeInt, PositiveInt, check_params
 
 
@@ -169,6 +170,8 @@ def build_loaders(
     tensors, or of an augmentation that is not crops and flips."""
     device = torch.device(device)
     pin_memory = device.type == "cuda" if settings.pin_memory == "auto" else settings.pin_memory
+    if settings.on_device and settings.num_workers:
+        log.info("note: data.on_device=true cuts batches on the device; data.num_workers unused")
     loaders = {}
     for split_name in ("train", "val", "test"):
         dataset = getattr(splits, split_name)
