@@ -1,12 +1,16 @@
-"""Regularizers: gradient clipping and early stopping."""
+"""Regularizers: clipping, early stopping, penalties, the EMA, mixing; each against its plain
+formula, and the per-step ones without device reads or per-tensor Python calls."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainkit.registry import REGULARIZERS, load_components
 from trainkit.regularization import EarlyStopping, GradClip, Regularizer
@@ -187,6 +191,82 @@ def test_l2_adds_strength_times_weight_to_the_gradient():
     assert torch.allclose(model[0].weight.grad, 0.1 * model[0].weight.detach())
 
 
+def _with_zeros(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        model[0].weight[0].zero_()  # |w| has no slope at 0: the penalty must give it 0 there
+    return model
+
+
+@pytest.mark.parametrize("weights_only", [True, False])
+def test_l1_and_l2_match_their_plain_formulas_in_value_and_gradient(weights_only):
+    from trainkit.regularization import L1, L2
+
+    for regularizer, formula in [
+        (L1(0.01, weights_only=weights_only), lambda p: 0.01 * p.abs().sum()),
+        (L2(0.1, weights_only=weights_only), lambda p: 0.05 * p.pow(2).sum()),
+    ]:
+        model = _with_zeros(_linear_model())
+        chosen = [p for p in model.parameters() if p.ndim > 1 or not weights_only]
+        references = [p.detach().clone().requires_grad_() for p in chosen]
+        expected = sum(formula(p) for p in references)
+        expected.backward()
+        penalty = regularizer.penalty(model)
+        penalty.backward()
+        assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
+        for parameter, reference in zip(chosen, references, strict=True):
+            torch.testing.assert_close(parameter.grad, reference.grad, rtol=1e-6, atol=1e-9)
+        assert torch.all(model[0].weight.grad[0] == 0)  # the zeroed row
+
+
+class TorchCalls(TorchFunctionMode):
+    """Records the name of every torch function and tensor method called from Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class DeviceReads(TorchDispatchMode):
+    """Counts the op that .item(), bool(t), int(t) and float(t) come down to: a device read."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def _calls_per_step(make_step, depth: int) -> list[str]:
+    model, step = _bn_model(depth), make_step()
+    step(model)  # the first call builds what it keeps (and the EMA's first update copies)
+    step(model)
+    with TorchCalls() as calls, DeviceReads() as reads:
+        step(model)
+    assert reads.count == 0
+    return calls.names
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "ema"])
+def test_a_step_makes_the_same_few_calls_for_any_number_of_tensors_and_reads_nothing(name):
+    from trainkit.regularization import EMA, L1, L2
+
+    def make_step():
+        if name == "ema":
+            return EMA(decay=0.9).after_optimizer_step
+        return {"l1": L1, "l2": L2}[name](weights_only=False).penalty
+
+    shallow, deep = _calls_per_step(make_step, depth=1), _calls_per_step(make_step, depth=6)
+    assert len(list(_bn_model(6).parameters())) == 26
+    assert shallow == deep
+    assert len(deep) <= 6, deep
+
+
 def test_penalty_include_patterns_choose_parameters():
     from trainkit.errors import UserError
     from trainkit.regularization import L1
@@ -267,6 +347,118 @@ def test_without_updates_ema_evaluates_the_model_itself():
 
     model = torch.nn.Linear(3, 2)
     assert EMA().evaluation_model(model) is model
+
+
+def _bn_model(depth: int = 2) -> nn.Module:
+    """Convolutions with BatchNorm: parameters, floating buffers and num_batches_tracked."""
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)) for _ in range(depth)]
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+
+
+def _train(model: nn.Module, steps: range, after_step) -> None:
+    """SGD on fixed batches (batch i the same in every run); BatchNorm statistics move too."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # stateless: resumes need no state
+    model.train()
+    for step in steps:
+        inputs = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(step))
+        model(inputs).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        after_step(model)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_matches_a_reference_loop_over_weights_and_batchnorm_statistics(warmup):
+    from trainkit.regularization import EMA
+
+    model, ema = _bn_model(), EMA(decay=0.8, warmup=warmup)
+    reference: dict[str, torch.Tensor] = {}
+    updates = itertools.count()
+
+    def check(model):
+        ema.after_optimizer_step(model)
+        n = next(updates)  # updates averaged before this one
+        decay = min(0.8, (1 + n) / (10 + n)) if warmup else 0.8
+        for key, value in model.state_dict().items():
+            if n == 0 or not value.is_floating_point():
+                reference[key] = value.clone()  # the first update copies; counts are copied
+            else:
+                reference[key] = decay * reference[key] + (1 - decay) * value
+        averaged = ema.evaluation_model(model).state_dict()
+        assert averaged.keys() == model.state_dict().keys()
+        for key, value in averaged.items():
+            torch.testing.assert_close(value, reference[key], rtol=1e-6, atol=1e-7, msg=key)
+
+    _train(model, range(12), check)
+    averaged = ema.evaluation_model(model)
+    assert averaged is not model and not averaged.training
+    assert not any(p.requires_grad for p in averaged.parameters())
+    assert not torch.equal(averaged[0][1].running_mean, model[0][1].running_mean)
+
+
+@pytest.mark.parametrize("already_built", [False, True], ids=["resume", "rollback"])
+def test_ema_restored_from_a_checkpoint_continues_bitwise(already_built):
+    """A resumed run builds its EMA from the checkpoint; a rolled-back one loads the
+    checkpoint into the model and the EMA it already has, in place."""
+    from trainkit.regularization import EMA
+
+    model, ema = _bn_model(), EMA(decay=0.9)
+    _train(model, range(3), ema.after_optimizer_step)
+    saved_model = checkpoint_round_trip(model.state_dict())
+    saved_ema = checkpoint_round_trip(ema.state_dict())
+    _train(model, range(3, 7), ema.after_optimizer_step)
+
+    restored_model, restored_ema = _bn_model(), EMA(decay=0.9)
+    if already_built:  # its lists of tensors were made before the load
+        _train(restored_model, range(100, 105), restored_ema.after_optimizer_step)
+    restored_model.load_state_dict(saved_model)
+    restored_ema.load_state_dict(saved_ema)
+    _train(restored_model, range(3, 7), restored_ema.after_optimizer_step)
+
+    assert restored_ema.updates == ema.updates == 7
+    expected = ema.evaluation_model(model).state_dict()
+    for key, value in restored_ema.evaluation_model(restored_model).state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_a_resumed_run_has_the_same_ema_as_a_run_left_alone(tmp_path):
+    from trainkit import checkpoint, config
+    from trainkit.runner import Runner
+
+    def make_runner(name):
+        overrides = ["data=synthetic", "model=mlp", "model.hidden=[16]", "augmentation=none"]
+        overrides += ["logger.tensorboard=false", "logger.progress_bar=false"]
+        overrides += ["regularization=[ema]", "regularization.ema.decay=0.9"]
+        return Runner(config.compose(config.prepare(overrides)), tmp_path / name)
+
+    straight = make_runner("straight")
+    for _ in range(2):
+        straight.train_epoch()
+        straight.epoch += 1
+    interrupted = make_runner("interrupted")
+    interrupted.train_epoch()
+    interrupted.epoch += 1
+    checkpoint.save(interrupted.state_dict(), tmp_path / "state.pt")
+    resumed = make_runner("resumed")
+    resumed.load_state_dict(checkpoint.load(tmp_path / "state.pt"))
+    resumed.train_epoch()
+    expected = straight.evaluation_model().state_dict()
+    for key, value in resumed.evaluation_model().state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    raw = straight.model.state_dict()
+    assert not all(torch.equal(value, raw[key]) for key, value in expected.items())  # an average
+
+
+def test_ema_keeps_a_constant_infinite_buffer():
+    from trainkit.regularization import EMA
+
+    model = nn.Linear(2, 2)
+    model.register_buffer("mask", torch.tensor([0.0, -math.inf]))  # an attention mask, say
+    ema = EMA(decay=0.9)
+    for _ in range(3):
+        ema.after_optimizer_step(model)
+    assert torch.equal(ema.evaluation_model(model).mask, model.mask)
 
 
 # --- mixup, cutmix, drop_path ----------------------------------------------------------

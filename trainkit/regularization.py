@@ -11,6 +11,7 @@ update), ``evaluation_model`` (what validation and test evaluate) and ``should_s
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import inspect
 import math
@@ -19,7 +20,6 @@ from typing import Annotated, Literal
 import torch
 from omegaconf import DictConfig, open_dict
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from torchvision.transforms import v2
 
 from trainkit.errors import UserError
@@ -193,7 +193,10 @@ class L1(_NormPenalty):
         super().__init__(strength, include, weights_only)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        return self.strength * sum(p.abs().sum() for p in self.parameters(model))
+        # One batched call for all the tensors, not one Python call each; its gradient at 0 is
+        # 0, as abs()'s is.
+        norms = torch._foreach_norm(self.parameters(model), 1)
+        return self.strength * torch.stack(norms).sum()
 
 
 @REGULARIZERS.register("l2")
@@ -209,7 +212,8 @@ class L2(_NormPenalty):
         super().__init__(strength, include, weights_only)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        return 0.5 * self.strength * sum(p.pow(2).sum() for p in self.parameters(model))
+        norms = torch._foreach_norm(self.parameters(model), 2)  # one batched call, as in l1
+        return 0.5 * self.strength * torch.stack(norms).square().sum()
 
 
 @REGULARIZERS.register("ema")
@@ -225,37 +229,68 @@ class EMA(Regularizer):
 
     def __init__(self, decay: Annotated[float, Range(gt=0, lt=1)] = 0.999, warmup: bool = True):
         self.decay, self.warmup = decay, warmup
-        self.averaged: AveragedModel | None = None
+        self.updates = 0  # a Python int: reading a count off the GPU would wait for it
+        self.average: nn.Module | None = None
         self._pending_state: dict | None = None
 
     def _decay_at(self, updates: int) -> float:
         return min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
 
-    def _blend(self, average: torch.Tensor, current: torch.Tensor, updates) -> torch.Tensor:
-        decay = self._decay_at(int(updates))
-        return average * decay + current * (1 - decay)
-
-    def _average_of(self, model: nn.Module) -> AveragedModel:
-        if self.averaged is None:
-            self.averaged = AveragedModel(model, avg_fn=self._blend, use_buffers=True)
+    def _average_of(self, model: nn.Module) -> nn.Module:
+        if self.average is None:
+            self.average = copy.deepcopy(model).eval().requires_grad_(False)
             if self._pending_state is not None:
-                self.averaged.load_state_dict(self._pending_state)
-        return self.averaged
+                self.average.load_state_dict(self._pending_state)
+            # Pairs of lists (the average's tensors, the model's), made once: optimizers update
+            # parameters in place, BatchNorm its statistics, and load_state_dict (a resume, a
+            # rollback) copies into them, so the lists keep holding the live tensors.
+            self._pairs = tuple(
+                zip(_tensor_groups(self.average), _tensor_groups(model), strict=True)
+            )
+        return self.average
 
     def after_optimizer_step(self, model: nn.Module) -> None:
-        self._average_of(model).update_parameters(model)
+        self._average_of(model)
+        parameters, float_buffers, other_buffers = self._pairs
+        # A few batched calls, whatever the number of tensors; no value is read off the device.
+        with torch.no_grad():
+            if self.updates == 0:  # the first update copies the weights
+                for average, current in self._pairs:
+                    if average:
+                        torch._foreach_copy_(average, current)
+            else:
+                decay = self._decay_at(self.updates)
+                torch._foreach_lerp_(*parameters, 1 - decay)
+                # Buffers are blended as d * ema + (1 - d) * b: a constant -inf buffer (an
+                # attention mask) stays -inf, where lerp would make it nan.
+                if float_buffers[0]:
+                    torch._foreach_mul_(float_buffers[0], decay)
+                    torch._foreach_add_(*float_buffers, alpha=1 - decay)
+                if other_buffers[0]:  # num_batches_tracked, boolean masks: copied, not averaged
+                    torch._foreach_copy_(*other_buffers)
+        self.updates += 1
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
-        average = self._average_of(model)
-        return average.module if average.n_averaged.item() > 0 else model
+        return self._average_of(model) if self.updates > 0 else model
 
     def state_dict(self) -> dict:
-        return {"averaged": None if self.averaged is None else self.averaged.state_dict()}
+        averaged = None if self.average is None else self.average.state_dict()
+        return {"averaged": averaged, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        self._pending_state = state["averaged"]
-        if self.averaged is not None and self._pending_state is not None:
-            self.averaged.load_state_dict(self._pending_state)
+        self.updates, self._pending_state = state["updates"], state["averaged"]
+        if self.average is not None and self._pending_state is not None:
+            self.average.load_state_dict(self._pending_state)  # in place: the lists stay valid
+
+
+def _tensor_groups(module: nn.Module) -> tuple[list[torch.Tensor], ...]:
+    """The parameters, the floating-point buffers and the other buffers, in a fixed order."""
+    buffers = list(module.buffers())
+    return (
+        list(module.parameters()),
+        [buffer for buffer in buffers if buffer.is_floating_point()],
+        [buffer for buffer in buffers if not buffer.is_floating_point()],
+    )
 
 
 @REGULARIZERS.register("drop_path")
