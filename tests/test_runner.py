@@ -217,7 +217,7 @@ def test_labels_outside_the_classes_are_one_line_before_training(tmp_path, monke
 
 
 FIRST_STEP_PROBE = """
-import os, sys
+import gc, os, sys
 from trainkit.registry import REGULARIZERS
 from trainkit.regularization import Regularizer
 
@@ -226,11 +226,13 @@ class FirstStepProbe(Regularizer):
     def after_optimizer_step(self, model):
         with open("modules.txt", "w") as handle:
             handle.write("\\n".join(sys.modules))
+        with open("gc.txt", "w") as handle:
+            handle.write(f"{gc.isenabled()} {gc.get_freeze_count()}")
         os._exit(0)
 """
 
 
-def test_training_starts_before_torchmetrics_is_imported(tmp_path):
+def test_training_starts_soon_and_collects_garbage(tmp_path):
     # torchmetrics imports scipy.signal (about half a second): only validation needs it.
     (tmp_path / "probe.py").write_text(FIRST_STEP_PROBE)
     result = run_trainkit(
@@ -240,3 +242,7 @@ def test_training_starts_before_torchmetrics_is_imported(tmp_path):
     modules = (tmp_path / "modules.txt").read_text().split()
     assert "trainkit.runner" in modules
     assert "torchmetrics" not in modules
+    # The CLI starts with the garbage collector off; training runs with it on, and with
+    # what startup built frozen.
+    enabled, frozen = (tmp_path / "gc.txt").read_text().split()
+    assert enabled == "True" and int(frozen) > 100_000

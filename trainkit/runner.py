@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import itertools
 import math
 import random
@@ -817,7 +818,11 @@ class Runner:
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
     try:
-        return Runner(cfg, run_dir).fit()
+        runner = Runner(cfg, run_dir)
+        if not gc.isenabled():  # the CLI's startup (see cli.train): what it built stays
+            gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
+            gc.enable()
+        return runner.fit()
     finally:
         distributed.teardown()
 
