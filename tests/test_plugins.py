@@ -45,8 +45,12 @@ def test_plugin_module_from_the_command_line(tmp_path):
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "name: tiny_mlp" in config and "hidden: 16" in config
     assert json.loads((run_dir / "summary.json").read_text())["test/acc"] > 0.8
-    # The checkpoint remembers the plugin, so eval finds the model again.
-    evaluated = run_trainkit("eval", f"checkpoint={run_dir}", cwd=tmp_path)
+    # The checkpoint names its plugin, but a file never decides what is imported: eval asks
+    # for it on the command line, and then finds the model again.
+    refused = run_trainkit("eval", f"checkpoint={run_dir}", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.endswith("add plugins=[my_components] if you trust them\n")
+    evaluated = run_trainkit("eval", f"checkpoint={run_dir}", "plugins=[my_components]", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
 
 

@@ -95,7 +95,7 @@ def test_resuming_refuses_a_config_that_trains_differently():
     saved = {"optimizer": {"lr": 0.1}, "trainer": {"device": "cpu"}, "logger": {"x": 1}}
     current = {"optimizer": {"lr": 0.3}, "trainer": {"device": "cuda"}, "logger": {"x": 2}}
     with pytest.raises(UserError) as error:
-        from trainkit.runner import check_resumable
+        from trainkit.checkpoint import check_resumable
 
         check_resumable(saved, current)
     message = str(error.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,14 +81,133 @@ def find(path: str | Path, name: str = "best.pt") -> Path:
     return path
 
 
+def run_dir_of(path: Path) -> Path:
+    """The run directory of a checkpoint file (``RUN/checkpoints/last.pt`` or ``RUN/last.pt``)."""
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint as data only (``weights_only=True``); UserError if unreadable."""
+    """Load a checkpoint as data only (``weights_only=True``: tensors and plain Python values,
+    never code); UserError if it is unreadable or holds anything else."""
     path = find(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+        if "Weights only load failed" in str(error) and _holds_objects(str(error)):
+            raise UserError(
+                f"checkpoint {path} holds objects other than tensors and plain data; trainkit "
+                "never runs code from a checkpoint, so it does not load it"
+            ) from None
+        if isinstance(error, MemoryError):
+            raise
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({_reason(error)})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a trainkit checkpoint (no model or config)")
     return state
+
+
+def _holds_objects(message: str) -> bool:
+    """Whether torch's weights-only unpickler refused a class or function (and not bytes
+    that are no pickle at all: "Unsupported operand")."""
+    return any(
+        words in message
+        for words in ("Unsupported global", "Unsupported class", "Can only build", "allowlist")
+    )
+
+
+def _reason(error: BaseException) -> str:
+    """Why torch could not read a file, without its advice to load it unsafely."""
+    message = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    if found:
+        return found.group(1).strip()
+    if "Weights only load failed" in message:
+        return "not a pickle of tensors"
+    return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, what: str) -> None:
+    """``module.load_state_dict(weights)``, or one UserError that names the first key that is
+    missing, unexpected or of another shape, and the model the checkpoint holds."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in weights]
+    unexpected = [key for key in weights if key not in own]
+    shapes = [
+        f"{key} is {tuple(weights[key].shape)} in the checkpoint and {tuple(own[key].shape)} here"
+        for key in own
+        if key in weights
+        and isinstance(weights[key], torch.Tensor)
+        and weights[key].shape != own[key].shape
+    ]
+    problems = []
+    if shapes:
+        problems.append(shapes[0] + (f" (and {len(shapes) - 1} more)" if len(shapes) > 1 else ""))
+    if missing:
+        problems.append(f"{len(missing)} tensors are missing, first {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} are not in this model, first {unexpected[0]}")
+    if problems:
+        raise UserError(f"checkpoint {path} does not fit {what}: {'; '.join(problems)}")
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+# Keys a resumed run may change: where and how fast it runs, how long, what it logs.
+SAFE_TO_CHANGE_ON_RESUME = (
+    "resume",
+    "trainer.device",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.keep_best",
+    "trainer.limit_eval_batches",
+    "trainer.cudnn_benchmark",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.prefetch_factor",
+    "data.on_device",  # like num_workers, it changes which crops and flips are drawn, not how
+    "data.eval_batch_size",
+    "data.on_bad_image",
+    "logger.",
+    "plugins",
+)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """UserError with a readable diff if ``current`` trains differently from ``saved``."""
+    old, new = _flatten(saved), _flatten(current)
+    changed = [
+        key
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+        and not any(
+            key == safe or (safe.endswith(".") and key.startswith(safe))
+            for safe in SAFE_TO_CHANGE_ON_RESUME
+        )
+    ]
+    if changed:
+        diff = "; ".join(
+            f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}" for key in changed
+        )
+        safe = ", ".join(k + ("*" if k.endswith(".") else "") for k in SAFE_TO_CHANGE_ON_RESUME)
+        raise UserError(
+            f"resume: the config differs from the run's ({diff}); a resumed run may change "
+            f"only {safe}: start a new run to change the others"
+        )
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}

@@ -6,6 +6,7 @@ without loading torch or Hydra.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 import sys
@@ -95,9 +96,16 @@ def main(argv: list[str] | None = None) -> None:
         commands[command](args)
     except UserError as error:
         fail(error)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, without a traceback
-        print("trainkit: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, Terminated) as error:  # a second Ctrl-C, or before training
+        number = getattr(error, "signal_number", 2)
+        print(f"trainkit: interrupted ({_signal_name(number)})", file=sys.stderr)
+        sys.exit(128 + number)
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    return signal.Signals(number).name
 
 
 def fail(error: UserError | str) -> None:
@@ -110,70 +118,186 @@ def fail(error: UserError | str) -> None:
 
 
 def train(args: list[str]) -> None:
-    """Validate the overrides, then hand over to Hydra, which makes the run directory."""
+    """Check the overrides, claim the run (or sweep) directory, then hand over to Hydra.
+
+    Every check that needs no data runs before a directory exists; a resume is checked
+    against its run before anything of that run is touched.
+    """
     # Startup makes hundreds of thousands of objects that live as long as the run (torch,
     # Hydra, the data set), and Python's cyclic garbage collector would walk them all again
     # and again: about 0.6 s before the first step. It is off until training starts, when
     # runner.train freezes what exists (never walked again) and turns it back on.
     gc.disable()
-    from trainkit import config, sweeps
+    from trainkit import checkpoint, config, rundir, sweeps
+    from trainkit.overrides import override
 
     overrides, flags = _split_hydra_args(args)
-    overrides, run_dir_override = _resume(overrides, flags)
+    if _HYDRA_FLAGS_NO_RUN & set(flags):  # --help, --cfg job, ...: Hydra prints, nothing runs
+        sys.argv = ["trainkit train", *flags, *config.prepare(overrides)]
+        _run_hydra(_train_job)
+        return
+    overrides, resuming = _resume(overrides, flags)
     rewritten = config.prepare(overrides)
     sweeps.check_overrides(rewritten)  # a sweep plugin not installed: one line, not a traceback
-    if not _multirun(flags) and not (_HYDRA_FLAGS_NO_RUN & set(flags)):
-        # Composed and checked here first, so a mistake leaves no run directory behind.
-        cfg = config.compose(rewritten)
+    launch = config.compose_launch(rewritten, sweep=_multirun(flags))
+    placement = ("hydra.run.dir=", "hydra.sweep.dir=")
+    passed_on = [o for o in rewritten if not o.startswith(placement)]
+    if _multirun(flags) or launch.hydra.mode == "MULTIRUN":
+        if _torchrun():
+            raise UserError(
+                "torchrun starts one run in several processes, not a sweep; "
+                "for DDP inside each sweep job use -m with trainer.devices=N instead"
+            )
+        continues = any(o.lstrip("+").startswith("hparams_search=") for o in rewritten)
+        owned = rundir.claim_new(launch.hydra.sweep.dir, "hydra.sweep.dir", continues)
+        passed_on.append(override("hydra.sweep.dir", str(owned.path)))
+    else:
+        cfg = config.without_hydra(launch)
         config.validate(cfg)
+        if resuming is not None:
+            _check_resume(cfg, resuming)
         if _join_torchrun(cfg):
             return  # a non-main torchrun process: it trained in the main process's run
-    elif _multirun(flags) and _torchrun():
-        raise UserError(
-            "torchrun starts one run in several processes, not a sweep; "
-            "for DDP inside each sweep job use -m with trainer.devices=N instead"
-        )
-    _check_output_dir([*rewritten, *run_dir_override], flags)
-    sys.argv = ["trainkit train", *flags, *rewritten, *run_dir_override]
-    _run_hydra(_train_job)
+        if resuming is None:
+            owned = rundir.claim_new(launch.hydra.run.dir, "hydra.run.dir")
+        else:
+            owned = rundir.claim_run(checkpoint.run_dir_of(resuming), "resume")
+            passed_on.append("hydra.output_subdir=null")  # the run's .hydra/ stays as it was
+        passed_on.append(override("hydra.run.dir", str(owned.path)))
+    sys.argv = ["trainkit train", *flags, *passed_on]
+    _run_in_directory(owned)
+    if _multirun(flags) or launch.hydra.mode == "MULTIRUN":
+        sweeps.fail_if_jobs_failed(owned.path)
 
 
-def _check_output_dir(overrides: list[str], flags: list[str]) -> None:
-    """An unwritable output directory: one line now, not Hydra's traceback later."""
-    from trainkit.paths import check_writable
+def _run_in_directory(owned) -> None:
+    """Hydra's run in the claimed directory; on any failure before a checkpoint exists, what
+    this invocation made is removed again. The lock is given up at the end, whatever happens.
+    """
+    import os
 
-    key = "hydra.sweep.dir" if _multirun(flags) else "hydra.run.dir"
-    given = [o.partition("=")[2] for o in overrides if o.startswith(f"{key}=")]
-    check_writable(Path(given[-1] if given else "outputs"), key)
+    from trainkit.errors import file_system_error
+
+    # Hydra re-raises what fails instead of printing its own traceback: a full disk while it
+    # saves the config is then one line, like every other mistake.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        with _interrupted_by_signals():
+            _run_hydra(_train_job)
+    except BaseException as error:
+        owned.discard_if_untrained()
+        if isinstance(error, Exception) and not isinstance(error, UserError):
+            error = file_system_error(error, str(owned.path)) or _hydra_error(error) or error
+        if isinstance(error, UserError):
+            fail(error)
+        raise error from None if isinstance(error, UserError) else error
+    finally:
+        owned.release()
 
 
-def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], list[str]]:
+def _hydra_error(error: Exception) -> UserError | None:
+    """Hydra's own errors about overrides (a sweep's syntax, say) as one line."""
+    from hydra.errors import HydraException
+
+    if isinstance(error, HydraException):
+        from trainkit.config import one_line
+
+        return UserError(one_line(str(error)))
+    return None
+
+
+class Terminated(BaseException):
+    """SIGTERM before training started (training itself stops gracefully on it)."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def _interrupted_by_signals():
+    """While the run is being built, SIGTERM ends it like Ctrl-C does: at once, and the
+    directory made for it is removed (training installs its own graceful handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signal_number, frame):
+        raise Terminated(signal_number)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], Path | None]:
     """``resume=PATH``: the run's own overrides (from its .hydra/overrides.yaml), then the
-    new ones, and Hydra pointed at the run's directory so the run continues in it."""
-    resume = [o for o in overrides if o.startswith("resume=")]
-    if not resume:
-        return overrides, []
+    new ones; returns them and the checkpoint to resume from (None without ``resume=``).
+
+    Plugins are never taken from the run's files: only this command line names code to import.
+    """
+    from trainkit import checkpoint, config
+    from trainkit.overrides import override
+
+    given = config.override_value(overrides, "resume")
+    if given is None:
+        return overrides, None
     if _multirun(flags):
         raise UserError("resume=PATH continues one run; it cannot be part of a sweep (-m)")
-    from omegaconf import OmegaConf
-
-    from trainkit import checkpoint
-
-    path = checkpoint.find(Path(resume[-1].partition("=")[2]).expanduser(), "last.pt")
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    path = checkpoint.find(Path(str(given)).expanduser(), "last.pt").absolute()
+    run_dir = checkpoint.run_dir_of(path)
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise UserError(
             f"resume={path}: {saved} is missing; resume needs the run directory the "
             "checkpoint was written in"
         )
+    saved_overrides = config.read_overrides(saved)
+    saved_plugins = config.override_value(saved_overrides, "plugins")
+    if saved_plugins and config.override_value(overrides, "plugins") is None:
+        raise UserError(
+            f"resume={run_dir}: the run was trained with plugins={_listed(saved_plugins)}, and "
+            "trainkit imports only the modules named on its command line; add "
+            f"plugins={_listed(saved_plugins)} if you trust them"
+        )
     merged: dict[str, str] = {}
-    for override in [*OmegaConf.load(saved), *overrides]:
-        key = override.partition("=")[0].lstrip("+~")
+    for text in saved_overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if key not in ("resume", "plugins") and not key.startswith("hydra."):
+            merged[key] = text
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
         if key != "resume" and not key.startswith("hydra."):
-            merged[key] = override
-    merged["resume"] = f"resume={path.resolve()}"
-    return list(merged.values()), [f"hydra.run.dir={run_dir.resolve()}"]
+            merged[key] = text
+    merged["resume"] = override("resume", str(path))
+    return list(merged.values()), path
+
+
+def _listed(value) -> str:
+    items = [value] if isinstance(value, str) else list(value)
+    return "[" + ",".join(str(item) for item in items) + "]"
+
+
+def _check_resume(cfg, path: Path) -> None:
+    """Refuse, before anything is written, a resume that the run's checkpoint does not fit;
+    a finished run is said to be finished, and left as it is."""
+    from trainkit import checkpoint, config
+
+    run_dir = checkpoint.run_dir_of(path)
+    if (run_dir / "summary.json").is_file():
+        print(
+            f"trainkit: the run in {run_dir} has finished (its test metrics are in "
+            "summary.json); nothing to resume. Start a new run to train more.",
+            file=sys.stderr,
+        )
+        sys.exit(0)
+    state = checkpoint.load(path)
+    checkpoint.check_resumable(state["config"], config.to_container(config.effective(cfg)))
 
 
 def _torchrun() -> bool:
@@ -232,6 +356,7 @@ def _train_job(cfg) -> float | None:
     from hydra.types import RunMode
 
     from trainkit import config, sweeps
+    from trainkit.errors import file_system_error
     from trainkit.logging import print_summary
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -240,25 +365,27 @@ def _train_job(cfg) -> float | None:
         summary = _train_in_processes(cfg, run_dir)
     except Exception as error:
         _stop_if_interrupted(error, run_dir)
+        if not isinstance(error, UserError):
+            error = file_system_error(error, str(run_dir)) or error
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             sweeps.record_failure(run_dir, error)  # failed.json: the sweep summary lists it
             return None
         if not isinstance(error, UserError):
             raise
-        _remove_unused_run_dir(run_dir)
-        fail(error)
+        fail(error)  # the CLI removes the run directory if nothing was trained in it
     print_summary(summary, run_dir)
     return sweeps.objective(summary)
 
 
 def _stop_if_interrupted(error: Exception, run_dir: Path) -> None:
     """SIGINT/SIGTERM stopped the run after a step: say how to resume; exit 128 + signal."""
+    from trainkit.overrides import resume_command
     from trainkit.runner import Interrupted
 
     if isinstance(error, Interrupted):
         print(
             f"trainkit: {error} at a step's end; checkpoint saved: {error.checkpoint_path}\n"
-            f"resume with: trainkit train resume={run_dir}",
+            f"resume with: {resume_command(run_dir)}",
             file=sys.stderr,
         )
         sys.exit(128 + error.signal_number)
@@ -279,23 +406,11 @@ def _train_in_processes(cfg, run_dir: Path) -> dict:
     return runner.train(cfg, run_dir)
 
 
-def _remove_unused_run_dir(run_dir: Path) -> None:
-    """A run that failed before training leaves no directory that looks like a run."""
-    import shutil
-
-    if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
-        try:
-            run_dir.parent.rmdir()  # the day's directory, if this was its only run
-        except OSError:
-            pass
-
-
 # --- eval ----------------------------------------------------------------------------------
 
 
 def evaluate(args: list[str]) -> None:
-    """``trainkit eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR]``."""
+    """``trainkit eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR] [plugins=[MODULE]]``."""
     options = {}
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -304,17 +419,53 @@ def evaluate(args: list[str]) -> None:
         options[key] = value
     if "checkpoint" not in options:
         raise UserError("eval needs checkpoint=PATH (a .pt file or a run directory)")
-    checkpoint_path = Path(options.pop("checkpoint")).expanduser()
-    output_dir = options.pop("output_dir", None)
+    from trainkit import checkpoint, rundir
+    from trainkit.registry import load_components
+
+    checkpoint_path = checkpoint.find(Path(options.pop("checkpoint")).expanduser())
+    plugins = _plugins_option(options.pop("plugins", None))
+    given = options.pop("output_dir", None)
+    load_components(plugins)
+    if given is None:  # beside the checkpoint, never over an earlier evaluation's files
+        output_dir = _unused_name(checkpoint_path.parent / f"eval_{checkpoint_path.stem}")
+        key = "output_dir (eval writes beside the checkpoint by default)"
+    else:
+        output_dir, key = Path(given).expanduser(), "output_dir"
+    owned = rundir.claim_new(output_dir, key)
 
     from trainkit import runner
     from trainkit.logging import print_summary, setup_console_logging
 
     setup_console_logging()
-    summary, written_to = runner.evaluate_checkpoint(
-        checkpoint_path, [f"{k}={v}" for k, v in options.items()], output_dir
-    )
-    print_summary(summary, written_to, eval_only=True)
+    try:
+        summary = runner.evaluate_checkpoint(
+            checkpoint_path, [f"{k}={v}" for k, v in options.items()], owned.path, plugins
+        )
+    except BaseException:
+        owned.discard_if_untrained()
+        raise
+    finally:
+        owned.release()
+    print_summary(summary, owned.path, eval_only=True)
+
+
+def _plugins_option(value: str | None) -> list[str]:
+    """``plugins=[a,b]`` (or ``plugins=a``) as given on the command line."""
+    if value is None:
+        return []
+    from trainkit import config
+
+    parsed = config.override_value([f"plugins={value}"], "plugins")
+    return [parsed] if isinstance(parsed, str) else [str(module) for module in parsed or []]
+
+
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... : the first name that is free."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
 
 
 # --- ls ------------------------------------------------------------------------------------

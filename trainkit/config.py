@@ -7,6 +7,7 @@ consume it, so that a mistake fails in one line before a run directory exists.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from trainkit import paths
@@ -95,7 +96,7 @@ def _register_recipe(path: Path) -> None:
     try:
         node = OmegaConf.load(path)
     except Exception as error:  # yaml's errors carry the line and column
-        raise UserError(f"recipe {path} is not valid YAML: {_one_line(str(error))}") from None
+        raise UserError(f"recipe {path} is not valid YAML: {one_line(str(error))}") from None
     if not isinstance(node, DictConfig):
         raise UserError(f"recipe {path} must be a mapping of config keys")
     ConfigStore.instance().store(group="recipe", name=path.stem, node=node, package="_global_")
@@ -139,12 +140,17 @@ def _signature_defaults(registry: Registry, name: str) -> dict[str, Any]:
 # --- composing -----------------------------------------------------------------------------
 
 
-def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
-    """The composed config for ``overrides`` (call ``prepare`` first); UserError on mistakes."""
+def compose(
+    overrides: list[str], config_name: str = "train", with_hydra: bool = False
+) -> DictConfig:
+    """The composed config for ``overrides`` (call ``prepare`` first); UserError on mistakes.
+
+    ``with_hydra``: keep the ``hydra`` node (where the run goes, the launch mode).
+    """
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(paths.config_dir()), version_base="1.3"):
         try:
-            return hydra_compose(config_name, overrides=overrides)
+            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
         except MissingConfigException as error:
             group, _, option = (error.missing_cfg_file or "").rpartition("/")
             options = error.options or _group_options(group)
@@ -157,9 +163,65 @@ def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
             key = _overridden_key(str(error))
             if key is not None:
                 raise UserError(_unknown_key(key, overrides, config_name)) from None
-            raise UserError(_one_line(str(error))) from None
+            raise UserError(one_line(str(error))) from None
         except OmegaConfBaseException as error:
-            raise UserError(_one_line(str(error))) from None
+            raise UserError(one_line(str(error))) from None
+
+
+def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
+    """The config with its ``hydra`` node, which says where the run or sweep goes.
+
+    A sweep (``sweep``: -m) is composed without its swept values, and only its directory and
+    mode are read from it; when the rest does not compose without them (``optimizer=adam,sgd
+    optimizer.betas=[...]``), from the ``hydra.*`` overrides alone.
+    """
+    if not sweep:
+        return compose(overrides, with_hydra=True)
+    parsed = _parse_overrides(overrides)
+    fixed = [text for o, text in zip(parsed, overrides, strict=True) if not o.is_sweep_override()]
+    try:
+        return compose(fixed, with_hydra=True)
+    except UserError:
+        own = [text for text in fixed if text.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        return compose(own, with_hydra=True)
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """The run's own config: ``cfg`` without its ``hydra`` node."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def override_value(overrides: list[str], key: str) -> Any:
+    """The value the last override of ``key`` gives it (parsed as Hydra does), or None."""
+    values = [o.value() for o in _parse_overrides(overrides) if o.key_or_group == key]
+    return values[-1] if values else None
+
+
+def read_overrides(path: Path) -> list[str]:
+    """A run's ``.hydra/overrides.yaml``: the overrides it was started with, read as data."""
+    import yaml
+
+    try:
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"cannot read {path}: {one_line(str(error))}") from None
+    if overrides is None:
+        return []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"{path} is not a list of overrides")
+    return overrides
+
+
+def effective(cfg: DictConfig) -> DictConfig:
+    """The config the run trains with: the settings that regularizers stand for
+    (``regularization=[weight_decay]``: ``optimizer.weight_decay``) written into a copy."""
+    cfg = copy.deepcopy(cfg)
+    for key, node in (cfg.get("regularization") or {}).items():
+        REGULARIZERS.build(node, f"regularization.{key}").configure(cfg)
+    return cfg
 
 
 def _group_options(group: str) -> list[str]:
@@ -206,7 +268,7 @@ def _first_line(message: str) -> str:
     return lines[-2] if len(lines) > 1 and lines[-1].startswith("See ") else lines[0]
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
 
@@ -218,7 +280,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as error:
-        raise UserError(f"cannot resolve the config: {_one_line(str(error))}") from None
+        raise UserError(f"cannot resolve the config: {one_line(str(error))}") from None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -226,7 +288,7 @@ def validate(cfg: DictConfig) -> None:
     # Imported here: they pull in torch, which `trainkit --help` must not wait for.
     from trainkit.data import split_data_node
     from trainkit.logging import LoggerSettings
-    from trainkit.runner import TrainerSettings
+    from trainkit.runner import TrainerSettings, check_devices
     from trainkit.schedulers import split_scheduler_node
     from trainkit.tasks import check_task_loss
 
@@ -252,8 +314,24 @@ def validate(cfg: DictConfig) -> None:
             if not isinstance(node, Mapping):
                 raise UserError(f"{group}.{key} must be a mapping with a name; got {node!r}")
             registry.check(node, f"{group}.{key}")
-    check_params("trainer", _mapping(container, "trainer"), TrainerSettings)
+    trainer = check_params("trainer", _mapping(container, "trainer"), TrainerSettings)
+    check_devices(trainer.get("device", "auto"), trainer.get("devices", 1))
+    _check_fractions(container["data"])
     check_params("logger", _mapping(container, "logger"), LoggerSettings)
+
+
+def _check_fractions(data: Mapping[str, Any]) -> None:
+    """The split fractions leave data to train on (found here, not once the data is read)."""
+    # (a split read from a file of its own, data.val_path say, is not carved from the rest)
+    fractions = [
+        0 if data.get(f"{split}_path") else data.get(f"{split}_fraction") or 0
+        for split in ("val", "test")
+    ]
+    if sum(fractions) >= 1:
+        raise UserError(
+            f"data.val_fraction + data.test_fraction = {sum(fractions):g}; "
+            "they must sum to less than 1 so that some data is left to train on"
+        )
 
 
 def _mapping(container: dict[str, Any], key: str) -> Mapping[str, Any]:

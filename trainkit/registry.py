@@ -313,9 +313,31 @@ def load_components(plugins: Iterable[str] = ()) -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if error.name != module and not module.startswith(f"{error.name}."):
-                raise  # the plugin itself imports something missing: show the real error
+            if error.name == module or module.startswith(f"{error.name}."):
+                raise UserError(
+                    f"plugins: cannot import '{module}'; put {module}.py in the current "
+                    "directory or install the package that provides it"
+                ) from None
             raise UserError(
-                f"plugins: cannot import '{module}'; put {module}.py in the current directory "
-                "or install the package that provides it"
+                f"plugins: '{module}' imports '{error.name}', which is not installed"
             ) from None
+        except Exception as error:
+            raise UserError(
+                f"plugins: importing '{module}' failed{_where(error)}: "
+                f"{type(error).__name__}: {_first_line(error)}"
+            ) from None
+
+
+def _where(error: BaseException) -> str:
+    """`` (at file.py:12)``: the innermost frame of the traceback, where the plugin failed."""
+    frame = error.__traceback__
+    if frame is None:
+        return ""
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return f" (at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno})"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

@@ -111,6 +111,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_devices(device: str, processes: int) -> None:
+    """UserError unless ``trainer.device`` exists here and has ``trainer.devices`` GPUs."""
+    if resolve_device(device).type == "cuda" and processes > torch.cuda.device_count():
+        raise UserError(
+            f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use trainer.devices={torch.cuda.device_count()} or fewer"
+        )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -147,58 +156,6 @@ def build_data(
 
 def build_task(cfg: DictConfig, splits: Splits) -> Task:
     return TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
-
-
-# Keys a resumed run may change: where and how fast it runs, how long, what it logs.
-SAFE_TO_CHANGE_ON_RESUME = (
-    "resume",
-    "trainer.device",
-    "trainer.checkpoint_every",
-    "trainer.keep_last",
-    "trainer.keep_best",
-    "trainer.limit_eval_batches",
-    "trainer.cudnn_benchmark",
-    "data.num_workers",
-    "data.pin_memory",
-    "data.prefetch_factor",
-    "data.on_device",  # like num_workers, it changes which crops and flips are drawn, not how
-    "data.eval_batch_size",
-    "data.on_bad_image",
-    "logger.",
-    "plugins",
-)
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """UserError with a readable diff if ``current`` trains differently from ``saved``."""
-    old, new = _flatten(saved), _flatten(current)
-    changed = [
-        key
-        for key in sorted(old.keys() | new.keys())
-        if old.get(key, "<absent>") != new.get(key, "<absent>")
-        and not any(
-            key == safe or (safe.endswith(".") and key.startswith(safe))
-            for safe in SAFE_TO_CHANGE_ON_RESUME
-        )
-    ]
-    if changed:
-        diff = "; ".join(
-            f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}" for key in changed
-        )
-        safe = ", ".join(k + ("*" if k.endswith(".") else "") for k in SAFE_TO_CHANGE_ON_RESUME)
-        raise UserError(
-            f"resume: the config differs from the run's ({diff}); a resumed run may change "
-            f"only {safe}: start a new run to change the others"
-        )
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: node}
 
 
 def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -420,6 +377,8 @@ class Runner:
         self.skipped_steps = 0
         self.rollbacks = 0
         self.lr_scale = 1.0  # rollbacks multiply the planned lr by this
+        self.earlier_train_time_s = 0.0  # of the run's earlier segments, when it was resumed
+        self._segment_started = time.perf_counter()
         if cfg.get("resume"):
             self.resume(cfg.resume)
 
@@ -592,6 +551,11 @@ class Runner:
         return values
 
     @property
+    def train_time_s(self) -> float:
+        """Seconds spent in ``fit`` so far, over every segment of a resumed run."""
+        return self.earlier_train_time_s + time.perf_counter() - self._segment_started
+
+    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -608,7 +572,7 @@ class Runner:
             f"({len(self.splits.train)} train / {len(self.splits.val)} val / "
             f"{len(self.splits.test)} test) on {self.device}"
         )
-        started = time.perf_counter()
+        self._segment_started = time.perf_counter()
         if self.settings.nonfinite == "rollback" and self.step == 0:
             self.save_checkpoints("step_0000000.pt")  # a good state before the first step
         with stop_on_signals(self):
@@ -638,7 +602,7 @@ class Runner:
                 if stop:
                     log.info(f"early stopping: {self.monitor} has not improved for a while")
                     break
-        return self.test(train_time_s=time.perf_counter() - started)
+        return self.test(train_time_s=self.train_time_s)
 
     def _recover(self, error: NonFinite) -> None:
         """After a non-finite loss or gradient: roll back to last.pt with a lower lr (with
@@ -653,7 +617,9 @@ class Runner:
             self.rollbacks += 1
             scale = self.lr_scale * self.settings.nonfinite_lr_factor
             state = checkpoint.load(last, map_location=self.device)
+            spent = self.train_time_s  # the steps rolled back took time all the same
             self.load_state_dict(state)
+            self.earlier_train_time_s = spent
             self.scheduler.scale(scale / state.get("lr_scale", 1.0))
             self.lr_scale = scale
             log.warning(
@@ -731,6 +697,7 @@ class Runner:
             "epoch_progress": self._progress_now(),
             "epoch_start_lr": self.epoch_start_lr,
             "lr_scale": self.lr_scale,
+            "train_time_s": self.train_time_s,
             "best_value": self.best_value,
             "best_record": self.best_record,
             "best_epochs": self.best_epochs,
@@ -752,6 +719,8 @@ class Runner:
         self.epoch_progress = state.get("epoch_progress")
         self.epoch_start_lr = state.get("epoch_start_lr", self.lr)
         self.best_value, self.best_record = state["best_value"], state["best_record"]
+        self.earlier_train_time_s = state.get("train_time_s", 0.0)
+        self._segment_started = time.perf_counter()
         self.best_epochs = [tuple(pair) for pair in state.get("best_epochs", [])]
         set_rng_state(state["rng"])
         self.loaders["train"].generator.set_state(state["train_generator"])
@@ -772,12 +741,13 @@ class Runner:
         every piece of state, after checking that the config trains the same way."""
         path = checkpoint.find(path, "last.pt")
         state = checkpoint.load(path, map_location=self.device)
-        check_resumable(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        checkpoint.check_resumable(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        checkpoint.load_weights(self.model, state["model"], path, "this run's model")
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise UserError(f"checkpoint {path} does not fit this run's model: {first}") from None
+            raise UserError(f"checkpoint {path} does not fit this run: {first}") from None
         self.resumed_from = path
 
     def save_checkpoints(self, name: str, monitored: float | None = None) -> None:
@@ -832,12 +802,7 @@ def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[st
 
     The config is composed once, here, and handed to every worker: one run, one directory.
     """
-    device = resolve_device(cfg.trainer.device)
-    if device.type == "cuda" and processes > torch.cuda.device_count():
-        raise UserError(
-            f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
-            f"use trainer.devices={torch.cuda.device_count()} or fewer"
-        )
+    check_devices(cfg.trainer.device, processes)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -854,9 +819,9 @@ def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[st
         raise
 
 
-def config_from(container: dict[str, Any]) -> DictConfig:
-    """A config handed over as plain data (to a worker, in a checkpoint), with the plugins it
-    names loaded, so its components can be built in this process."""
+def config_from_main_process(container: dict[str, Any]) -> DictConfig:
+    """The config the main process handed over as plain data (to a DDP worker, a torchrun
+    follower), with the plugins its command line named imported here too."""
     cfg = OmegaConf.create(container)
     load_components(cfg.get("plugins") or [])
     return cfg
@@ -873,7 +838,7 @@ def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any
     setup_worker_logging(Path(run_dir), distributed.is_main_process())
     # The processes share the machine's cores instead of each starting a thread per core.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
-    return record(train)(config_from(container), Path(run_dir))
+    return record(train)(config_from_main_process(container), Path(run_dir))
 
 
 def follow_main_process() -> None:
@@ -883,22 +848,30 @@ def follow_main_process() -> None:
 
     container, run_dir = distributed.broadcast_from_main(None)
     setup_worker_logging(Path(run_dir), main=False)
-    train(config_from(container), Path(run_dir))
+    train(config_from_main_process(container), Path(run_dir))
 
 
 def evaluate_checkpoint(
-    path: Path, overrides: list[str], output_dir: str | Path | None = None
-) -> tuple[dict[str, Any], Path]:
-    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it.
+    path: Path, overrides: list[str], output_dir: Path, plugins: list[str]
+) -> dict[str, Any]:
+    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it;
+    write summary.json and predictions.csv into ``output_dir`` and return the summary.
 
-    Writes summary.json and predictions.csv to ``output_dir``, by default a directory
-    ``eval_<checkpoint name>`` beside the checkpoint. Returns the summary and that directory.
+    ``plugins``: the modules this command line named (imported already). A checkpoint whose
+    run used others is refused: a file never decides what code is imported.
     """
     from trainkit import config
 
     path = checkpoint.find(path)
     state = checkpoint.load(path)
-    cfg = config_from(state["config"])
+    cfg = OmegaConf.create(state["config"])
+    needed = [str(module) for module in cfg.get("plugins") or []]
+    if any(module not in plugins for module in needed):
+        listed = "[" + ",".join(needed) + "]"
+        raise UserError(
+            f"checkpoint {path} was trained with plugins={listed}, and trainkit imports only "
+            f"the modules named on its command line; add plugins={listed} if you trust them"
+        )
     for override in overrides:
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
@@ -912,22 +885,16 @@ def evaluate_checkpoint(
     splits, loaders = build_data(cfg, settings.seed, device=device)
     task = build_task(cfg, splits)
     model = build_model(cfg, splits, task)
-    try:
-        model.load_state_dict(state["evaluation_model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"checkpoint {path} does not fit model {cfg.model.name}: {first}") from None
+    checkpoint.load_weights(model, state["evaluation_model"], path, f"model {cfg.model.name}")
     loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
     metrics = task.metrics(per_class=True).to(device)
     values, outputs = evaluate(
         model.to(device), loaders["test"], loss_fn, task, metrics, device, "test", keep_outputs=True
     )
     summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
-    output_dir = Path(output_dir) if output_dir else path.parent / f"eval_{path.stem}"
-    output_dir.mkdir(parents=True, exist_ok=True)
     task.write_predictions(output_dir / "predictions.csv", outputs)
     checkpoint.save_json(summary, output_dir / "summary.json")
-    return summary, output_dir
+    return summary
 
 
 _ABSENT = object()

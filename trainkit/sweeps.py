@@ -261,6 +261,27 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
 
 
+def fail_if_jobs_failed(sweep_dir: Path) -> None:
+    """End a sweep whose jobs did not all succeed with one line on stderr and exit status 1
+    (a mistake in the command itself is status 2): how many failed and where to read why."""
+    import sys
+
+    jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+    failed = [job for job in jobs if job.status != "ok"]
+    if not failed:
+        return
+    files = [
+        str(job.dir / FAILED_FILE) if (job.dir / FAILED_FILE).is_file() else str(job.dir)
+        for job in failed
+    ]
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    print(
+        f"trainkit: error: {len(failed)} of {len(jobs)} jobs failed; why: {shown}",
+        file=sys.stderr,
+    )
+    sys.exit(1)
+
+
 def _nan_to_none(value: Any) -> Any:
     """NaN and infinities as empty CSV cells and JSON nulls (JSON has no NaN)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -1,0 +1,256 @@
+"""Run and sweep directories that trainkit owns.
+
+A run writes only into a directory that this invocation made, or one that was empty, or (to
+resume) the directory of its own earlier run. A lock held while it writes keeps a second
+process out. A run that fails before it has trained removes what this invocation made, and
+nothing else: never a directory that was there before, never a file it did not write.
+
+Nothing here imports torch: the CLI claims the directory before anything heavy is built.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from trainkit.errors import UserError
+from trainkit.paths import check_writable
+
+LOCK_FILE = ".trainkit.lock"
+
+# What trainkit writes into a directory it owns: removed when a command fails before a
+# checkpoint exists (before which nothing is worth keeping), and only those names.
+_WRITTEN_BEFORE_TRAINING = (
+    ".hydra",
+    "train.log",
+    "metrics.jsonl",
+    "failed.json",
+    "predictions.csv",
+    "summary.json",
+)
+_EVENTS_PREFIX = "events.out.tfevents."
+
+
+class OwnedDirectory:
+    """A run or sweep directory this process holds the lock of, and what it made for it."""
+
+    def __init__(self, path: Path, made: list[Path], lock: int, new: bool):
+        """``made``: the directories this invocation made for it, outermost first; ``new``:
+        whether it holds only what this invocation writes (not so for a resumed run)."""
+        self.path, self.made, self._lock, self.new = path, made, lock, new
+
+    def release(self) -> None:
+        """Give the lock up (its file goes: this invocation wrote it)."""
+        if self._lock < 0:
+            return
+        try:
+            os.unlink(self.path / LOCK_FILE)
+        except OSError:
+            pass  # already gone with a discarded directory
+        os.close(self._lock)  # closing the descriptor releases the lock
+        self._lock = -1
+
+    def discard_if_untrained(self) -> bool:
+        """After a failure: if this is a new directory and no checkpoint was written (no job
+        ran, for a sweep), remove what this invocation wrote here, then the directories it
+        made, innermost first, where they are empty. Returns whether it did."""
+        trained = (self.path / "checkpoints").exists() or _has_job_dirs(self.path)
+        if not self.new or trained:
+            self.release()
+            return False
+        for entry in _listdir(self.path):
+            if entry in _WRITTEN_BEFORE_TRAINING or entry.startswith(_EVENTS_PREFIX):
+                target = self.path / entry
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+        self.release()
+        remove_made(self.made)
+        return True
+
+
+def claim_new(path: str | Path, key: str, continue_study: bool = False) -> OwnedDirectory:
+    """Make the directory ``path`` for a new run (or sweep) and lock it.
+
+    An existing directory is used only when it is empty (or, with ``continue_study``, when it
+    holds the Optuna study that a sweep continues). ``key`` is the config key that names it
+    (``hydra.run.dir``); every refusal says which key to set, and changes nothing on disk.
+    """
+    check_writable(Path(path).expanduser(), key)
+    path = Path(path).expanduser().absolute()
+    made = _make_parents(path.parent, key)
+    try:
+        os.mkdir(path)
+        made.append(path)
+    except FileExistsError:
+        if not path.is_dir():
+            remove_made(made)
+            raise UserError(f"{key}={path} is a file, not a directory; name a new directory")
+    except OSError as error:
+        remove_made(made)
+        raise _cannot_make(path, key, error) from None
+    lock = _lock(path, key, made)
+    if path not in made:
+        entries = sorted(e for e in _listdir(path) if e != LOCK_FILE)
+        if entries and not (continue_study and "optuna.db" in entries):
+            _unlock(path, lock)
+            raise UserError(_not_empty(path, key, entries))
+    return OwnedDirectory(path, made, lock, new=True)
+
+
+def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
+    """Lock an existing run's directory to continue writing it (``resume=``)."""
+    path = Path(run_dir).absolute()
+    return OwnedDirectory(path, [], _lock(path, key, []), new=False)
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the directories in ``made`` (outermost first) that are empty, innermost first."""
+    for directory in reversed(made):
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # something is in it that this invocation did not make: keep it and above
+
+
+def in_use_message(path: Path, key: str) -> str | None:
+    """Who holds the lock of ``path``, as a sentence, or None when nobody does."""
+    lock_file = path / LOCK_FILE
+    try:
+        descriptor = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except OSError:
+        return _holder_message(path, key, lock_file)
+    finally:
+        os.close(descriptor)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _has_job_dirs(path: Path) -> bool:
+    """A sweep directory with at least one job directory in it (kept: it has failed.json)."""
+    return any((path / entry / ".hydra").is_dir() for entry in _listdir(path))
+
+
+def _make_parents(directory: Path, key: str) -> list[Path]:
+    """Make ``directory`` and any missing ancestors; the ones made, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    made: list[Path] = []
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue  # another process made it meanwhile: not ours
+        except OSError as error:
+            remove_made(made)
+            raise _cannot_make(directory, key, error) from None
+        made.append(directory)
+    return made
+
+
+def _cannot_make(path: Path, key: str, error: OSError) -> UserError:
+    if error.errno == errno.ENAMETOOLONG:
+        longest = max(path.parts, key=lambda part: len(part.encode()))
+        return UserError(
+            f"{key}={path}: the name {longest[:40]!r}... ({len(longest.encode())} bytes) is "
+            "longer than the file system allows (usually 255 bytes); choose a shorter name"
+        )
+    reason = (error.strerror or type(error).__name__).lower()
+    return UserError(f"cannot make {path} ({reason}); set {key}=SOMEWHERE_WRITABLE")
+
+
+def _lock(path: Path, key: str, made: list[Path]) -> int:
+    """Take the directory's lock, or raise UserError naming the process that holds it.
+
+    The lock is an flock on ``LOCK_FILE``, which holds who took it. A lock file whose
+    holder has ended is taken over: the kernel drops a dead process's flock.
+    """
+    lock_file = path / LOCK_FILE
+    while True:
+        try:
+            descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            remove_made(made)
+            raise _cannot_make(lock_file, key, error) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            remove_made(made)
+            raise UserError(_holder_message(path, key, lock_file)) from None
+        # The holder before us may have unlinked the file between our open and our flock:
+        # then we hold a lock on a file nobody else will open. Try again on the new one.
+        try:
+            same = os.stat(lock_file).st_ino == os.fstat(descriptor).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(descriptor)
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["trainkit", *sys.argv[1:]])[:500],
+    }
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, (json.dumps(holder) + "\n").encode())
+    except OSError as error:
+        _unlock(path, descriptor)
+        remove_made(made)
+        raise _cannot_make(lock_file, key, error) from None
+    return descriptor
+
+
+def _unlock(path: Path, descriptor: int) -> None:
+    try:
+        os.unlink(path / LOCK_FILE)
+    except OSError:
+        pass
+    os.close(descriptor)
+
+
+def _holder_message(path: Path, key: str, lock_file: Path) -> str:
+    try:
+        holder = json.loads(lock_file.read_text())
+        who = f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "another process"
+    return (
+        f"{key}={path} is being written by {who}; wait for it to end, or name another "
+        "directory"
+    )
+
+
+def _not_empty(path: Path, key: str, entries: list[str]) -> str:
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    if ".hydra" in entries:
+        return (
+            f"{key}={path} holds a run already; continue it with `trainkit train "
+            f"resume={path}`, or name a new directory"
+        )
+    return f"{key}={path} is not empty (it holds {shown}); name a new or empty directory"
