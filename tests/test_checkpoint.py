@@ -258,7 +258,7 @@ def test_a_full_disk_says_so_in_one_line_and_keeps_the_previous_checkpoint(tmp_p
     with pytest.raises(UserError) as error:
         checkpoint.save(make_state(), path)
     assert str(error.value) == (
-        f"cannot write checkpoint {path} (No space left on device); "
+        f"cannot write checkpoint {path} (no space left on the device; free some space); "
         "the previous checkpoint is intact"
     )
     assert path.read_bytes() == before

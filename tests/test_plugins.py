@@ -50,7 +50,9 @@ def test_plugin_module_from_the_command_line(tmp_path):
     refused = run_trainkit("eval", f"checkpoint={run_dir}", cwd=tmp_path)
     assert refused.returncode == 2
     assert refused.stderr.endswith("add plugins=[my_components] if you trust them\n")
-    evaluated = run_trainkit("eval", f"checkpoint={run_dir}", "plugins=[my_components]", cwd=tmp_path)
+    evaluated = run_trainkit(
+        "eval", f"checkpoint={run_dir}", "plugins=[my_components]", cwd=tmp_path
+    )
     assert evaluated.returncode == 0, evaluated.stderr
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainkit.errors import UserError
+from trainkit.errors import UserError, file_system_reason
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -53,11 +53,12 @@ def save(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     try:
         _write_atomically(path, lambda handle: torch.save(state, handle))
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # torch wraps the OSError of a full disk
+        reason = file_system_reason(error)
+        if reason is None:
+            raise
         kept = "the previous checkpoint is intact" if path.exists() else "nothing was written"
-        raise UserError(
-            f"cannot write checkpoint {path} ({error.strerror or error}); {kept}"
-        ) from None
+        raise UserError(f"cannot write checkpoint {path} ({reason}); {kept}") from None
 
 
 def write_text_atomically(text: str, path: str | Path) -> None:

@@ -85,11 +85,25 @@ def prepare(overrides: list[str]) -> list[str]:
 
 def _parse_overrides(overrides: list[str]):
     try:
-        return OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as error:
-        raise UserError(
-            f"cannot parse override {error.override!r}: {_first_line(error.message)}"
-        ) from None
+        raise UserError(_unparsable(error)) from None
+    for override, text in zip(parsed, overrides, strict=True):
+        if not override.key_or_group:
+            raise UserError(f"override {text!r} has no key; write KEY=VALUE, e.g. optimizer.lr=0.1")
+    return parsed
+
+
+def _unparsable(error: OverrideParseException) -> str:
+    """Hydra's complaint in one line, and, for a value it cannot read as it is, how to quote
+    it (a path with spaces, brackets, commas or letters outside ASCII)."""
+    message = f"cannot parse override {error.override!r}: {_first_line(error.message)}"
+    key, sep, value = str(error.override).partition("=")
+    if sep and key and value and not value.startswith(("'", '"', "[", "{")):
+        from trainkit.overrides import command, override
+
+        message += f"; to pass the value as it is, quote it: {command(override(key, value))}"
+    return message
 
 
 def _register_recipe(path: Path) -> None:
@@ -156,15 +170,13 @@ def compose(
             options = error.options or _group_options(group)
             raise UserError(_unknown_option(group, option, options)) from None
         except OverrideParseException as error:
-            raise UserError(
-                f"cannot parse override {error.override!r}: {_first_line(error.message)}"
-            ) from None
+            raise UserError(_unparsable(error)) from None
         except HydraException as error:
             key = _overridden_key(str(error))
             if key is not None:
                 raise UserError(_unknown_key(key, overrides, config_name)) from None
             raise UserError(one_line(str(error))) from None
-        except OmegaConfBaseException as error:
+        except (OmegaConfBaseException, ValueError) as error:
             raise UserError(one_line(str(error))) from None
 
 
@@ -264,8 +276,10 @@ def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
 
 
 def _first_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[-2] if len(lines) > 1 and lines[-1].startswith("See ") else lines[0]
+    """The line of a Hydra message that says what is wrong (not its ``^`` marker or link)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip(" ^\t")]
+    lines = [line for line in lines if not line.startswith("See ")]
+    return lines[-1] if lines else message.strip()
 
 
 def one_line(message: str) -> str:

@@ -26,24 +26,28 @@ class UserError(Exception):
     """
 
 
-def file_system_error(error: BaseException, where: str = "") -> UserError | None:
-    """A UserError for an OSError of the file system (or torch's RuntimeError around one,
-    which torch.save raises on a full disk), naming the file; None for anything else.
-
-    ``where`` names what was being written when the error has no file name of its own.
-    """
+def file_system_reason(error: BaseException) -> str | None:
+    """Why the file system refused, for an OSError of the file system (or torch's
+    RuntimeError around one, which torch.save raises on a full disk); None for anything else
+    (a bug, not the user's to fix)."""
     cause: BaseException | None = error
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, OSError) and cause.errno in _FILE_SYSTEM_ERRORS:
-        target = cause.filename or where
-        reason = _FILE_SYSTEM_ERRORS[cause.errno]
-        return UserError(f"cannot write {target}: {reason}" if target else f"{reason}")
-    text = str(error)
-    if isinstance(error, RuntimeError) and ("write failed" in text or "No space left" in text):
-        # torch's C++ writer says only that writing failed; the usual reason is space.
-        return UserError(
-            f"cannot write {where or 'a file'}: the write failed (is the disk full?); "
-            "free some space"
-        )
+        return _FILE_SYSTEM_ERRORS[cause.errno]
+    if isinstance(error, RuntimeError) and "No space left" in str(error):
+        return _FILE_SYSTEM_ERRORS[errno.ENOSPC]
     return None
+
+
+def file_system_error(error: BaseException, where: str) -> UserError | None:
+    """A one-line UserError for a file-system error (see ``file_system_reason``), naming the
+    file it names, or ``where``; None for anything else."""
+    reason = file_system_reason(error)
+    if reason is None:
+        return None
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    target = getattr(cause, "filename", None) or where
+    return UserError(f"cannot write {target}: {reason}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import os
 import sys
 import types
@@ -40,6 +41,7 @@ class Range:
     ge: float | None = None
     lt: float | None = None
     le: float | None = None
+    finite: bool = True  # False: inf is allowed too (a norm's order, say)
 
     def describe(self) -> str:
         parts = [
@@ -93,7 +95,9 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         base, *extras = typing.get_args(annotation)
-        check_value(key, value, base)
+        infinite_allowed = any(isinstance(b, Range) and not b.finite for b in extras)
+        if not (infinite_allowed and isinstance(value, float) and math.isinf(value)):
+            check_value(key, value, base)
         for bound in extras:
             if isinstance(bound, Range) and not bound.allows(value):
                 raise UserError(f"{key}={value!r} is out of range: it must be {bound.describe()}")
@@ -132,6 +136,8 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
         return
     if annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise UserError(f"{key}={value!r} is not a finite number; give a number such as 0.1")
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is type(None):

@@ -74,7 +74,7 @@ class GradClip(Regularizer):
         self,
         max_norm: PositiveFloat = 1.0,
         by: Literal["norm", "value"] = "norm",
-        norm_type: PositiveFloat = 2.0,
+        norm_type: Annotated[float, Range(gt=0, finite=False)] = 2.0,  # inf: the max norm
     ):
         self.max_norm, self.by, self.norm_type = max_norm, by, norm_type
 

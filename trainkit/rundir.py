@@ -34,6 +34,7 @@ _WRITTEN_BEFORE_TRAINING = (
     "failed.json",
     "predictions.csv",
     "summary.json",
+    "checkpoints",  # (removed only while it holds no checkpoint)
 )
 _EVENTS_PREFIX = "events.out.tfevents."
 
@@ -61,7 +62,7 @@ class OwnedDirectory:
         """After a failure: if this is a new directory and no checkpoint was written (no job
         ran, for a sweep), remove what this invocation wrote here, then the directories it
         made, innermost first, where they are empty. Returns whether it did."""
-        trained = (self.path / "checkpoints").exists() or _has_job_dirs(self.path)
+        trained = any((self.path / "checkpoints").glob("*.pt")) or _has_job_dirs(self.path)
         if not self.new or trained:
             self.release()
             return False
@@ -93,7 +94,9 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
     except FileExistsError:
         if not path.is_dir():
             remove_made(made)
-            raise UserError(f"{key}={path} is a file, not a directory; name a new directory")
+            raise UserError(
+                f"{key}={path} is a file, not a directory; name a new directory"
+            ) from None
     except OSError as error:
         remove_made(made)
         raise _cannot_make(path, key, error) from None
@@ -240,10 +243,7 @@ def _holder_message(path: Path, key: str, lock_file: Path) -> str:
         who = f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
     except (OSError, ValueError, KeyError, TypeError):
         who = "another process"
-    return (
-        f"{key}={path} is being written by {who}; wait for it to end, or name another "
-        "directory"
-    )
+    return f"{key}={path} is being written by {who}; wait for it to end, or name another directory"
 
 
 def _not_empty(path: Path, key: str, entries: list[str]) -> str:

@@ -504,12 +504,16 @@ class Runner:
                 if self.settings.nonfinite == "rollback":
                     raise NonFinite(f"the gradient norm is {norm.item()}")
                 self.skipped_steps += 1
+                if self.skipped_steps > self.settings.nonfinite_max_skips:
+                    raise NonFinite(
+                        f"{self.skipped_steps} non-finite updates, more than "
+                        f"trainer.nonfinite_max_skips={self.settings.nonfinite_max_skips}"
+                    )
+                batch = (self.epoch_progress or {}).get("batches", 0)
                 log.warning(
-                    f"skipped a non-finite update at epoch {self.epoch + 1}, step {self.step + 1} "
+                    f"skipped a non-finite update at epoch {self.epoch + 1}, batch {batch} "
                     f"({self.skipped_steps} of at most {self.settings.nonfinite_max_skips})"
                 )
-                if self.skipped_steps > self.settings.nonfinite_max_skips:
-                    raise NonFinite("too many non-finite updates were skipped")
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
         for regularizer in self.regularizers:
@@ -627,9 +631,17 @@ class Runner:
                 f"(rollback {self.rollbacks} of {self.settings.nonfinite_max_rollbacks})"
             )
             return
+        # Say what else to try: not the setting that is on already.
+        after, alternative = "", ", or set trainer.nonfinite=skip or rollback"
+        if self.settings.nonfinite == "skip":
+            alternative = ", or set trainer.nonfinite=rollback"
+        elif self.settings.nonfinite == "rollback":
+            limit = self.settings.nonfinite_max_rollbacks
+            after = f" after {self.rollbacks} rollbacks (trainer.nonfinite_max_rollbacks={limit})"
+            alternative = ""
         raise UserError(
-            f"training diverged: {error} at {where}; lower optimizer.lr, add "
-            "regularization=[grad_clip], or set trainer.nonfinite=skip or rollback"
+            f"training diverged{after}: {error} at {where}; lower optimizer.lr or add "
+            f"regularization=[grad_clip]{alternative}"
         )
 
     def _update_best(self, record: dict[str, Any]) -> bool:

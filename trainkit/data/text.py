@@ -8,6 +8,7 @@ test counts as unknown, as it would for new text after training.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import Counter
@@ -41,6 +42,7 @@ def text_csv(
     val_fraction: Probability = 0.15,
     test_fraction: Probability = 0.15,
     seed: int = 0,
+    encoding: str = "utf-8",
 ) -> Splits:
     """Texts and labels from a .csv, .tsv or .jsonl file; inputs are LongTensors (max_len,).
 
@@ -51,7 +53,11 @@ def text_csv(
     Raises UserError for a missing or empty file, a missing column, or a val/test label
     that the train split lacks.
     """
-    texts, labels = _read(path, "data.path", text_column, label_column)
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise UserError(f"data.encoding={encoding!r} is not an encoding Python knows") from None
+    texts, labels = _read(path, "data.path", text_column, label_column, encoding)
     # A split with a file of its own is not carved from `path`.
     carved_val = 0.0 if val_path else val_fraction
     carved_test = 0.0 if test_path else test_fraction
@@ -65,7 +71,7 @@ def text_csv(
     for split_name, split_path in (("val", val_path), ("test", test_path)):
         if split_path:
             key = f"data.{split_name}_path"
-            split_texts, split_labels = _read(split_path, key, text_column, label_column)
+            split_texts, split_labels = _read(split_path, key, text_column, label_column, encoding)
             rows = np.arange(len(split_labels))
             splits[split_name] = (split_texts, split_labels, rows, f"{key}={split_path}")
 
@@ -109,18 +115,21 @@ def text_csv(
 # --- reading files -------------------------------------------------------------------------
 
 
-def _read(path: str, key: str, text_column: str, label_column: str) -> tuple[list, list]:
+def _read(
+    path: str, key: str, text_column: str, label_column: str, encoding: str
+) -> tuple[list, list]:
     """The texts and labels (as strings) of one file; ``key`` names it in errors."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise UserError(f"{key}={path}: no such file")
     suffix = file.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        rows, columns = _read_csv(file, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix == ".jsonl":
-        rows, columns = _read_jsonl(file, key, path)
-    else:
+    if suffix not in (".csv", ".tsv", ".jsonl"):
         raise UserError(f"{key}={path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl")
+    text = _decode(file, key, path, encoding)
+    if suffix == ".jsonl":
+        rows, columns = _read_jsonl(text, key, path)
+    else:
+        rows, columns = _read_csv(text, "\t" if suffix == ".tsv" else ",", key, path)
     if not rows:
         raise UserError(f"{key}={path} is empty: it has no rows")
     for option, column in (("text_column", text_column), ("label_column", label_column)):
@@ -139,28 +148,49 @@ def _read(path: str, key: str, text_column: str, label_column: str) -> tuple[lis
     return texts, labels
 
 
-def _read_csv(file: Path, delimiter: str) -> tuple[list[dict], list[str]]:
-    # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first name.
-    with open(file, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
+def _decode(file: Path, key: str, path: str, encoding: str) -> str:
+    """The whole file as text; UserError naming the byte that is not ``encoding``."""
+    data = file.read_bytes()
+    try:
+        # utf-8-sig: a byte-order mark (Excel writes one) must not become part of a name.
+        return data.decode(
+            "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding
+        )
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{key}={path} is not {encoding} text: byte 0x{data[error.start]:02x} at offset "
+            f"{error.start} (line {line}); save it as UTF-8, or set data.encoding to its "
+            "encoding (latin-1, cp1252, ...)"
+        ) from None
+
+
+def _read_csv(text: str, delimiter: str, key: str, path: str) -> tuple[list[dict], list[str]]:
+    # Python's csv refuses fields over 128 KiB by default; a long review is not a mistake.
+    csv.field_size_limit(2**31 - 1)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
         rows = list(reader)
-        return rows, list(reader.fieldnames or [])
+    except csv.Error as error:
+        raise UserError(
+            f"{key}={path}: line {reader.line_num} is not valid CSV ({error})"
+        ) from None
+    return rows, list(reader.fieldnames or [])
 
 
-def _read_jsonl(file: Path, key: str, path: str) -> tuple[list[dict], list[str]]:
+def _read_jsonl(text: str, key: str, path: str) -> tuple[list[dict], list[str]]:
     rows, columns = [], {}  # a dict keeps the keys in the order they first appear
-    with open(file, encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{key}={path}: line {number} is not JSON ({error})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{key}={path}: line {number} is not a JSON object")
-            rows.append(row)
-            columns.update(dict.fromkeys(row))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{key}={path}: line {number} is not JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{key}={path}: line {number} is not a JSON object")
+        rows.append(row)
+        columns.update(dict.fromkeys(row))
     return rows, list(columns)
 
 

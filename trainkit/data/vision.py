@@ -453,6 +453,11 @@ def imagefolder(
         classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
         raise UserError(f"data imagefolder: {train_dir} has no class folders; {layout}")
+    if len(classes) == 1:
+        raise UserError(
+            f"data imagefolder: {train_dir} has one class folder ({classes[0]}); classification "
+            f"needs at least 2; {layout}"
+        )
     train_files, train_targets = _folder_images(train_dir, classes, layout)
     empty = sorted(set(range(len(classes))) - set(train_targets))
     if empty:
