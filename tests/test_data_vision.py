@@ -286,10 +286,15 @@ def test_pixels_are_normalized_with_mean_and_std(tmp_path):
     Image.new("RGB", (30, 20), (255, 0, 51)).save(folder / "a.png")
     (tmp_path / "val" / "red").mkdir(parents=True)
     Image.new("L", (30, 20), 255).save(tmp_path / "val" / "red" / "grey.png")
+    for split in ("train", "val"):  # (classification needs a second class)
+        (tmp_path / split / "blue").mkdir()
+        Image.new("RGB", (30, 20), (0, 0, 255)).save(tmp_path / split / "blue" / "b.png")
     splits = folder_splits(tmp_path, mean=[0.5, 0.5, 0.5], std=[0.5, 0.25, 0.2], val_fraction=0.0)
-    image = splits.train[0][0]
+    red = splits.class_names.index("red")
+    (image,) = [x for x, y, _ in (splits.train[i] for i in range(len(splits.train))) if y == red]
     assert torch.allclose(image[:, 0, 0], torch.tensor([1.0, -2.0, -1.5]), atol=1e-5)
-    assert splits.test[0][0].shape == (3, 16, 16)  # grey images are converted to RGB
+    # grey images are converted to RGB
+    assert [splits.test[i][0].shape for i in range(len(splits.test))] == [(3, 16, 16)] * 2
 
 
 def test_the_train_transform_gets_the_whole_resized_image_and_is_cropped(tmp_path):

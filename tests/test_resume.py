@@ -161,9 +161,15 @@ def test_resume_mistakes_are_one_line(tmp_path):
     assert result.stderr.strip() == "trainkit: error: checkpoint nowhere does not exist"
     result = run_trainkit("train", *RUN, "trainer.max_epochs=1", cwd=tmp_path)
     (run_dir,) = run_dirs(tmp_path)
-    before = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "summary.json").unlink()  # as if it had been stopped after its checkpoint
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = run_trainkit("train", f"resume={run_dir}", "optimizer.lr=0.5", cwd=tmp_path)
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("trainkit: error: resume: the config differs from the run's")
-    assert (run_dir / "metrics.jsonl").read_text() == before  # nothing written is lost
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before  # nothing of the run is touched, .hydra/ included
+    # ... so the plain resume command still works afterwards.
+    result = run_trainkit("train", f"resume={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "summary.json").is_file()

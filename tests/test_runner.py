@@ -105,7 +105,8 @@ def test_ema_is_validated_checkpointed_and_evaluated(tmp_path):
         if best["model"][k].is_floating_point()
     ]
     assert any(differs)  # validation and test saw the average, not the raw weights
-    evaluated, _ = evaluate_checkpoint(tmp_path / "run", [], tmp_path / "eval")
+    (tmp_path / "eval").mkdir()
+    evaluated = evaluate_checkpoint(tmp_path / "run", [], tmp_path / "eval", plugins=[])
     assert evaluated["test/acc"] == pytest.approx(summary["test/acc"], abs=1e-6)
     assert evaluated["test/loss"] == pytest.approx(summary["test/loss"], abs=1e-6)
 

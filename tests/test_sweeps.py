@@ -40,7 +40,7 @@ def grid_sweep(tmp_path_factory):
     """Three jobs; the middle one has a negative lr, which fails when the job validates."""
     cwd = tmp_path_factory.mktemp("grid_sweep")
     result = run_trainkit("train", "-m", "optimizer.lr=0.05,-1,0.2", *TINY, cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # a job failed: status 1
     return only_sweep_dir(cwd), result
 
 
@@ -56,6 +56,10 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(grid_sweep):
     assert "job 1 failed: optimizer.lr=-1 is out of range" in result.stdout + result.stderr
     for job in ("0", "2"):
         assert (sweep_dir / job / "summary.json").is_file()
+    # The sweep ends saying so: how many failed, where to read why (CI sees the status).
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"trainkit: error: 1 of 3 jobs failed; why: {sweep_dir / '1' / 'failed.json'}"
+    )
 
 
 def test_the_summary_ranks_the_jobs_by_the_monitored_metric(grid_sweep):
@@ -195,7 +199,7 @@ def test_a_nan_trial_fails_and_a_rerun_continues_the_study(tmp_path):
     first = run_trainkit(
         *sweep, "hydra.sweeper.n_trials=1", "optimizer.lr=1e30", *monitor, cwd=tmp_path
     )
-    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.returncode == 1, first.stdout + first.stderr  # its one trial failed
     sweep_dir = tmp_path / "sweep"
     study = load_study(sweep_dir)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE  # val/loss
@@ -207,7 +211,7 @@ def test_a_nan_trial_fails_and_a_rerun_continues_the_study(tmp_path):
     second = run_trainkit(
         *sweep, "hydra.sweeper.n_trials=2", "optimizer.lr=0.05", *monitor, cwd=tmp_path
     )
-    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.returncode == 0, second.stdout + second.stderr  # (trial 0 failed before)
     study = load_study(sweep_dir)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]

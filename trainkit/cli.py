@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
             names = ", ".join(commands)
             raise UserError(f"unknown command '{command}'; {did_you_mean}commands: {names}")
-        commands[command](args)
+        with _interrupted_by_signals():
+            commands[command](args)
     except UserError as error:
         fail(error)
     except (KeyboardInterrupt, Terminated) as error:  # a second Ctrl-C, or before training
@@ -127,7 +128,16 @@ def train(args: list[str]) -> None:
     # Hydra, the data set), and Python's cyclic garbage collector would walk them all again
     # and again: about 0.6 s before the first step. It is off until training starts, when
     # runner.train freezes what exists (never walked again) and turns it back on.
+    collecting = gc.isenabled()
     gc.disable()
+    try:
+        _train(args)
+    finally:
+        if collecting:  # (a run that failed before training; or train() called in-process)
+            gc.enable()
+
+
+def _train(args: list[str]) -> None:
     from trainkit import checkpoint, config, rundir, sweeps
     from trainkit.overrides import override
 
@@ -150,6 +160,7 @@ def train(args: list[str]) -> None:
             )
         continues = any(o.lstrip("+").startswith("hparams_search=") for o in rewritten)
         owned = rundir.claim_new(launch.hydra.sweep.dir, "hydra.sweep.dir", continues)
+        earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
         passed_on.append(override("hydra.sweep.dir", str(owned.path)))
     else:
         cfg = config.without_hydra(launch)
@@ -167,7 +178,7 @@ def train(args: list[str]) -> None:
     sys.argv = ["trainkit train", *flags, *passed_on]
     _run_in_directory(owned)
     if _multirun(flags) or launch.hydra.mode == "MULTIRUN":
-        sweeps.fail_if_jobs_failed(owned.path)
+        sweeps.fail_if_jobs_failed(owned.path, earlier)
 
 
 def _run_in_directory(owned) -> None:
@@ -182,8 +193,7 @@ def _run_in_directory(owned) -> None:
     # saves the config is then one line, like every other mistake.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with _interrupted_by_signals():
-            _run_hydra(_train_job)
+        _run_hydra(_train_job)
     except BaseException as error:
         owned.discard_if_untrained()
         if isinstance(error, Exception) and not isinstance(error, UserError):
@@ -196,18 +206,21 @@ def _run_in_directory(owned) -> None:
 
 
 def _hydra_error(error: Exception) -> UserError | None:
-    """Hydra's own errors about overrides (a sweep's syntax, say) as one line."""
-    from hydra.errors import HydraException
+    """Hydra's own errors about overrides (a sweep's syntax, an unknown option in one of its
+    jobs) as one line."""
+    from hydra.errors import HydraException, MissingConfigException
 
+    from trainkit import config
+
+    if isinstance(error, MissingConfigException):
+        return UserError(config.missing_option_message(error))
     if isinstance(error, HydraException):
-        from trainkit.config import one_line
-
-        return UserError(one_line(str(error)))
+        return UserError(config.one_line(str(error)))
     return None
 
 
 class Terminated(BaseException):
-    """SIGTERM before training started (training itself stops gracefully on it)."""
+    """SIGTERM outside training (training itself stops gracefully on it, at a step's end)."""
 
     def __init__(self, signal_number: int):
         super().__init__(signal_number)
@@ -216,8 +229,9 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def _interrupted_by_signals():
-    """While the run is being built, SIGTERM ends it like Ctrl-C does: at once, and the
-    directory made for it is removed (training installs its own graceful handlers)."""
+    """While a command runs, SIGTERM ends it as Ctrl-C does: at once, with one line, and a
+    run directory made for a run that has not trained yet is removed. (Training installs
+    its own handlers, which stop at a step's end and save a checkpoint.)"""
     import signal
     import threading
 

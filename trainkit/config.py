@@ -166,9 +166,7 @@ def compose(
         try:
             return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
         except MissingConfigException as error:
-            group, _, option = (error.missing_cfg_file or "").rpartition("/")
-            options = error.options or _group_options(group)
-            raise UserError(_unknown_option(group, option, options)) from None
+            raise UserError(missing_option_message(error)) from None
         except OverrideParseException as error:
             raise UserError(_unparsable(error)) from None
         except HydraException as error:
@@ -207,9 +205,17 @@ def without_hydra(cfg: DictConfig) -> DictConfig:
 
 
 def override_value(overrides: list[str], key: str) -> Any:
-    """The value the last override of ``key`` gives it (parsed as Hydra does), or None."""
+    """The value the last override of ``key`` gives it (parsed and resolved as Hydra and
+    OmegaConf do: ``'\\${x}'`` is the text ``${x}``), or None."""
     values = [o.value() for o in _parse_overrides(overrides) if o.key_or_group == key]
-    return values[-1] if values else None
+    if not values:
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.create({"value": values[-1]}), resolve=True)[
+            "value"
+        ]
+    except OmegaConfBaseException:
+        return values[-1]  # it refers to other keys of the config: taken as it is
 
 
 def read_overrides(path: Path) -> list[str]:
@@ -238,6 +244,12 @@ def effective(cfg: DictConfig) -> DictConfig:
 
 def _group_options(group: str) -> list[str]:
     return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def missing_option_message(error: MissingConfigException) -> str:
+    """``unknown optimizer 'adamm'; did you mean 'adam'? available: ...`` for Hydra's error."""
+    group, _, option = (error.missing_cfg_file or "").rpartition("/")
+    return _unknown_option(group, option, error.options or _group_options(group))
 
 
 def _unknown_option(group: str, option: str, options: Iterable[str]) -> str:

@@ -35,6 +35,8 @@ _WRITTEN_BEFORE_TRAINING = (
     "predictions.csv",
     "summary.json",
     "checkpoints",  # (removed only while it holds no checkpoint)
+    "multirun.yaml",  # a sweep's, written before its first job
+    "optuna.db",  # an Optuna search's study, made before its first trial
 )
 _EVENTS_PREFIX = "events.out.tfevents."
 
@@ -101,12 +103,11 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
         remove_made(made)
         raise _cannot_make(path, key, error) from None
     lock = _lock(path, key, made)
-    if path not in made:
-        entries = sorted(e for e in _listdir(path) if e != LOCK_FILE)
-        if entries and not (continue_study and "optuna.db" in entries):
-            _unlock(path, lock)
-            raise UserError(_not_empty(path, key, entries))
-    return OwnedDirectory(path, made, lock, new=True)
+    entries = [] if path in made else sorted(e for e in _listdir(path) if e != LOCK_FILE)
+    if entries and not (continue_study and "optuna.db" in entries):
+        _unlock(path, lock)
+        raise UserError(_not_empty(path, key, entries))
+    return OwnedDirectory(path, made, lock, new=not entries)
 
 
 def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:

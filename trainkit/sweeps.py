@@ -261,12 +261,13 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
 
 
-def fail_if_jobs_failed(sweep_dir: Path) -> None:
+def fail_if_jobs_failed(sweep_dir: Path, earlier: set[Path]) -> None:
     """End a sweep whose jobs did not all succeed with one line on stderr and exit status 1
-    (a mistake in the command itself is status 2): how many failed and where to read why."""
+    (a mistake in the command itself is status 2): how many failed and where to read why.
+    ``earlier``: job directories that were there before (a continued study's), not counted."""
     import sys
 
-    jobs = [read_job(d) for d in job_dirs(sweep_dir)]
+    jobs = [read_job(d) for d in job_dirs(sweep_dir) if d not in earlier]
     failed = [job for job in jobs if job.status != "ok"]
     if not failed:
         return

@@ -1,0 +1,858 @@
+"""The catalog of bad inputs and faults: each ends in one line and changes nothing.
+
+Every case runs a real `trainkit` command (in this process where a separate one adds nothing)
+in a fresh directory, and asserts: the documented exit status (2 for a mistake), exactly one
+``trainkit: error:`` line that says what was wrong, no traceback, and every file that existed
+before the command byte for byte as it was (and, unless the case leaves a record of what
+failed, no new file either). A new verb or option adds its mistakes here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_trainkit
+from trainkit.cli import main
+
+QUIET = ["logger.progress_bar=false", "trainer.max_epochs=1"]
+SMALL = [
+    "data=synthetic",
+    "data.num_samples=200",
+    "model=mlp",
+    "model.hidden=[16]",
+    "logger.progress_bar=false",
+]
+
+
+# --- the catalog ---------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    make: Callable[[Path, Path], list[str]]  # (cwd, a finished run to copy) -> the arguments
+    expect: str  # in the one error line (or, for status 0, in stderr)
+    status: int = 2
+    process: bool = False  # a process of its own: what is tested is process behaviour
+    leaves_record: bool = False  # a sweep's failed jobs stay, with their failed.json
+
+
+CASES: list[Case] = []
+
+
+def mistake(id: str, args: list[str], expect: str, **options) -> None:
+    """A case that needs no files: ``trainkit ARGS`` in an empty directory."""
+    CASES.append(Case(id, lambda cwd, run: list(args), expect, **options))
+
+
+def case(id: str, expect: str, **options):
+    """A case whose files ``make(cwd, finished_run)`` sets up; it returns the arguments."""
+
+    def register(make):
+        CASES.append(Case(id, make, expect, **options))
+        return make
+
+    return register
+
+
+def train(*overrides: str) -> list[str]:
+    """``trainkit train`` on a small synthetic data set, with ``overrides``."""
+    return ["train", *SMALL, "trainer.max_epochs=1", *overrides]
+
+
+def train_mlp_on(*overrides: str) -> list[str]:
+    """``trainkit train`` of a small MLP on the data ``overrides`` choose."""
+    return ["train", "model=mlp", "model.hidden=[16]", *QUIET, *overrides]
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+# --- config: caught before any directory exists ---
+
+mistake("unknown-command", ["trian"], "unknown command 'trian'; did you mean 'train'?")
+mistake("unknown-option", train("optimizer=adamm"), "unknown optimizer 'adamm'; did you mean")
+mistake("unknown-option-name", train("optimizer.name=adamm"), "unknown optimizer 'adamm'")
+mistake("unknown-key", train("optimizer.lrr=0.1"), "unknown key optimizer.lrr; did you mean 'lr'")
+mistake("unknown-key-plus", train("+optimizer.lrr=0.1"), "unknown key optimizer.lrr")
+mistake("unknown-top-key", train("+foo=1"), "unknown key foo")
+mistake("wrong-type", train("trainer.max_epochs=ten"), "trainer.max_epochs='ten' has the wrong")
+mistake("float-for-int", train("trainer.max_epochs=1.5"), "trainer.max_epochs=1.5 has the wrong")
+mistake("zero-epochs", train("trainer.max_epochs=0"), "trainer.max_epochs=0 is out of range")
+mistake("negative-lr", train("optimizer.lr=-1"), "optimizer.lr=-1 is out of range: it must be > 0")
+mistake("zero-lr", train("optimizer.lr=0"), "optimizer.lr=0 is out of range")
+mistake("infinite-lr", train("optimizer.lr=inf"), "optimizer.lr=inf is not a finite number")
+mistake("minus-infinite-lr", train("optimizer.lr=-inf"), "optimizer.lr=-inf is not a finite")
+mistake("nan-lr", train("optimizer.lr=nan"), "optimizer.lr=nan is not a finite number")
+mistake("dropout-range", train("model.dropout=1.5"), "model.dropout=1.5 is out of range")
+mistake("batch-size-zero", train("data.batch_size=0"), "data.batch_size=0 is out of range")
+mistake("bool-type", train("data.on_device=maybe"), "data.on_device='maybe' has the wrong type")
+mistake("literal", train("trainer.monitor_mode=sideways"), "trainer.monitor_mode='sideways'")
+mistake("precision", train("trainer.precision=16"), "trainer.precision=16 has the wrong type")
+mistake("nonfinite-mode", train("trainer.nonfinite=sometimes"), "trainer.nonfinite='sometimes'")
+mistake("lr-factor", train("trainer.nonfinite_lr_factor=1"), "trainer.nonfinite_lr_factor=1 is")
+mistake("log-every", train("logger.log_every_n_steps=-3"), "logger.log_every_n_steps=-3 is out")
+mistake("prefetch", train("data.prefetch_factor=4"), "data.prefetch_factor=4 counts the batches")
+mistake("devices-zero", train("trainer.devices=0"), "trainer.devices=0 is out of range")
+mistake("not-a-device", train("trainer.device=tpu"), "trainer.device='tpu' is not a device")
+mistake("tuple-length", train("optimizer=adam", "optimizer.betas=[0.9]"), "must have 2 items")
+mistake("unknown-model", train("model=resnet_cifr"), "unknown model 'resnet_cifr'; did you mean")
+mistake("unknown-regularizer", train("regularization=[grad_clp]"), "unknown regularizer")
+mistake("unknown-scheduler", train("scheduler=cosin"), "unknown scheduler 'cosin'")
+mistake("unknown-recipe", train("recipe=nope"), "unknown recipe 'nope'")
+mistake("missing-recipe-file", train("recipe=missing.yaml"), "recipe=missing.yaml: no such file")
+mistake("unparsable", train("optimizer.lr=[1"), "cannot parse override 'optimizer.lr=[1'")
+mistake("no-key", train("=3"), "override '=3' has no key; write KEY=VALUE")
+mistake("task-loss", train("loss=mse"), "loss=mse needs predictions and continuous targets")
+mistake("fractions", train("data.val_fraction=0.9", "data.test_fraction=0.2"), "must sum to")
+mistake("fractions-at-one", train("data.val_fraction=0.5", "data.test_fraction=0.5"), "sum to")
+mistake("missing-plugin", train("plugins=[no_such_module_xyz]"), "cannot import 'no_such_module")
+mistake("unknown-search", ["train", "-m", "hparams_search=nope"], "unknown hparams_search 'nope'")
+mistake("resume-in-sweep", ["train", "-m", "resume=x"], "resume=PATH continues one run")
+mistake("resume-missing", ["train", "resume=no/such/run"], "checkpoint no/such/run")
+mistake(
+    "unicode-unquoted",
+    ["train", "resume=/tmp/é/run"],
+    "to pass the value as it is, quote it: \"resume='/tmp/é/run'\"",
+)
+mistake(
+    "brackets-unquoted",
+    train("hydra.run.dir=runs/(a),b"),
+    "quote it: \"hydra.run.dir='runs/(a),b'\"",
+)
+mistake(
+    "long-name",
+    train("hydra.run.dir=runs/" + "a" * 300),
+    "(300 bytes) is longer than the file system allows",
+)
+mistake("ls-unknown-group", ["ls", "optimizr"], "unknown group 'optimizr'; did you mean")
+mistake("lr-plot-png", ["lr-plot", "output=lr.txt"], "output=lr.txt must end in .png")
+mistake("lr-plot-key", ["lr-plot", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+mistake("compare-nothing", ["compare"], "compare needs at least one run or sweep directory")
+mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end in .png")
+mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
+mistake("eval-not-key-value", ["eval", "oops"], "eval takes KEY=VALUE arguments; got 'oops'")
+mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.pt does not exist")
+if not torch.cuda.is_available():
+    mistake("cuda-missing", train("trainer.device=cuda"), "no CUDA GPU is visible")
+
+
+@case("plugin-raises", "plugins: importing 'raising_xyz' failed")
+def _(cwd, run):
+    write(cwd / "raising_xyz.py", "raise RuntimeError('boom')\n")
+    return train("plugins=[raising_xyz]")
+
+
+@case("plugin-imports-missing", "plugins: 'needs_xyz' imports 'absent_xyz', which is not")
+def _(cwd, run):
+    write(cwd / "needs_xyz.py", "import absent_xyz\n")
+    return train("plugins=[needs_xyz]")
+
+
+@case("recipe-bad-yaml", "recipe broken.yaml is not valid YAML")
+def _(cwd, run):
+    write(cwd / "broken.yaml", "# @package _global_\noptimizer:\n  lr: [0.1\n")
+    return train("recipe=broken.yaml")
+
+
+@case("recipe-not-mapping", "must be a mapping of config keys")
+def _(cwd, run):
+    write(cwd / "list.yaml", "- 1\n- 2\n")
+    return train("recipe=list.yaml")
+
+
+# --- output directories: never one that holds something ---
+
+
+@case("run-dir-is-cwd-late-mistake", "they must sum to less than 1")
+def _(cwd, run):
+    """Once, this mistake deleted the working directory it was told to run in."""
+    write(cwd / "notes.txt", "mine")
+    return train("hydra.run.dir=.", "data.val_fraction=0.9", "data.test_fraction=0.2")
+
+
+@case("run-dir-is-cwd", "is not empty (it holds notes.txt); name a new or empty directory")
+def _(cwd, run):
+    write(cwd / "notes.txt", "mine")
+    return train("hydra.run.dir=.")
+
+
+@case("run-dir-with-files", "is not empty (it holds other.txt)")
+def _(cwd, run):
+    write(cwd / "exp" / "other.txt", "mine")
+    return train("hydra.run.dir=exp")
+
+
+@case("run-dir-with-files-data-mistake", "is not empty")
+def _(cwd, run):
+    write(cwd / "exp" / "other.txt", "mine")
+    return train("hydra.run.dir=exp", "data.num_samples=20")
+
+
+@case("empty-run-dir-data-mistake", "cannot split 20 samples of 10 classes")
+def _(cwd, run):
+    """An empty directory may be used; failing, the run leaves it as empty as it was."""
+    (cwd / "empty").mkdir()
+    return train("hydra.run.dir=empty", "data.num_samples=20")
+
+
+@case("run-dir-is-a-file", "is a file, not a directory")
+def _(cwd, run):
+    write(cwd / "taken", "a file")
+    return train("hydra.run.dir=taken")
+
+
+@case("run-dir-under-a-file", "is a file, not a directory")
+def _(cwd, run):
+    write(cwd / "taken", "a file")
+    return train("hydra.run.dir=taken/run")
+
+
+@case("outputs-is-a-file", "cannot write run directories under outputs")
+def _(cwd, run):
+    write(cwd / "outputs", "a file")
+    return train()
+
+
+@case("new-run-into-finished-run", "holds a run already; continue it with `trainkit train resume=")
+def _(cwd, run):
+    copy_run(run, cwd / "done")
+    return train("hydra.run.dir=done", "optimizer=adam")
+
+
+@case("sweep-dir-not-empty", "hydra.sweep.dir=")
+def _(cwd, run):
+    write(cwd / "sweep" / "notes.txt", "mine")
+    return ["train", "-m", *SMALL, "optimizer=adam,sgd", "hydra.sweep.dir=sweep"]
+
+
+@case("sweep-dir-held-by-a-run", "holds a run already")
+def _(cwd, run):
+    copy_run(run, cwd / "done")
+    return ["train", "-m", *SMALL, "optimizer=adam,sgd", "hydra.sweep.dir=done"]
+
+
+@case("locked-run-dir", "is being written by process 4242 on elsewhere")
+def _(cwd, run):
+    held = copy_run(run, cwd / "held")
+    (held / "summary.json").unlink()  # an unfinished run, being resumed by someone else
+    hold_lock(held, {"pid": 4242, "host": "elsewhere", "started": "2026-01-01 00:00:00"})
+    return ["train", f"resume={held}"]
+
+
+# --- data: found when the data is read; the directory made for the run goes again ---
+
+
+@case("monitor-not-logged", "trainer.monitor='val/auc' is not a logged metric")
+def _(cwd, run):
+    return train("trainer.monitor=val/auc")
+
+
+@case("depth-not-6n2", "model.depth=9 is not 6n+2")
+def _(cwd, run):
+    return ["train", "model=resnet_cifar", "model.depth=9", *QUIET]
+
+
+@case("too-few-to-stratify", "cannot split 20 samples of 10 classes")
+def _(cwd, run):
+    return train("data.num_samples=20")
+
+
+@case("on-device-rotation", "data.on_device=true augments on the device with RandomCrop")
+def _(cwd, run):
+    return train_mlp_on("data=digits", "augmentation=digits", "data.on_device=true")
+
+
+@case("mixup-without-cross-entropy", "mixes targets into class probabilities")
+def _(cwd, run):
+    return train("regularization=[mixup]", "loss=nll")
+
+
+@case("drop-path-on-mlp", "needs a model with a drop_path parameter")
+def _(cwd, run):
+    return train("regularization=[drop_path]")
+
+
+@case("text-missing-file", "data.path=reviews.csv: no such file")
+def _(cwd, run):
+    return train_mlp_on("data=text_csv", "data.path=reviews.csv")
+
+
+@case("text-not-utf8", "is not utf-8 text: byte 0xff at offset 16 (line 2)")
+def _(cwd, run):
+    write(cwd / "bad.csv", b"text,label\nhello\xff\xfe world,a\nbye,b\n")
+    return train_mlp_on("data=text_csv", "data.path=bad.csv")
+
+
+@case("text-unknown-encoding", "data.encoding='nope' is not an encoding Python knows")
+def _(cwd, run):
+    write(cwd / "t.csv", "text,label\na,x\nb,y\n")
+    return train_mlp_on("data=text_csv", "data.path=t.csv", "data.encoding=nope")
+
+
+@case("text-missing-column", "data.text_column='text' is not a column of t.csv")
+def _(cwd, run):
+    write(cwd / "t.csv", "words,label\na,x\nb,y\n")
+    return train_mlp_on("data=text_csv", "data.path=t.csv")
+
+
+@case("text-empty-file", "data.path=t.csv is empty: it has no rows")
+def _(cwd, run):
+    write(cwd / "t.csv", "text,label\n")
+    return train_mlp_on("data=text_csv", "data.path=t.csv")
+
+
+@case("text-suffix", "unknown file type '.txt'; use .csv, .tsv or .jsonl")
+def _(cwd, run):
+    write(cwd / "t.txt", "text,label\n")
+    return train_mlp_on("data=text_csv", "data.path=t.txt")
+
+
+@case("jsonl-bad-line", "data.path=t.jsonl: line 2 is not JSON")
+def _(cwd, run):
+    write(cwd / "t.jsonl", '{"text": "a", "label": "x"}\n{oops\n')
+    return train_mlp_on("data=text_csv", "data.path=t.jsonl")
+
+
+@case("jsonl-not-object", "data.path=t.jsonl: line 1 is not a JSON object")
+def _(cwd, run):
+    write(cwd / "t.jsonl", "[1, 2]\n")
+    return train_mlp_on("data=text_csv", "data.path=t.jsonl")
+
+
+@case("text-one-label", "the train split has one label ('x')")
+def _(cwd, run):
+    write(cwd / "t.csv", "text,label\n" + "".join(f"w{i},x\n" for i in range(40)))
+    return train_mlp_on("data=text_csv", "data.path=t.csv")
+
+
+@case("text-missing-label", "row 1 has no value in column 'label'")
+def _(cwd, run):
+    write(cwd / "t.csv", "text,label\na,x\nb,\n")
+    return train_mlp_on("data=text_csv", "data.path=t.csv")
+
+
+@case("text-val-label-unseen", "label 'z' is not in the train split")
+def _(cwd, run):
+    rows = "".join(f"w{i},{'xy'[i % 2]}\n" for i in range(40))
+    write(cwd / "t.csv", "text,label\n" + rows)
+    write(cwd / "v.csv", "text,label\na,z\n")
+    return train_mlp_on("data=text_csv", "data.path=t.csv", "data.val_path=v.csv")
+
+
+@case("images-missing-root", "data imagefolder: there is no directory images")
+def _(cwd, run):
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36"
+    )
+
+
+@case("images-one-class", "has one class folder (class_0); classification needs at least 2")
+def _(cwd, run):
+    from tests.fake_images import make_imagefolder
+
+    make_imagefolder(cwd / "images", classes=1, per_class=5)
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36"
+    )
+
+
+@case("images-no-classes", "images/train has no class folders")
+def _(cwd, run):
+    (cwd / "images" / "train").mkdir(parents=True)
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36"
+    )
+
+
+@case("images-resize-below-size", "data.resize=16 is below data.image_size=32")
+def _(cwd, run):
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=16"
+    )
+
+
+@case("images-no-val", "has train/ but neither val/ nor test/")
+def _(cwd, run):
+    from tests.fake_images import make_imagefolder
+
+    make_imagefolder(cwd / "images", classes=2, per_class=5, splits=("train",))
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36"
+    )
+
+
+@case("download-offline", "data cifar10:")
+def _(cwd, run):
+    return train_mlp_on("data=cifar10", "data.root=nowhere", "data.download=false")
+
+
+# --- checkpoints: data, never code ---
+
+
+class Payload:
+    """Unpickling this under a full (not weights-only) load would build an arbitrary object."""
+
+
+@case("eval-garbage", "is truncated or corrupt (Unsupported operand")
+def _(cwd, run):
+    write(cwd / "best.pt", b"not a checkpoint at all\n" * 10)
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-empty-file", "is truncated or corrupt")
+def _(cwd, run):
+    write(cwd / "best.pt", b"")
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-truncated", "is truncated or corrupt")
+def _(cwd, run):
+    data = (run / "checkpoints" / "best.pt").read_bytes()
+    write(cwd / "best.pt", data[: len(data) // 2])
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-objects", "holds objects other than tensors and plain data; trainkit never runs")
+def _(cwd, run):
+    torch.save({"model": {}, "config": {}, "payload": Payload()}, cwd / "best.pt")
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-not-trainkit", "is not a trainkit checkpoint (no model or config)")
+def _(cwd, run):
+    torch.save({"weights": torch.zeros(2)}, cwd / "best.pt")
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-plugin-in-checkpoint", "was trained with plugins=[helpers], and trainkit imports only")
+def _(cwd, run):
+    """A downloaded model folder: best.pt names a plugin, and helpers.py is beside it. The
+    module must not be imported (it would write a marker file)."""
+    folder = cwd / "download"
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["plugins"] = ["helpers"]
+    folder.mkdir()
+    torch.save(state, folder / "best.pt")
+    write(folder / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    return ["eval", f"checkpoint={folder / 'best.pt'}"]
+
+
+@case("eval-other-model", "does not fit model mlp: 1.weight is (16, 64) in the checkpoint and")
+def _(cwd, run):
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["model"]["hidden"] = [32]
+    torch.save(state, cwd / "best.pt")
+    return ["eval", "checkpoint=best.pt"]
+
+
+@case("eval-unknown-key", "unknown key foo: the checkpoint's config has no such key")
+def _(cwd, run):
+    copy_run(run, cwd / "run")
+    return ["eval", "checkpoint=run", "foo=1"]
+
+
+@case("eval-output-is-a-file", "output_dir=")
+def _(cwd, run):
+    copy_run(run, cwd / "run")
+    write(cwd / "out", "a file")
+    return ["eval", "checkpoint=run", "output_dir=out"]
+
+
+@case("eval-output-not-empty", "is not empty (it holds mine.txt)")
+def _(cwd, run):
+    copy_run(run, cwd / "run")
+    write(cwd / "out" / "mine.txt", "mine")
+    return ["eval", "checkpoint=run", "output_dir=out"]
+
+
+@case("eval-output-under-a-file", "is a file, not a directory")
+def _(cwd, run):
+    copy_run(run, cwd / "run")
+    write(cwd / "out", "a file")
+    return ["eval", "checkpoint=run", "output_dir=out/eval"]
+
+
+# --- resume: checked against its run before anything of it is touched ---
+
+
+def unfinished(run: Path, to: Path) -> Path:
+    """A copy of ``run`` as if it had been stopped after its last checkpoint."""
+    copy_run(run, to)
+    (to / "summary.json").unlink()
+    return to
+
+
+@case("resume-changed-epochs", "resume: the config differs from the run's (trainer.max_epochs: 2")
+def _(cwd, run):
+    return ["train", f"resume={unfinished(run, cwd / 'run')}", "trainer.max_epochs=60"]
+
+
+@case("resume-file-changed-lr", "(optimizer.lr: 0.1 -> 0.5)")
+def _(cwd, run):
+    path = unfinished(run, cwd / "run") / "checkpoints" / "last.pt"
+    return ["train", f"resume={path}", "optimizer.lr=0.5"]
+
+
+@case("resume-beside-hydra", "(optimizer.lr: 0.1 -> 0.5)")
+def _(cwd, run):
+    """A checkpoint beside .hydra/ (no checkpoints/ folder): refusing it deletes nothing."""
+    folder = unfinished(run, cwd / "run")
+    for path in (folder / "checkpoints").iterdir():
+        path.rename(folder / path.name)
+    (folder / "checkpoints").rmdir()
+    return ["train", f"resume={folder / 'last.pt'}", "optimizer.lr=0.5"]
+
+
+@case(
+    "resume-finished", "has finished (its test metrics are in summary.json); nothing to", status=0
+)
+def _(cwd, run):
+    return ["train", f"resume={copy_run(run, cwd / 'run')}"]
+
+
+@case("resume-no-hydra", ".hydra/overrides.yaml is missing; resume needs the run directory")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "run")
+    shutil.rmtree(folder / ".hydra")
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-plugin-in-overrides", "the run was trained with plugins=[helpers], and trainkit")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "run")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + "- plugins=[helpers]\n")
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-corrupt-last", "is truncated or corrupt")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "run")
+    (folder / "checkpoints" / "last.pt").write_bytes(b"\x80\x02garbage")
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-objects", "holds objects other than tensors and plain data")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "run")
+    torch.save({"model": {}, "config": {}, "x": Payload()}, folder / "checkpoints" / "last.pt")
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-overrides-not-a-list", ".hydra/overrides.yaml is not a list of overrides")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "run")
+    (folder / ".hydra" / "overrides.yaml").write_text("a: 1\n")
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-special-path-changed", "resume: the config differs from the run's")
+def _(cwd, run):
+    folder = unfinished(run, cwd / "it's a (run), ${x} #1 é")
+    from trainkit.overrides import override
+
+    return ["train", override("resume", str(folder)), "trainer.max_epochs=60"]
+
+
+# --- sweeps: failed jobs are counted, and the exit status says so ---
+
+
+@case("sweep-all-jobs-fail", "2 of 2 jobs failed; why:", status=1, leaves_record=True)
+def _(cwd, run):
+    return ["train", "-m", *SMALL, "trainer.max_epochs=1", "data.num_samples=20,21"]
+
+
+@case("sweep-one-job-fails", "1 of 2 jobs failed; why:", status=1, leaves_record=True)
+def _(cwd, run):
+    return ["train", "-m", *SMALL, "trainer.max_epochs=1", "data.num_samples=200,20"]
+
+
+@case("sweep-unknown-option-in-a-job", "unknown optimizer 'adamm'; did you mean 'adam'?")
+def _(cwd, run):
+    return ["train", "-m", *SMALL, "trainer.max_epochs=1", "optimizer=adamm,sgd"]
+
+
+# --- the runner -----------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root``: a hash of each file's bytes."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = str(path.relative_to(root))
+        if path.is_symlink():
+            found[relative] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            found[relative] = "dir"
+        else:
+            found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def hold_lock(directory: Path, holder: dict) -> None:
+    """Hold ``directory``'s lock from another process until the test session ends."""
+    from trainkit.rundir import LOCK_FILE
+
+    (directory / LOCK_FILE).write_text(json.dumps(holder) + "\n")
+    code = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(directory / LOCK_FILE)!r}, os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder_process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert holder_process.stdout.readline().strip() == b"held"
+    _HOLDERS.append(holder_process)
+
+
+_HOLDERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_held_locks():
+    yield
+    while _HOLDERS:
+        holder = _HOLDERS.pop()
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A small finished run made by the real command (2 epochs, hidden width 16)."""
+    cwd = tmp_path_factory.mktemp("finished")
+    result = run_trainkit("train", *SMALL, "trainer.max_epochs=2", "hydra.run.dir=run", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "run"
+
+
+def run_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["trainkit", *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # restored after the test, as trainkit sets it
+    capsys.readouterr()
+    try:
+        main(args)
+        status = 0
+    except SystemExit as exit_info:
+        status = exit_info.code if isinstance(exit_info.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_catalog_is_large():
+    assert len(CASES) >= 100, len(CASES)
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_a_bad_input_ends_in_one_line_and_changes_nothing(
+    case, tmp_path, finished_run, monkeypatch, capsys
+):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    args = case.make(cwd, finished_run)
+    before = snapshot(tmp_path)
+    if case.process:
+        result = run_trainkit(*args, cwd=cwd)
+        status, out, err = result.returncode, result.stdout, result.stderr
+    else:
+        status, out, err = run_in_process(args, cwd, monkeypatch, capsys)
+    assert status == case.status, out + err
+    assert "Traceback" not in out + err, out + err
+    if case.status == 0:
+        assert case.expect in err, err
+    else:
+        (line,) = [line for line in err.splitlines() if line.startswith("trainkit: error: ")]
+        assert case.expect in line, line
+        assert err.strip().splitlines()[-1] == line  # the error is what is said last
+    after = snapshot(tmp_path)
+    assert not (cwd / "IMPORTED").exists(), "a module named by a file was imported"
+    changed = {path for path, digest in before.items() if after.get(path) != digest}
+    assert not changed, f"changed or removed: {sorted(changed)}"
+    if not case.leaves_record:
+        assert after == before, f"new: {sorted(after.keys() - before.keys())}"
+
+
+# --- faults: signals, a full disk, two processes --------------------------------------------
+
+LONG_RUN = [*SMALL, "trainer.max_epochs=100000", "hydra.run.dir=run"]
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainkit", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sigterm_at_a_random_point_ends_in_one_line_and_keeps_only_a_trained_run(seed, tmp_path):
+    """Before training: one line, and nothing is left. In training: a checkpoint and the
+    command that resumes it. Either way the user's files are as they were."""
+    write(tmp_path / "mine.txt", "mine")
+    before = snapshot(tmp_path)
+    process = start(tmp_path, "train", *LONG_RUN)
+    time.sleep(random.Random(seed).uniform(0.2, 6.0))
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    if last == "trainkit: interrupted (SIGTERM)":
+        assert snapshot(tmp_path) == before
+    else:
+        assert last == f"resume with: trainkit train resume={tmp_path / 'run'}", stderr
+        assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+        assert {p: d for p, d in snapshot(tmp_path).items() if p in before} == before
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_after_a_sigkill_at_a_random_point_the_directory_is_free_and_refusals_are_one_line(
+    seed, tmp_path
+):
+    process = start(tmp_path, "train", *LONG_RUN)
+    time.sleep(random.Random(seed).uniform(2.0, 7.0))
+    process.kill()
+    process.communicate(timeout=60)
+    before = snapshot(tmp_path)
+    # Nothing holds the lock now (the kernel dropped it): each command answers for itself.
+    for args in (
+        ["train", "resume=run", "trainer.max_epochs=1"],
+        ["train", *SMALL, "hydra.run.dir=run"],
+    ):
+        result = run_trainkit(*args, cwd=tmp_path)
+        if result.returncode == 0:  # killed before anything was written: a new run went in
+            continue
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("trainkit: error: ") and "being written by" not in line, line
+        assert {p: d for p, d in snapshot(tmp_path).items() if p in before} == before
+
+
+def test_two_runs_into_one_directory_at_once_one_trains_the_other_is_refused(tmp_path):
+    args = ["train", *SMALL, "trainer.max_epochs=3", "hydra.run.dir=shared"]
+    processes = [start(tmp_path, *args) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    (refusal,) = [err for code, err in results if code == 2]
+    (line,) = refusal.strip().splitlines()
+    assert "is being written by process" in line or "holds a run already" in line, line
+    epochs = [json.loads(r)["epoch"] for r in (tmp_path / "shared" / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3]
+
+
+def _can_mount_tmpfs() -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    probe = Path("/tmp") / f"trainkit-tmpfs-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe)], capture_output=True
+    )
+    if mounted.returncode == 0:
+        subprocess.run(["umount", str(probe)], capture_output=True)
+    probe.rmdir()
+    return mounted.returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A directory on a file system of a given size: a real tmpfs where this process may
+    mount one (root on Linux), else the test is skipped (the shim test below still runs)."""
+    if not _can_mount_tmpfs():
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux)")
+    mounted = []
+
+    def make(size: str) -> Path:
+        directory = tmp_path / f"disk-{size}"
+        directory.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)])
+        mounted.append(directory)
+        return directory
+
+    yield make
+    for directory in mounted:
+        # lazily: a log handler of the in-process run may still hold a file there open
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("size", "expect"),
+    [
+        ("4k", "cannot write "),  # at the start: the run directory's config
+        ("40k", "cannot write checkpoint "),  # at the first checkpoint
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_nothing(
+    size, expect, small_disk, tmp_path, monkeypatch, capsys
+):
+    disk = small_disk(size)
+    args = ["train", *SMALL, "trainer.max_epochs=2", f"hydra.run.dir={disk / 'run'}"]
+    status, out, err = run_in_process(args, tmp_path, monkeypatch, capsys)
+    assert status == 2 and "Traceback" not in out + err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"trainkit: error: {expect}") and "no space left" in line, line
+    assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["config", "checkpoint", "metrics"])
+def test_a_full_disk_through_a_shim_is_one_line_and_leaves_nothing(
+    where, tmp_path, monkeypatch, capsys
+):
+    """Where no tmpfs can be mounted: the file system refuses through a shim instead."""
+    import errno
+
+    import hydra.core.utils
+
+    from trainkit import checkpoint, logging
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if where == "config":
+        monkeypatch.setattr(hydra.core.utils, "_save_config", no_space)
+    elif where == "checkpoint":
+        monkeypatch.setattr(checkpoint, "_write_atomically", no_space)
+    else:
+        monkeypatch.setattr(logging.RunLogger, "log_epoch", no_space)
+    args = ["train", *SMALL, "trainer.max_epochs=2", "hydra.run.dir=run"]
+    status, out, err = run_in_process(args, tmp_path, monkeypatch, capsys)
+    assert status == 2 and "Traceback" not in out + err, out + err
+    (line,) = err.strip().splitlines()
+    assert "no space left on the device; free some space" in line, line
+    assert list(tmp_path.iterdir()) == []
