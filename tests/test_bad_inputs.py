@@ -265,6 +265,24 @@ def _(cwd, run):
     return ["train", f"resume={held}"]
 
 
+@case("lr-plot-existing-png", "output=mine.png exists, and trainkit does not overwrite files")
+def _(cwd, run):
+    write(cwd / "mine.png", b"my picture")
+    return ["lr-plot", "output=mine.png"]
+
+
+@case("compare-existing-png", "output=mine.png exists, and trainkit does not overwrite files")
+def _(cwd, run):
+    write(cwd / "mine.png", b"my picture")
+    return ["compare", str(copy_run(run, cwd / "run")), "output=mine.png"]
+
+
+@case("lr-plot-png-under-a-file", "cannot write taken/lr.png (not a directory)")
+def _(cwd, run):
+    write(cwd / "taken", "a file")
+    return ["lr-plot", "trainer.max_epochs=1", "output=taken/lr.png"]
+
+
 # --- data: found when the data is read; the directory made for the run goes again ---
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import io
 import sys
 from pathlib import Path
 
@@ -23,16 +24,17 @@ Config-driven training for PyTorch.
 commands:
   train [OVERRIDES]             train a model; `trainkit train --help` lists the config
                                 groups (data, model, loss, optimizer, scheduler, ...)
-  eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR]
+  eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR] [plugins=[MODULE,...]]
                                 evaluate a checkpoint on its run's test split
   ls [GROUP ...]                every component of each config group, with its
                                 parameters, types, ranges and defaults
   lr-plot [OVERRIDES] [output=PATH.png]
                                 the lr at every step of the composed optimizer and
-                                schedule, in the terminal and as a PNG (lr_schedule.png)
+                                schedule, in the terminal and as a new PNG
+                                (lr_schedule.png; never over an existing file)
   compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]
                                 runs side by side: a table of their metrics and their
-                                validation curves as a PNG (compare.png)
+                                validation curves as a new PNG (compare.png)
 
 examples:
   trainkit train
@@ -527,11 +529,15 @@ def lr_plot(args: list[str]) -> None:
     and makes no run directory. The monitored metric is taken to improve every epoch, so
     ``scheduler=plateau`` shows a flat curve.
     """
+    from trainkit import rundir
+
     outputs = [arg for arg in args if arg.startswith("output=")]
     overrides = [arg for arg in args if not arg.startswith("output=")]
-    output = Path(outputs[-1].partition("=")[2] if outputs else "lr_schedule.png").expanduser()
-    if output.suffix.lower() != ".png":
+    output = Path(outputs[-1].partition("=")[2]).expanduser() if outputs else None
+    if output is not None and output.suffix.lower() != ".png":
         raise UserError(f"output={output} must end in .png")
+    if output is not None and output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
 
     from trainkit import config, runner
     from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
@@ -557,9 +563,10 @@ def lr_plot(args: list[str]) -> None:
         f"optimizer={cfg.optimizer.name} scheduler={cfg.scheduler.name}: "
         f"{settings.max_epochs} epochs x {steps_per_epoch} steps"
     )
-    if output.parent != Path():
-        output.parent.mkdir(parents=True, exist_ok=True)
-    write_lr_png(lrs, output, title)
+    png = io.BytesIO()
+    write_lr_png(lrs, png, title)
+    output = output or rundir.free_file_name("lr_schedule.png")
+    rundir.write_new_file(output, png.getvalue(), "output")
     print(title)
     print(terminal_lr_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
@@ -571,7 +578,7 @@ def lr_plot(args: list[str]) -> None:
 
 def compare_runs(args: list[str]) -> None:
     """``trainkit compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]``."""
-    options = {"metrics": "", "output": "compare.png"}
+    options = {"metrics": "", "output": ""}
     paths = []
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -585,9 +592,14 @@ def compare_runs(args: list[str]) -> None:
             paths.append(Path(arg).expanduser())
     if not paths:
         raise UserError("compare needs at least one run or sweep directory")
-    output = Path(options["output"]).expanduser()
-    if output.suffix.lower() != ".png":
+    from trainkit import rundir
+
+    output = Path(options["output"]).expanduser() if options["output"] else None
+    if output is not None and output.suffix.lower() != ".png":
         raise UserError(f"output={output} must end in .png")
+    if output is not None and output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    output = output or rundir.free_file_name("compare.png")
 
     from trainkit.compare import compare
 

@@ -7,11 +7,13 @@ under outputs/) stands for the run directories below it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 from trainkit.errors import UserError
+from trainkit.rundir import write_new_file
 from trainkit.sweeps import Job, job_dirs, read_job, shared_overrides
 
 WIDTH, PLOT_HEIGHT, LEGEND_ROW = 800, 400, 16
@@ -62,9 +64,9 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     if not any(points for _, points in curves):
         console.print(f"no run logged {monitor} per epoch (metrics.jsonl): no plot written")
         return
-    if output.parent != Path():
-        output.parent.mkdir(parents=True, exist_ok=True)
-    write_curves_png(curves, output, f"{monitor} per epoch")
+    png = io.BytesIO()
+    write_curves_png(curves, png, f"{monitor} per epoch")
+    write_new_file(output, png.getvalue(), "output")
     console.print(f"wrote {output}")
 
 

@@ -6,6 +6,7 @@ Pillow comes with torchvision; matplotlib is deliberately not a dependency.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 WIDTH, HEIGHT = 800, 400
 # Plot area margins in pixels: room for the y labels on the left, x labels below.
@@ -28,7 +29,7 @@ def _y_range(lrs: list[float]) -> tuple[float, float]:
     return low, high
 
 
-def write_lr_png(lrs: list[float], path: str | Path, title: str) -> Path:
+def write_lr_png(lrs: list[float], path: str | Path | BinaryIO, title: str):
     """Draw ``lrs`` (one per optimizer step) as a line plot, 800x400 pixels, into ``path``.
 
     Returns the path written. Raises ValueError on an empty curve.
@@ -72,8 +73,7 @@ def write_lr_png(lrs: list[float], path: str | Path, title: str) -> Path:
         points.append((x1, points[0][1]))
     draw.line(points, fill=(31, 119, 180), width=2)
 
-    path = Path(path)
-    image.save(path, format="PNG")
+    image.save(path, format="PNG")  # (a path, or a file object)
     return path
 
 

@@ -116,6 +116,38 @@ def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
     return OwnedDirectory(path, [], _lock(path, key, []), new=False)
 
 
+def free_file_name(path: str | Path) -> Path:
+    """``path``, or ``stem-2.suffix``, ``stem-3.suffix``, ...: the first name not taken (for
+    an output whose name the user did not choose)."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
+def write_new_file(path: str | Path, data: bytes, key: str) -> None:
+    """Write ``data`` to ``path``, which must not exist (trainkit overwrites nothing it did
+    not write in this invocation), making missing parent directories; ``key`` names the
+    option in errors. On failure, what was made is removed and the error is one line."""
+    path = Path(path).expanduser()
+    made = _make_parents(path.absolute().parent, key)
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+    except FileExistsError:
+        remove_made(made)
+        raise UserError(
+            f"{key}={path} exists, and trainkit does not overwrite files; name a new file"
+        ) from None
+    except OSError as error:
+        if path.is_file():
+            path.unlink()  # made by this open: what was written of it is of no use
+        remove_made(made)
+        raise _cannot_make(path, key, error) from None
+
+
 def remove_made(made: list[Path]) -> None:
     """Remove the directories in ``made`` (outermost first) that are empty, innermost first."""
     for directory in reversed(made):
@@ -183,7 +215,9 @@ def _cannot_make(path: Path, key: str, error: OSError) -> UserError:
             "longer than the file system allows (usually 255 bytes); choose a shorter name"
         )
     reason = (error.strerror or type(error).__name__).lower()
-    return UserError(f"cannot make {path} ({reason}); set {key}=SOMEWHERE_WRITABLE")
+    if isinstance(error, IsADirectoryError | NotADirectoryError):
+        return UserError(f"cannot write {path} ({reason}); set {key}=ANOTHER_PATH")
+    return UserError(f"cannot write {path} ({reason}); set {key}=SOMEWHERE_WRITABLE")
 
 
 def _lock(path: Path, key: str, made: list[Path]) -> int:
