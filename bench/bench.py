@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 
 from trainkit import config
+from trainkit.build import build_data
 from trainkit.data import Splits, build_loaders, split_data_node
 from trainkit.registry import MODELS
-from trainkit.runner import Runner, build_data
+from trainkit.runner import Runner
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORKLOAD = [

@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     def say(line: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {line}", file=sys.stderr, flush=True)
 
+    from trainkit.build import build_data
     from trainkit.errors import UserError
-    from trainkit.runner import build_data
 
     device = torch.device(args.device)
     settings = {"both": [False, True], "off": [False], "on": [True]}[args.compile]

@@ -36,7 +36,7 @@ if optuna_sweeper is not None:
             super().__init__(**config)
 
         def setup(self, *, hydra_context, task_function, config) -> None:
-            from trainkit.sweeps import monitored_metric
+            from trainkit.build import monitored_metric
 
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             _, mode = monitored_metric(config)

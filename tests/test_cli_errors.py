@@ -119,8 +119,7 @@ def test_help_and_version_do_not_import_torch():
 def test_train_help_lists_the_groups_and_options(tmp_path):
     result = run_trainkit("train", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    from trainkit.config import GROUP_REGISTRIES, MULTI_GROUPS
-    from trainkit.registry import load_components
+    from trainkit.registry import GROUP_REGISTRIES, MULTI_GROUPS, load_components
 
     load_components()
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ": " in line}

@@ -93,7 +93,7 @@ def test_the_default_monitor_must_exist(tmp_path):
 
 
 def test_ema_is_validated_checkpointed_and_evaluated(tmp_path):
-    from trainkit.runner import evaluate_checkpoint
+    from trainkit.evaluation import evaluate_checkpoint
 
     runner = make_runner(tmp_path / "run", "regularization=[ema]", "regularization.ema.decay=0.9")
     summary = runner.fit()

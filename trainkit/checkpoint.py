@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainkit.errors import UserError, file_system_reason
@@ -158,6 +160,64 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, w
         module.load_state_dict(weights)
     except RuntimeError as error:
         raise UserError(f"checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+
+
+# --- what a checkpoint holds besides weights, and which files are kept ---------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types that ``torch.load(weights_only=True)`` reads."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def keep_newest(checkpoint_dir: Path, keep: int) -> None:
+    """Of the ``epoch_N.pt`` and ``step_N.pt`` files, keep the newest ``keep``."""
+    history = sorted(
+        [*checkpoint_dir.glob("epoch_*.pt"), *checkpoint_dir.glob("step_*.pt")],
+        key=lambda path: path.stat().st_mtime_ns,
+    )
+    for old in history[:-keep]:
+        old.unlink()
+
+
+def keep_best(
+    state: dict[str, Any],
+    checkpoint_dir: Path,
+    best_epochs: list[tuple[float, int]],
+    new: tuple[float, int],
+    keep: int,
+    mode: str,
+) -> list[tuple[float, int]]:
+    """Files ``best_epoch_N.pt`` for the ``keep`` best epochs so far, ``new`` (its monitored
+    value and epoch; ``state`` is its checkpoint) among them if it is one; returns them,
+    best first (``mode``: "max" or "min")."""
+    ranked = sorted([*best_epochs, new], key=lambda pair: -pair[0] if mode == "max" else pair[0])
+    ranked = ranked[:keep]
+    kept = {f"best_epoch_{epoch:04d}.pt" for _, epoch in ranked}
+    name = f"best_epoch_{new[1]:04d}.pt"
+    if name in kept:
+        save(state, checkpoint_dir / name)
+    for path in checkpoint_dir.glob("best_epoch_*.pt"):
+        if path.name not in kept:
+            path.unlink()
+    return ranked
 
 
 # --- resuming ------------------------------------------------------------------------------

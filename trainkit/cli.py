@@ -165,8 +165,7 @@ def _train(args: list[str]) -> None:
         earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
         passed_on.append(override("hydra.sweep.dir", str(owned.path)))
     else:
-        cfg = config.without_hydra(launch)
-        config.validate(cfg)
+        cfg = config.resolve(config.without_hydra(launch))
         if resuming is not None:
             _check_resume(cfg, resuming)
         if _join_torchrun(cfg):
@@ -313,7 +312,7 @@ def _check_resume(cfg, path: Path) -> None:
         )
         sys.exit(0)
     state = checkpoint.load(path)
-    checkpoint.check_resumable(state["config"], config.to_container(config.effective(cfg)))
+    checkpoint.check_resumable(state["config"], config.to_container(cfg))
 
 
 def _torchrun() -> bool:
@@ -328,12 +327,12 @@ def _join_torchrun(cfg) -> bool:
     directory). Returns whether this process has done its run already."""
     if not _torchrun():
         return False
-    from trainkit import distributed, runner
+    from trainkit import distributed, launch
 
-    distributed.setup(runner.resolve_device(cfg.trainer.device))
+    distributed.setup(distributed.resolve_device(cfg.trainer.device))
     if distributed.is_main_process():
         return False
-    runner.follow_main_process()
+    launch.follow_main_process()
     return True
 
 
@@ -371,14 +370,13 @@ def _train_job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainkit import config, sweeps
+    from trainkit import config, launch, sweeps
     from trainkit.errors import file_system_error
-    from trainkit.logging import print_summary
+    from trainkit.reporting import print_summary
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        config.validate(cfg)
-        summary = _train_in_processes(cfg, run_dir)
+        summary = launch.train_in_processes(config.resolve(cfg), run_dir)
     except Exception as error:
         _stop_if_interrupted(error, run_dir)
         if not isinstance(error, UserError):
@@ -405,21 +403,6 @@ def _stop_if_interrupted(error: Exception, run_dir: Path) -> None:
             file=sys.stderr,
         )
         sys.exit(128 + error.signal_number)
-
-
-def _train_in_processes(cfg, run_dir: Path) -> dict:
-    """One process, trainer.devices processes started here, or those torchrun started."""
-    from omegaconf import OmegaConf
-
-    from trainkit import distributed, runner
-
-    if distributed.launched():  # torchrun's main process: hand the run to the others
-        container = OmegaConf.to_container(cfg, resolve=True)
-        distributed.broadcast_from_main((container, str(run_dir)))
-        return runner.train(OmegaConf.create(container), run_dir)
-    if cfg.trainer.devices > 1:
-        return runner.train_distributed(cfg, run_dir, cfg.trainer.devices)
-    return runner.train(cfg, run_dir)
 
 
 # --- eval ----------------------------------------------------------------------------------
@@ -449,12 +432,12 @@ def evaluate(args: list[str]) -> None:
         output_dir, key = Path(given).expanduser(), "output_dir"
     owned = rundir.claim_new(output_dir, key)
 
-    from trainkit import runner
-    from trainkit.logging import print_summary, setup_console_logging
+    from trainkit.evaluation import evaluate_checkpoint
+    from trainkit.reporting import print_summary, setup_console_logging
 
     setup_console_logging()
     try:
-        summary = runner.evaluate_checkpoint(
+        summary = evaluate_checkpoint(
             checkpoint_path, [f"{k}={v}" for k, v in options.items()], owned.path, plugins
         )
     except BaseException:
@@ -492,11 +475,15 @@ def list_components(args: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from trainkit import config
-    from trainkit.registry import describe_parameters, load_components
+    from trainkit.registry import (
+        GROUP_REGISTRIES,
+        MULTI_GROUPS,
+        describe_parameters,
+        load_components,
+    )
 
     load_components()
-    groups = {**config.GROUP_REGISTRIES, **config.MULTI_GROUPS}
+    groups = {**GROUP_REGISTRIES, **MULTI_GROUPS}
     for group in args:
         if group not in groups:
             hint = difflib.get_close_matches(group, groups, n=1)
@@ -525,7 +512,8 @@ def list_components(args: list[str]) -> None:
 def lr_plot(args: list[str]) -> None:
     """``trainkit lr-plot [OVERRIDES] [output=PATH.png]``: the run's lr curve, step by step.
 
-    Builds the data (for the steps per epoch), model and optimizer on the CPU, trains nothing
+    Plans the run through the assembly, as ``train`` would build it (steps per epoch with
+    ``trainer.accumulate`` and ``trainer.devices``, the scaled lr), on the CPU; trains nothing
     and makes no run directory. The monitored metric is taken to improve every epoch, so
     ``scheduler=plateau`` shows a flat curve.
     """
@@ -539,29 +527,15 @@ def lr_plot(args: list[str]) -> None:
     if output is not None and output.exists():
         raise UserError(f"output={output} exists, and trainkit does not overwrite files")
 
-    from trainkit import config, runner
+    from trainkit import config
+    from trainkit.build import build
     from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
-    from trainkit.registry import OPTIMIZERS
-    from trainkit.schedulers import lr_curve
 
-    cfg = config.compose(config.prepare(overrides))
-    config.validate(cfg)
-    settings = runner.TrainerSettings(**cfg.trainer)
-    splits, loaders = runner.build_data(cfg, settings.seed)
-    steps_per_epoch = len(loaders["train"])
-    if settings.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, settings.limit_train_batches)
-    if steps_per_epoch == 0:
-        raise UserError("the train split has no batch; lower data.batch_size")
-    task = runner.build_task(cfg, splits)
-    model = runner.build_model(cfg, splits, task)
-    optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=model)
-    monitor, mode = runner.resolve_monitor(settings, task)
-    lrs = lr_curve(cfg.scheduler, optimizer, steps_per_epoch, settings.max_epochs, monitor, mode)
-
+    plan = build(config.resolve(config.compose(config.prepare(overrides))), "plan")
+    lrs, settings = plan.planned_lrs, plan.settings
     title = (
-        f"optimizer={cfg.optimizer.name} scheduler={cfg.scheduler.name}: "
-        f"{settings.max_epochs} epochs x {steps_per_epoch} steps"
+        f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}: "
+        f"{settings.max_epochs} epochs x {plan.steps_per_epoch} optimizer steps"
     )
     png = io.BytesIO()
     write_lr_png(lrs, png, title)

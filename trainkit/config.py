@@ -26,30 +26,20 @@ from omegaconf.errors import OmegaConfBaseException
 from trainkit import paths
 from trainkit.errors import UserError
 from trainkit.registry import (
-    AUGMENTATIONS,
-    DATASETS,
-    LOSSES,
-    MODELS,
-    OPTIMIZERS,
+    GROUP_REGISTRIES,
+    MULTI_GROUPS,
     REGULARIZERS,
-    SCHEDULERS,
-    TASKS,
     Registry,
     check_params,
     load_components,
 )
+from trainkit.settings import (
+    LoggerSettings,
+    TrainerSettings,
+    split_data_node,
+    split_scheduler_node,
+)
 
-# Config groups whose single option is built through a registry.
-GROUP_REGISTRIES: dict[str, Registry] = {
-    "data": DATASETS,
-    "model": MODELS,
-    "loss": LOSSES,
-    "optimizer": OPTIMIZERS,
-    "scheduler": SCHEDULERS,
-    "augmentation": AUGMENTATIONS,
-    "task": TASKS,
-}
-MULTI_GROUPS: dict[str, Registry] = {"regularization": REGULARIZERS}  # several options at once
 TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins", "resume"}
 
 
@@ -233,9 +223,18 @@ def read_overrides(path: Path) -> list[str]:
     return overrides
 
 
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Check a composed config (``validate``) and return the config the run trains with
+    (``effective``); UserError naming the first mistake. Needs no data and makes nothing."""
+    validate(cfg)
+    return effective(cfg)
+
+
 def effective(cfg: DictConfig) -> DictConfig:
     """The config the run trains with: the settings that regularizers stand for
-    (``regularization=[weight_decay]``: ``optimizer.weight_decay``) written into a copy."""
+    (``regularization=[weight_decay]``: ``optimizer.weight_decay``) written into a copy.
+    UserError where that cannot work (a model without dropout), or where the config sets the
+    same key to another value too. Idempotent: what checkpoints keep passes unchanged."""
     cfg = copy.deepcopy(cfg)
     for key, node in (cfg.get("regularization") or {}).items():
         REGULARIZERS.build(node, f"regularization.{key}").configure(cfg)
@@ -312,10 +311,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> None:
     """Check every node of a composed config; raise UserError naming the first bad key."""
     # Imported here: they pull in torch, which `trainkit --help` must not wait for.
-    from trainkit.data import split_data_node
-    from trainkit.logging import LoggerSettings
-    from trainkit.runner import TrainerSettings, check_devices
-    from trainkit.schedulers import split_scheduler_node
+    from trainkit.distributed import check_devices
     from trainkit.tasks import check_task_loss
 
     container = to_container(cfg)

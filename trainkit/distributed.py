@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainkit.errors import UserError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
@@ -41,6 +43,31 @@ def is_main_process() -> bool:
 def launched() -> bool:
     """Whether this process is one of several started by an elastic launcher (torchrun)."""
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``trainer.device`` as this process's device; under DDP on GPUs, its local rank's GPU.
+    UserError for a device that is not one, or not here."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
+    if device.type == "cuda" and device.index is None and launched():
+        device = torch.device("cuda", local_rank())  # one GPU per process
+    return device
+
+
+def check_devices(device: str, processes: int) -> None:
+    """UserError unless ``trainer.device`` exists here with ``trainer.devices`` GPUs."""
+    if resolve_device(device).type == "cuda" and processes > torch.cuda.device_count():
+        raise UserError(
+            f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use trainer.devices={torch.cuda.device_count()} or fewer"
+        )
 
 
 def setup(device: torch.device) -> None:

@@ -27,6 +27,18 @@ def recipes_dir() -> Path:
     return _find("recipes")
 
 
+def option_defaults(group: str, name: str) -> dict:
+    """The values ``conf/<group>/<name>.yaml`` gives its option's keys ({} without a file):
+    what a run uses when nothing overrides them."""
+    import yaml
+
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {key: value for key, value in node.items() if key != "defaults"}
+
+
 def check_writable(directory: Path, key: str) -> None:
     """Raise UserError unless run directories can be made at ``directory`` (relative to the
     working directory; it need not exist yet). ``key`` is the config key that moves it, such

@@ -288,6 +288,18 @@ REGULARIZERS = Registry("regularizer")
 AUGMENTATIONS = Registry("augmentation", runtime=("image_size",))
 TASKS = Registry("task", runtime=("splits", "loss"))
 
+# Config groups whose single option is built through a registry, and those of several.
+GROUP_REGISTRIES: dict[str, Registry] = {
+    "data": DATASETS,
+    "model": MODELS,
+    "loss": LOSSES,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "augmentation": AUGMENTATIONS,
+    "task": TASKS,
+}
+MULTI_GROUPS: dict[str, Registry] = {"regularization": REGULARIZERS}
+
 _BUILTIN_MODULES = (
     "trainkit.data",
     "trainkit.models",

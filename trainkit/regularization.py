@@ -23,7 +23,9 @@ from torch import nn
 from torchvision.transforms import v2
 
 from trainkit.errors import UserError
+from trainkit.paths import option_defaults
 from trainkit.registry import (
+    GROUP_REGISTRIES,
     REGULARIZERS,
     NonNegativeFloat,
     PositiveFloat,
@@ -111,13 +113,21 @@ class EarlyStopping(Regularizer):
 
 
 def _set(cfg: DictConfig, node: str, key: str, value, why: str) -> None:
-    """Set ``cfg.node.key``, refusing when that component has no such parameter."""
-    from trainkit.config import GROUP_REGISTRIES
-
+    """Set ``cfg.node.key`` to the regularizer's ``value``, refusing when that component has
+    no such parameter, or when the config sets that key to another value as well (two
+    spellings of one setting: which one wins should not be a surprise)."""
     registry = GROUP_REGISTRIES[node]
     name = cfg[node].name
-    if key not in inspect.signature(registry.get(name)).parameters:
+    parameter = inspect.signature(registry.get(name)).parameters.get(key)
+    if parameter is None:
         raise UserError(f"{why} needs a {node} with a {key} parameter; {node} {name!r} has none")
+    current = cfg[node].get(key)
+    default = option_defaults(node, name).get(key, parameter.default)
+    if current is not None and current != value and current != default:
+        raise UserError(
+            f"{why} sets {node}.{key}={value} and {node}.{key}={current} is set too; keep one "
+            f"(drop {node}.{key}, or give {why} the value {current})"
+        )
     with open_dict(cfg):
         cfg[node][key] = value
 

@@ -1,187 +1,36 @@
-"""The training loop: build every component from the config, train, validate, test.
+"""The training loop: fit, train an epoch, take an optimizer step, validate, test.
 
-Read it top to bottom: ``Runner.__init__`` builds, ``fit`` runs epochs of ``train_epoch``
-and ``validate``, ``test`` evaluates the best checkpoint. Everything a checkpoint must
-restore is in ``state_dict``. The loop calls the other modules directly; nothing calls
-back into it.
+Read it top to bottom: ``Runner.__init__`` gets the run's parts from the assembly
+(``trainkit.build``), ``fit`` runs epochs of ``train_epoch`` and ``validate``, ``test``
+evaluates the best checkpoint. Everything a checkpoint must restore is in ``state_dict``.
+The loop calls the other modules directly; nothing calls back into it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import gc
 import itertools
 import math
-import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from trainkit import checkpoint, distributed
-from trainkit.data import Splits, build_loaders, split_data_node
-from trainkit.data.splits import check_labels
+from trainkit.build import build
 from trainkit.errors import UserError
-from trainkit.logging import LoggerSettings, RunLogger, flatten_hparams, log
-from trainkit.registry import (
-    AUGMENTATIONS,
-    DATASETS,
-    LOSSES,
-    MODELS,
-    OPTIMIZERS,
-    REGULARIZERS,
-    TASKS,
-    NonNegativeInt,
-    PositiveInt,
-    Range,
-    check_params,
-    load_components,
-)
-from trainkit.schedulers import build_schedule, lr_curve
+from trainkit.reporting import RunLogger, flatten_hparams, log
+from trainkit.settings import logger_settings, trainer_settings
 from trainkit.speed import Speed
-from trainkit.tasks import Outputs, Task, lower_is_better
-
-
-@dataclass
-class TrainerSettings:
-    """The ``trainer`` node: how long, where, and what "best" means."""
-
-    max_epochs: PositiveInt = 30
-    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
-    seed: int = 0
-    monitor: str = "auto"  # auto: the task's own (val/acc for classification)
-    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for losses and errors
-    deterministic: bool = False
-    # Speed: mixed precision (32, bf16, fp16 with a grad scaler), memory layout, compiling.
-    precision: Literal[32, "bf16", "fp16"] = 32
-    channels_last: bool = False
-    compile: bool = False
-    cudnn_benchmark: bool = False
-    accumulate: PositiveInt = 1  # batches whose gradients make one optimizer step
-    # Several processes (DDP): started by trainkit itself, or by torchrun (then ignored).
-    devices: PositiveInt = 1
-    sync_batchnorm: bool = False  # batch statistics over all processes' batches
-    # Linear lr scaling: lr x (global batch / lr_reference_batch), e.g. 256; 0 keeps the lr.
-    lr_reference_batch: NonNegativeInt = 0
-    # Checkpoints: last.pt at every epoch's end, and every this many optimizer steps (0: only
-    # at epoch ends); the newest keep_last of those and the keep_best best stay as files too.
-    checkpoint_every: NonNegativeInt = 0
-    keep_last: NonNegativeInt = 0
-    keep_best: PositiveInt = 1
-    # A loss or gradient norm that is NaN or infinite: error (stop and say where), skip (the
-    # update; stop after nonfinite_max_skips), rollback (reload last.pt, lr x nonfinite_lr_factor;
-    # at most nonfinite_max_rollbacks times). skip and rollback check every step (a host sync).
-    nonfinite: Literal["error", "skip", "rollback"] = "error"
-    nonfinite_max_skips: PositiveInt = 10
-    nonfinite_lr_factor: Annotated[float, Range(gt=0, lt=1)] = 0.5
-    nonfinite_max_rollbacks: PositiveInt = 3
-    # Debugging (the `debug` group sets these): batches per epoch of each split, 0 = all;
-    # overfit_batches > 0 trains and validates on the same first few train batches.
-    limit_train_batches: NonNegativeInt = 0
-    limit_eval_batches: NonNegativeInt = 0
-    overfit_batches: NonNegativeInt = 0
-
-
-# --- building blocks shared by `train` and `eval` -----------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device of this process; under DDP on GPUs, the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
-    if device.type == "cuda" and device.index is None and distributed.launched():
-        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
-    return device
-
-
-def check_devices(device: str, processes: int) -> None:
-    """UserError unless ``trainer.device`` exists here and has ``trainer.devices`` GPUs."""
-    if resolve_device(device).type == "cuda" and processes > torch.cuda.device_count():
-        raise UserError(
-            f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
-            f"use trainer.devices={torch.cuda.device_count()} or fewer"
-        )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_data(
-    cfg: DictConfig, seed: int, overfit_batches: int = 0, device: torch.device | str = "cpu"
-) -> tuple[Splits, dict[str, DataLoader]]:
-    """The data set's splits (train split augmented) and a loader for each; ``device`` is
-    where ``data.on_device`` puts them and what ``data.pin_memory=auto`` pins for."""
-    dataset_node, loader_settings = split_data_node(cfg.data)
-    with distributed.main_process_first():  # one process downloads; the others then read
-        splits = DATASETS.build(dataset_node, "data")
-    check_labels(splits)
-    for split_name in ("val", "test"):
-        if len(getattr(splits, split_name)) == 0:
-            raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
-    splits.train.transform = AUGMENTATIONS.build(
-        cfg.augmentation, "augmentation", image_size=splits.image_size
-    )
-    if overfit_batches:
-        # A model that cannot drive the loss of a few batches to ~0 has a bug.
-        few = Subset(
-            splits.train,
-            range(min(len(splits.train), overfit_batches * loader_settings.batch_size)),
-        )
-        splits = dataclasses.replace(splits, train=few, val=few)
-    loaders = build_loaders(
-        splits, loader_settings, seed, distributed.world_size(), distributed.rank(), device
-    )
-    return splits, loaders
-
-
-def build_task(cfg: DictConfig, splits: Splits) -> Task:
-    return TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
-
-
-def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """The linear scaling rule (Goyal et al. 2017): the lr grows with the global batch, so
-    one recipe trains alike on 1 or 8 GPUs. Applied before the schedule reads the lrs."""
-    for group in optimizer.param_groups:
-        group["lr"] *= factor
-
-
-def resolve_monitor(settings: TrainerSettings, task: Task) -> tuple[str, str]:
-    """The monitored metric and its direction, with ``auto`` resolved from the task."""
-    monitor = task.default_monitor if settings.monitor == "auto" else settings.monitor
-    mode = settings.monitor_mode
-    if mode == "auto":
-        mode = "min" if lower_is_better(monitor) else "max"
-    return monitor, mode
-
-
-def build_model(cfg: DictConfig, splits: Splits, task: Task) -> nn.Module:
-    return MODELS.build(
-        cfg.model,
-        "model",
-        num_classes=task.head_size,
-        input_shape=splits.input_shape,
-        vocab_size=splits.vocab_size,
-    )
+from trainkit.tasks import Outputs, Task
 
 
 @torch.no_grad()
@@ -221,28 +70,6 @@ def evaluate(
     parts = [part for shard in shards for part in shard]
     index, targets, outputs = (torch.cat(parts[i::3]) for i in range(3))
     return values, Outputs(index, targets, outputs)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator's state, in types that ``torch.load(weights_only=True)`` reads."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Interrupted(Exception):
@@ -289,51 +116,21 @@ class Runner:
     """One training run: built from a composed config, writing into ``run_dir``."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
-        self.settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
-        self.device = resolve_device(self.settings.device)
-        distributed.setup(self.device)
-        self.speed = Speed(
-            self.device,
-            self.settings.precision,
-            self.settings.channels_last,
-            self.settings.compile,
-            self.settings.cudnn_benchmark,
-            self.settings.deterministic,
-        )
-        if self.settings.deterministic:
-            torch.use_deterministic_algorithms(True)
-        # Each rank gets its own stream of augmentation randomness; the split seed is shared.
-        seed_everything(self.settings.seed + distributed.rank())
+        # Join the process group first: the data is sharded by rank.
+        distributed.setup(distributed.resolve_device(trainer_settings(cfg.trainer).device))
+        parts = build(cfg, "train")
+        self.cfg, self.settings, self.device, self.speed = (
+            parts.cfg, parts.settings, parts.device, parts.speed,
+        )  # fmt: skip
+        self.splits, self.loaders, self.task = parts.splits, parts.loaders, parts.task
+        self.model, self.loss_fn, self.optimizer = parts.model, parts.loss_fn, parts.optimizer
+        self.regularizers, self.scheduler = parts.regularizers, parts.schedule
+        self.monitor, self.mode = parts.monitor, parts.mode  # what "best" means
+        self.train_batches, self.steps_per_epoch = parts.train_batches, parts.steps_per_epoch
+        self.planned_lrs = parts.planned_lrs
 
-        # --- regularizers first: some of them are settings of the model, loss or optimizer ---
-        self.regularizers = [
-            REGULARIZERS.build(node, f"regularization.{key}")
-            for key, node in (cfg.get("regularization") or {}).items()
-        ]
-        for regularizer in self.regularizers:
-            regularizer.configure(cfg)
-
-        # --- data, and the task its targets are for ---
-        self.splits, self.loaders = build_data(
-            cfg, self.settings.seed, self.settings.overfit_batches, self.device
-        )
-        self.task = build_task(cfg, self.splits)
-
-        # --- model, loss, optimizer ---
-        self.model = self.speed.prepare(build_model(cfg, self.splits, self.task).to(self.device))
-        self.loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=self.splits.num_classes)
-        self.loss_fn = self.loss_fn.to(self.device)
-        if self.settings.sync_batchnorm and distributed.world_size() > 1:
-            if self.device.type == "cuda":
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            else:  # torch's SyncBatchNorm runs on GPUs only
-                log.info("note: trainer.sync_batchnorm applies to CUDA only; ignored on CPU")
-        self.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=self.model)
-        if self.settings.lr_reference_batch:
-            global_batch = self.loaders["train"].batch_size * distributed.world_size()
-            scale_lr(self.optimizer, global_batch / self.settings.lr_reference_batch)
         # DDP averages gradients across processes during backward; one process: the model.
         self.train_model = self.model
         if distributed.world_size() > 1:
@@ -341,28 +138,6 @@ class Runner:
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.model_ddp = self.train_model  # no_sync lives on the DDP wrapper, not the compiled one
         self.train_model = self.speed.compiled(self.train_model)
-
-        # --- what "best" means (the metrics themselves are built at the first validation) ---
-        self.monitor, self.mode = resolve_monitor(self.settings, self.task)
-        known = {"train/loss", "val/loss", *(f"val/{name}" for name in self.task.score_names())}
-        if self.task.tracks_accuracy:
-            known.add("train/acc")
-        if self.monitor not in known:
-            raise UserError(
-                f"trainer.monitor={self.monitor!r} is not a logged metric; use one of "
-                + ", ".join(sorted(known))
-            )
-
-        # --- lr schedule (plateau needs the monitored metric's direction) ---
-        schedule_args = (
-            self.steps_per_epoch,
-            self.settings.max_epochs,
-            self.monitor,
-            self.mode,
-        )
-        # Planned first: lr_curve reads the optimizer's lrs before a schedule changes them.
-        self.planned_lrs = lr_curve(cfg.scheduler, self.optimizer, *schedule_args)
-        self.scheduler = build_schedule(cfg.scheduler, self.optimizer, *schedule_args)
 
         # --- state: everything `state_dict` saves ---
         self.epoch = 0  # epochs completed
@@ -379,29 +154,17 @@ class Runner:
         self.lr_scale = 1.0  # rollbacks multiply the planned lr by this
         self.earlier_train_time_s = 0.0  # of the run's earlier segments, when it was resumed
         self._segment_started = time.perf_counter()
-        if cfg.get("resume"):
-            self.resume(cfg.resume)
+        if self.cfg.get("resume"):
+            self.resume(self.cfg.resume)
 
-        logger_settings = LoggerSettings(**check_params("logger", cfg.logger, LoggerSettings))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logger = RunLogger(
             self.run_dir,
-            logger_settings,
+            logger_settings(self.cfg.logger),
             distributed.is_main_process(),
             resume_epoch=self.epoch if self.resumed_from else None,
             resume_step=self.step if self.resumed_from else None,
         )
-
-    @property
-    def train_batches(self) -> int:
-        """Train batches per epoch."""
-        batches = len(self.loaders["train"])
-        return min(batches, self.settings.limit_train_batches or batches)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps per epoch: one per ``trainer.accumulate`` batches."""
-        return math.ceil(self.train_batches / self.settings.accumulate)
 
     # --- one epoch of training ---
 
@@ -713,7 +476,7 @@ class Runner:
             "best_value": self.best_value,
             "best_record": self.best_record,
             "best_epochs": self.best_epochs,
-            "rng": rng_state(),
+            "rng": checkpoint.rng_state(),
             "train_generator": self.loaders["train"].generator.get_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -734,7 +497,7 @@ class Runner:
         self.earlier_train_time_s = state.get("train_time_s", 0.0)
         self._segment_started = time.perf_counter()
         self.best_epochs = [tuple(pair) for pair in state.get("best_epochs", [])]
-        set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         self.loaders["train"].generator.set_state(state["train_generator"])
 
     def _progress_now(self) -> dict[str, Any] | None:
@@ -771,142 +534,13 @@ class Runner:
         checkpoint.save(state, self.checkpoint_dir / "last.pt")
         if self.settings.keep_last:
             checkpoint.save(state, self.checkpoint_dir / name)
-            history = sorted(
-                [*self.checkpoint_dir.glob("epoch_*.pt"), *self.checkpoint_dir.glob("step_*.pt")],
-                key=lambda path: path.stat().st_mtime_ns,
-            )
-            for old in history[: -self.settings.keep_last]:
-                old.unlink()
+            checkpoint.keep_newest(self.checkpoint_dir, self.settings.keep_last)
         if monitored is None:
             return
         if self.best_record.get("epoch") == self.epoch:
             checkpoint.save(state, self.checkpoint_dir / "best.pt")
         if self.settings.keep_best > 1:
-            self._keep_best(state, monitored)
-
-    def _keep_best(self, state: dict[str, Any], monitored: float) -> None:
-        """Files best_epoch_N.pt for the ``keep_best`` best epochs so far."""
-        self.best_epochs.append((monitored, self.epoch))
-        self.best_epochs.sort(key=lambda pair: -pair[0] if self.mode == "max" else pair[0])
-        del self.best_epochs[self.settings.keep_best :]
-        kept = {f"best_epoch_{epoch:04d}.pt" for _, epoch in self.best_epochs}
-        if f"best_epoch_{self.epoch:04d}.pt" in kept:
-            checkpoint.save(state, self.checkpoint_dir / f"best_epoch_{self.epoch:04d}.pt")
-        for path in self.checkpoint_dir.glob("best_epoch_*.pt"):
-            if path.name not in kept:
-                path.unlink()
-
-
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
-    try:
-        runner = Runner(cfg, run_dir)
-        if not gc.isenabled():  # the CLI's startup (see cli.train): what it built stays
-            gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
-            gc.enable()
-        return runner.fit()
-    finally:
-        distributed.teardown()
-
-
-def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[str, Any]:
-    """Train in ``processes`` worker processes (DDP) started here; returns rank 0's summary.
-
-    The config is composed once, here, and handed to every worker: one run, one directory.
-    """
-    check_devices(cfg.trainer.device, processes)
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    container = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        return distributed.launch(processes, distributed_worker, container, str(run_dir))
-    except ChildFailedError as error:
-        # A user's mistake found in a worker still ends in its one line.
-        _, failure = error.get_first_failure()
-        message = failure.message  # the worker's error file: {"message": "UserError: ..."}
-        if isinstance(message, dict):
-            message = message.get("message", "")
-        if isinstance(message, str) and "UserError: " in message:
-            raise UserError(message.split("UserError: ", 1)[1].strip()) from None
-        raise
-
-
-def config_from_main_process(container: dict[str, Any]) -> DictConfig:
-    """The config the main process handed over as plain data (to a DDP worker, a torchrun
-    follower), with the plugins its command line named imported here too."""
-    cfg = OmegaConf.create(container)
-    load_components(cfg.get("plugins") or [])
-    return cfg
-
-
-def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """One worker of ``train_distributed`` (in its own process): train with the given config."""
-    import os
-
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    from trainkit.logging import setup_worker_logging
-
-    setup_worker_logging(Path(run_dir), distributed.is_main_process())
-    # The processes share the machine's cores instead of each starting a thread per core.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
-    return record(train)(config_from_main_process(container), Path(run_dir))
-
-
-def follow_main_process() -> None:
-    """A non-main process started by torchrun: receive the config and run directory that the
-    main process's Hydra made, and train with it (one run directory for all processes)."""
-    from trainkit.logging import setup_worker_logging
-
-    container, run_dir = distributed.broadcast_from_main(None)
-    setup_worker_logging(Path(run_dir), main=False)
-    train(config_from_main_process(container), Path(run_dir))
-
-
-def evaluate_checkpoint(
-    path: Path, overrides: list[str], output_dir: Path, plugins: list[str]
-) -> dict[str, Any]:
-    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it;
-    write summary.json and predictions.csv into ``output_dir`` and return the summary.
-
-    ``plugins``: the modules this command line named (imported already). A checkpoint whose
-    run used others is refused: a file never decides what code is imported.
-    """
-    from trainkit import config
-
-    path = checkpoint.find(path)
-    state = checkpoint.load(path)
-    cfg = OmegaConf.create(state["config"])
-    needed = [str(module) for module in cfg.get("plugins") or []]
-    if any(module not in plugins for module in needed):
-        listed = "[" + ",".join(needed) + "]"
-        raise UserError(
-            f"checkpoint {path} was trained with plugins={listed}, and trainkit imports only "
-            f"the modules named on its command line; add plugins={listed} if you trust them"
-        )
-    for override in overrides:
-        key = override.partition("=")[0]
-        if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise UserError(f"unknown key {key}: the checkpoint's config has no such key")
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    config.validate(cfg)
-
-    settings = TrainerSettings(**check_params("trainer", cfg.trainer, TrainerSettings))
-    device = resolve_device(settings.device)
-    seed_everything(settings.seed)
-    splits, loaders = build_data(cfg, settings.seed, device=device)
-    task = build_task(cfg, splits)
-    model = build_model(cfg, splits, task)
-    checkpoint.load_weights(model, state["evaluation_model"], path, f"model {cfg.model.name}")
-    loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
-    metrics = task.metrics(per_class=True).to(device)
-    values, outputs = evaluate(
-        model.to(device), loaders["test"], loss_fn, task, metrics, device, "test", keep_outputs=True
-    )
-    summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
-    task.write_predictions(output_dir / "predictions.csv", outputs)
-    checkpoint.save_json(summary, output_dir / "summary.json")
-    return summary
-
-
-_ABSENT = object()
+            self.best_epochs = checkpoint.keep_best(
+                state, self.checkpoint_dir, self.best_epochs, (monitored, self.epoch),
+                self.settings.keep_best, self.mode,
+            )  # fmt: skip

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from torch.optim import Optimizer, lr_scheduler
@@ -27,25 +26,8 @@ from trainkit.registry import (
     PositiveFloat,
     PositiveInt,
     Range,
-    check_params,
 )
-
-
-@dataclass
-class ScheduleSettings:
-    """The keys every ``scheduler`` node may have besides its own."""
-
-    interval: Literal["step", "epoch"] = "step"
-    warmup_epochs: NonNegativeFloat = 0.0
-    warmup_start_factor: Annotated[float, Range(gt=0, le=1)] = 0.01
-
-
-def split_scheduler_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], ScheduleSettings]:
-    """Separate the schedule's own keys from the shared interval and warmup settings."""
-    shared = set(ScheduleSettings.__dataclass_fields__)
-    own = {k: v for k, v in node.items() if k not in shared}
-    settings = {k: v for k, v in node.items() if k in shared}
-    return own, ScheduleSettings(**check_params("scheduler", settings, ScheduleSettings))
+from trainkit.settings import split_scheduler_node
 
 
 class Schedule:

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
-from trainkit.logging import log
+from trainkit.reporting import log
 
 
 class Speed:

@@ -105,18 +105,6 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
-    """The metric the runs of ``cfg`` monitor and its direction, ``"max"`` or ``"min"``,
-    resolved as the runner does (``auto``: the task's own metric)."""
-    from trainkit.registry import TASKS, load_components
-    from trainkit.runner import TrainerSettings, resolve_monitor
-
-    load_components(cfg.get("plugins") or [])
-    settings = TrainerSettings(**cfg.trainer)
-    # resolve_monitor reads only the task's class attribute default_monitor.
-    return resolve_monitor(settings, TASKS.get(cfg.task.name))
-
-
 # --- after the sweep -----------------------------------------------------------------------
 
 
@@ -309,6 +297,8 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return  # nothing ran (an empty sweep)
+        from trainkit.build import monitored_metric
+
         monitor, mode = monitored_metric(config)
         jobs = summarize(sweep_dir, monitor, mode)
         print_table(jobs, monitor, mode, sweep_dir)

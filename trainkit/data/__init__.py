@@ -10,13 +10,14 @@ know about the data (number of classes, input shape, vocabulary size).
 - ``vision``: torchvision's downloadable data sets and image folders.
 - ``text``: text classification from CSV or JSONL files.
 - ``loaders``: DataLoaders, or the split held on the device and batched there
-  (``data.on_device``), and the data node's loader settings.
+  (``data.on_device``); the data node's loader settings are in ``trainkit.settings``.
 """
 
 from trainkit.data import bundled, text, vision  # noqa: F401  (registers the data sets)
 from trainkit.data.bundled import breast_cancer, digits, synthetic
-from trainkit.data.loaders import LoaderSettings, build_loaders, split_data_node
+from trainkit.data.loaders import build_loaders
 from trainkit.data.splits import Splits, TensorSplit, stratified_split, tensor_splits
+from trainkit.settings import LoaderSettings, split_data_node
 
 __all__ = [
     "LoaderSettings",

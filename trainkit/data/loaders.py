@@ -1,4 +1,4 @@
-"""The loaders that feed the runner, and the data node's loader settings.
+"""The loaders that feed the runner.
 
 Two ways to batch a split, chosen by ``data.on_device``: a DataLoader (workers, pinned
 memory), or ``DeviceLoader``, which holds an in-memory split on the run's device and cuts
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
@@ -19,35 +17,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from trainkit.augment import device_augmentation
 from trainkit.data.splits import Splits, TensorSplit
 from trainkit.errors import UserError
-from trainkit.logging import log
-from trainkit.registry import NonNegativeInt, PositiveInt, check_params
-
-
-@dataclass
-class LoaderSettings:
-    """The keys of the ``data`` node that shape batches rather than choose the data."""
-
-    batch_size: PositiveInt = 64
-    eval_batch_size: PositiveInt = 256
-    num_workers: NonNegativeInt = 0
-    pin_memory: bool | Literal["auto"] = "auto"  # auto: when the run's device is CUDA
-    prefetch_factor: PositiveInt | None = None  # per worker; None: torch's default (2)
-    on_device: bool = False
-
-
-def split_data_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], LoaderSettings]:
-    """Separate the data node into the dataset's own keys and the loader settings."""
-    loader_keys = set(LoaderSettings.__dataclass_fields__)
-    dataset_node = {k: v for k, v in node.items() if k not in loader_keys}
-    loader = {k: v for k, v in node.items() if k in loader_keys}
-    settings = LoaderSettings(**check_params("data", loader, LoaderSettings))
-    if settings.prefetch_factor is not None and settings.num_workers == 0:
-        raise UserError(
-            f"data.prefetch_factor={settings.prefetch_factor} counts the batches each worker "
-            "loads ahead, and data.num_workers=0 starts none: set data.num_workers or "
-            "data.prefetch_factor=null"
-        )
-    return dataset_node, settings
+from trainkit.reporting import log
+from trainkit.settings import LoaderSettings
 
 
 def _keep_batch(batch):

@@ -12,13 +12,12 @@ import logging
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from trainkit.registry import PositiveInt
+from trainkit.settings import LoggerSettings
 
 log = logging.getLogger("trainkit")
 
@@ -36,13 +35,6 @@ _EPOCH_LINE_KEYS = {
 
 # Seconds between progress bar redraws.
 _REDRAW_S = 0.5
-
-
-@dataclass
-class LoggerSettings:
-    tensorboard: bool = True
-    progress_bar: bool = True
-    log_every_n_steps: PositiveInt = 25
 
 
 class RunLogger:

@@ -1,0 +1,225 @@
+"""The assembly: one function, ``build``, turns a config into a run's parts.
+
+Every verb builds through it (training, evaluation, planning the lr), so ``lr-plot`` cannot
+plan a different run from the one ``train`` runs. What a purpose does not need is not built:
+evaluation builds no optimizer, planning puts nothing on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import Subset
+
+from trainkit import config, distributed
+from trainkit.data import Splits, build_loaders
+from trainkit.data.splits import check_labels
+from trainkit.errors import UserError
+from trainkit.registry import (
+    AUGMENTATIONS,
+    DATASETS,
+    LOSSES,
+    MODELS,
+    OPTIMIZERS,
+    REGULARIZERS,
+    TASKS,
+)
+from trainkit.reporting import log
+from trainkit.schedulers import Schedule, build_schedule, lr_curve
+from trainkit.settings import TrainerSettings, split_data_node, trainer_settings
+from trainkit.speed import Speed
+from trainkit.tasks import Task, lower_is_better
+
+Purpose = Literal["train", "evaluate", "plan"]
+
+
+@dataclass
+class Parts:
+    """What a run is made of. ``cfg`` is the effective config: the settings regularizers
+    stand for (``regularization=[weight_decay]``) written in, as checkpoints keep it."""
+
+    cfg: DictConfig
+    settings: TrainerSettings
+    device: torch.device
+    speed: Speed
+    regularizers: list
+    splits: Splits
+    loaders: dict[str, Any]
+    task: Task
+    model: nn.Module
+    loss_fn: nn.Module
+    monitor: str  # the metric that picks the best checkpoint, and its direction
+    mode: str
+    # Built to train and to plan (not to evaluate):
+    optimizer: torch.optim.Optimizer | None = None
+    train_batches: int = 0  # per epoch and process, after trainer.limit_train_batches
+    steps_per_epoch: int = 0  # optimizer steps: one per trainer.accumulate batches
+    planned_lrs: list[float] | None = None  # the lr of param group 0 at every step
+    schedule: Schedule | None = None  # built to train only
+
+
+def build(cfg: DictConfig, purpose: Purpose) -> Parts:
+    """The parts of the run ``cfg`` describes, for ``purpose``:
+
+    - ``"train"``: everything, on the run's device, for this process of the run;
+    - ``"evaluate"``: data, task, model and loss on the run's device;
+    - ``"plan"``: on the CPU, everything the lr depends on, as the run will have it with
+      ``trainer.devices`` processes (for ``lr-plot``).
+
+    Raises UserError for what only building can find (a data set too small to split, a
+    monitored metric the task does not log, ...).
+    """
+    cfg = config.effective(cfg)
+    settings = trainer_settings(cfg.trainer)
+    planning = purpose == "plan"
+    device = torch.device("cpu") if planning else distributed.resolve_device(settings.device)
+    world, rank = (
+        (settings.devices, 0) if planning else (distributed.world_size(), distributed.rank())
+    )
+    if purpose == "train" and settings.deterministic:
+        torch.use_deterministic_algorithms(True)
+    # Each rank draws its own augmentation randomness; the split seed (data.seed) is shared.
+    seed_everything(settings.seed + rank)
+    speed = Speed(device) if planning else _speed(settings, device)
+    regularizers = [
+        REGULARIZERS.build(node, f"regularization.{key}")
+        for key, node in (cfg.get("regularization") or {}).items()
+    ]
+
+    # --- data, and the task its targets are for ---
+    overfit = 0 if purpose == "evaluate" else settings.overfit_batches
+    splits, loaders = build_data(cfg, settings.seed, overfit, device, world, rank)
+    task = TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
+    monitor, mode = resolve_monitor(settings, type(task))
+    if purpose != "evaluate":
+        check_monitor(monitor, task)
+
+    # --- model and loss ---
+    model = MODELS.build(
+        cfg.model,
+        "model",
+        num_classes=task.head_size,
+        input_shape=splits.input_shape,
+        vocab_size=splits.vocab_size,
+    ).to(device)
+    if purpose == "train":
+        model = speed.prepare(model)
+        if settings.sync_batchnorm and world > 1:
+            if device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:  # torch's SyncBatchNorm runs on GPUs only
+                log.info("note: trainer.sync_batchnorm applies to CUDA only; ignored on CPU")
+    loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
+    parts = Parts(
+        cfg, settings, device, speed, regularizers, splits, loaders, task, model, loss_fn,
+        monitor, mode,
+    )  # fmt: skip
+    if purpose == "evaluate":
+        return parts
+
+    # --- optimizer and lr schedule ---
+    parts.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=model)
+    if settings.lr_reference_batch:
+        # The linear scaling rule (Goyal et al. 2017): the lr grows with the global batch,
+        # so one recipe trains alike on 1 or 8 GPUs. Before the schedule reads the lrs.
+        global_batch = loaders["train"].batch_size * world
+        for group in parts.optimizer.param_groups:
+            group["lr"] *= global_batch / settings.lr_reference_batch
+    batches = len(loaders["train"])
+    parts.train_batches = min(batches, settings.limit_train_batches or batches)
+    if parts.train_batches == 0:
+        raise UserError("the train split has no batch; lower data.batch_size")
+    parts.steps_per_epoch = math.ceil(parts.train_batches / settings.accumulate)
+    plan = (parts.steps_per_epoch, settings.max_epochs, monitor, mode)
+    # Planned first: lr_curve reads the optimizer's lrs before a schedule changes them.
+    parts.planned_lrs = lr_curve(cfg.scheduler, parts.optimizer, *plan)
+    if purpose == "train":
+        parts.schedule = build_schedule(cfg.scheduler, parts.optimizer, *plan)
+    return parts
+
+
+# --- the pieces ----------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _speed(settings: TrainerSettings, device: torch.device) -> Speed:
+    return Speed(
+        device,
+        settings.precision,
+        settings.channels_last,
+        settings.compile,
+        settings.cudnn_benchmark,
+        settings.deterministic,
+    )
+
+
+def build_data(
+    cfg: DictConfig,
+    seed: int,
+    overfit_batches: int = 0,
+    device: torch.device | str = "cpu",
+    world_size: int = 1,
+    rank: int = 0,
+):
+    """The data set's splits (train split augmented) and a loader for each, for process
+    ``rank`` of ``world_size``; ``device`` is where ``data.on_device`` puts them and what
+    ``data.pin_memory=auto`` pins for."""
+    dataset_node, loader_settings = split_data_node(cfg.data)
+    with distributed.main_process_first():  # one process downloads; the others then read
+        splits = DATASETS.build(dataset_node, "data")
+    check_labels(splits)
+    for split_name in ("val", "test"):
+        if len(getattr(splits, split_name)) == 0:
+            raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
+    splits.train.transform = AUGMENTATIONS.build(
+        cfg.augmentation, "augmentation", image_size=splits.image_size
+    )
+    if overfit_batches:
+        # A model that cannot drive the loss of a few batches to ~0 has a bug.
+        few = Subset(
+            splits.train,
+            range(min(len(splits.train), overfit_batches * loader_settings.batch_size)),
+        )
+        splits = dataclasses.replace(splits, train=few, val=few)
+    loaders = build_loaders(splits, loader_settings, seed, world_size, rank, device)
+    return splits, loaders
+
+
+def resolve_monitor(settings: TrainerSettings, task: type[Task]) -> tuple[str, str]:
+    """The monitored metric and its direction, ``auto`` resolved from the task (its class:
+    what it monitors is known before any data is read)."""
+    monitor = task.default_monitor if settings.monitor == "auto" else settings.monitor
+    mode = settings.monitor_mode
+    if mode == "auto":
+        mode = "min" if lower_is_better(monitor) else "max"
+    return monitor, mode
+
+
+def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
+    """The metric that runs of ``cfg`` monitor and its direction, without building them."""
+    return resolve_monitor(trainer_settings(cfg.trainer), TASKS.get(cfg.task.name))
+
+
+def check_monitor(monitor: str, task: Task) -> None:
+    """UserError unless the run logs ``monitor`` (a metric of this task, or a loss)."""
+    known = {"train/loss", "val/loss", *(f"val/{name}" for name in task.score_names())}
+    if task.tracks_accuracy:
+        known.add("train/acc")
+    if monitor not in known:
+        raise UserError(
+            f"trainer.monitor={monitor!r} is not a logged metric; use one of "
+            + ", ".join(sorted(known))
+        )

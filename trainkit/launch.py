@@ -1,0 +1,96 @@
+"""Launching a training run: in this process, in ``trainer.devices`` worker processes
+(DDP, started here through torch's elastic launcher), or as one of the processes torchrun
+started. Whatever the number of processes, one config and one run directory.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit import distributed
+from trainkit.errors import UserError
+from trainkit.registry import load_components
+from trainkit.runner import Runner
+
+
+def train_in_processes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """One process, ``trainer.devices`` processes started here, or those torchrun started;
+    returns the run's summary (rank 0's)."""
+    if distributed.launched():  # torchrun's main process: hand the run to the others
+        container = OmegaConf.to_container(cfg, resolve=True)
+        distributed.broadcast_from_main((container, str(run_dir)))
+        return train(OmegaConf.create(container), run_dir)
+    if cfg.trainer.devices > 1:
+        return train_distributed(cfg, run_dir, cfg.trainer.devices)
+    return train(cfg, run_dir)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
+    try:
+        runner = Runner(cfg, run_dir)
+        if not gc.isenabled():  # the CLI's startup (see cli.train): what it built stays
+            gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
+            gc.enable()
+        return runner.fit()
+    finally:
+        distributed.teardown()
+
+
+def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[str, Any]:
+    """Train in ``processes`` worker processes (DDP) started here; returns rank 0's summary.
+
+    The config is composed once, here, and handed to every worker: one run, one directory.
+    """
+    distributed.check_devices(cfg.trainer.device, processes)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return distributed.launch(processes, distributed_worker, container, str(run_dir))
+    except ChildFailedError as error:
+        # A user's mistake found in a worker still ends in its one line.
+        _, failure = error.get_first_failure()
+        message = failure.message  # the worker's error file: {"message": "UserError: ..."}
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        if isinstance(message, str) and "UserError: " in message:
+            raise UserError(message.split("UserError: ", 1)[1].strip()) from None
+        raise
+
+
+def config_from_main_process(container: dict[str, Any]) -> DictConfig:
+    """The config the main process handed over as plain data (to a DDP worker, a torchrun
+    follower), with the plugins its command line named imported here too."""
+    cfg = OmegaConf.create(container)
+    load_components(cfg.get("plugins") or [])
+    return cfg
+
+
+def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One worker of ``train_distributed`` (in its own process): train with the given config."""
+
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from trainkit.reporting import setup_worker_logging
+
+    setup_worker_logging(Path(run_dir), distributed.is_main_process())
+    # The processes share the machine's cores instead of each starting a thread per core.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
+    return record(train)(config_from_main_process(container), Path(run_dir))
+
+
+def follow_main_process() -> None:
+    """A non-main process started by torchrun: receive the config and run directory that the
+    main process's Hydra made, and train with it (one run directory for all processes)."""
+    from trainkit.reporting import setup_worker_logging
+
+    container, run_dir = distributed.broadcast_from_main(None)
+    setup_worker_logging(Path(run_dir), main=False)
+    train(config_from_main_process(container), Path(run_dir))
