@@ -613,7 +613,34 @@ def _(cwd, run):
     return ["train", "-m", *SMALL, "trainer.max_epochs=1", "data.num_samples=200,20"]
 
 
-@case("sweep-unknown-option-in-a-job", "unknown optimizer 'adamm'; did you mean 'adam'?")
+mistake(
+    "sweep-bad-value-in-a-job",
+    ["train", "-m", *SMALL, "optimizer.lr=0.1,-1"],
+    "sweep job 1 (optimizer.lr=-1): optimizer.lr=-1 is out of range: it must be > 0",
+)
+mistake(
+    "sweep-combination-in-every-job",
+    ["train", "-m", *SMALL, "regularization=[drop_path]", "optimizer=adam,sgd"],
+    "sweep job 0 (optimizer=adam): regularization.drop_path needs a model with a drop_path",
+)
+mistake(
+    "sweep-range-without-search",
+    ["train", "-m", *SMALL, "optimizer.lr=interval(0.1,1)"],
+    "for ranges (interval, tag(log, ...)) use hparams_search=random or hparams_search=tpe",
+)
+mistake(
+    "two-spellings-of-dropout",
+    train("model.dropout=0.2", "regularization=[dropout]"),
+    "regularization.dropout sets model.dropout=0.5 and model.dropout=0.2 is set too; keep one",
+)
+mistake(
+    "two-spellings-of-weight-decay",
+    train("optimizer.weight_decay=0.01", "regularization=[weight_decay]"),
+    "sets optimizer.weight_decay=0.0005 and optimizer.weight_decay=0.01 is set too",
+)
+
+
+@case("sweep-unknown-option-in-a-job", "sweep job 0 (optimizer=adamm): unknown optimizer 'adamm'")
 def _(cwd, run):
     return ["train", "-m", *SMALL, "trainer.max_epochs=1", "optimizer=adamm,sgd"]
 

@@ -45,7 +45,7 @@ EARLY_MISTAKES = [
     (
         ["loss=mse"],
         "loss=mse needs predictions and continuous targets, which task=classification does "
-        "not give; task=classification takes cross_entropy, nll, focal, bce "
+        "not give; task=classification takes bce, cross_entropy, focal, nll "
         "(loss=mse belongs to task=regression)",
     ),
 ]

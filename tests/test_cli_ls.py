@@ -19,6 +19,19 @@ def test_ls_lists_every_component_of_a_group(capsys, monkeypatch):
     assert "optimizer" not in out.split("\n")[0]
 
 
+def test_ls_shows_the_defaults_a_run_uses_and_plain_descriptions(capsys, monkeypatch):
+    """The YAML's default wins over the builder's, as it does in a run."""
+    monkeypatch.setenv("COLUMNS", "250")
+    main(["ls", "optimizer", "model"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "│ sgd " in line or "│ resnet_cifar " in line]
+    sgd = out[out.index("│ sgd ") : out.index("│ sgd ") + 2500]
+    assert "weight_decay: a number >= 0 = 0.0005" in sgd  # conf/optimizer/sgd.yaml
+    assert "nesterov: true or false = false" in sgd
+    assert any("depth: an integer >= 1 = 8" in row for row in rows)  # conf/model/resnet_cifar
+    assert "``" not in out and ":class:" not in out
+
+
 def test_ls_without_a_group_lists_them_all(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     main(["ls"])

@@ -14,8 +14,8 @@ import pytest
 from tests import fake_images
 from tests.fake_text import make_text_csv
 from trainkit import config, paths
+from trainkit.losses import fit_of
 from trainkit.runner import Runner
-from trainkit.tasks import TASK_LOSSES
 
 SMALL = [
     "trainer.max_epochs=1",
@@ -79,7 +79,7 @@ def overrides_for(group: str, option: str, root: Path) -> list[str]:
     if group == "data":  # the data set picks its own task and model
         overrides = [*SMALL, choice, *files_for_data(option, root)]
     if group == "loss":
-        task = next(task for task, losses in TASK_LOSSES.items() if option in losses)
+        task = fit_of(option).task
         overrides = [*SMALL, *LOSS_DATA.get(option, TASK_DATA[task]), choice]
     if group == "task":
         overrides = [*SMALL, *TASK_DATA[option], choice]
@@ -106,4 +106,4 @@ def test_option_trains_a_few_steps(group, option, tmp_path):
 def test_every_builtin_loss_belongs_to_one_task():
     losses = [p.stem for p in (paths.config_dir() / "loss").glob("*.yaml")]
     for loss in losses:
-        assert sum(loss in task_losses for task_losses in TASK_LOSSES.values()) == 1, loss
+        assert fit_of(loss).task in TASK_DATA, loss

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainkit import losses
 from trainkit.errors import UserError
-from trainkit.losses import LOSS_INPUTS
+from trainkit.losses import fit_of
 from trainkit.registry import LOSSES
 
 
@@ -34,12 +34,16 @@ TARGETS = torch.tensor([0, 2, 1, 0])
 # --- the catalog ---------------------------------------------------------------------------
 
 
-def test_loss_inputs_covers_exactly_the_builtin_losses():
-    builtin = {n for n in LOSSES.names() if LOSSES.get(n).__module__ == losses.__name__}
-    assert set(LOSS_INPUTS) == builtin
+BUILTIN = sorted(n for n in LOSSES.names() if LOSSES.get(n).__module__ == losses.__name__)
 
 
-@pytest.mark.parametrize("name", sorted(LOSS_INPUTS))
+def test_every_builtin_loss_says_which_task_it_belongs_to():
+    for name in BUILTIN:
+        assert fit_of(name) is not None and fit_of(name).inputs, name
+    assert [n for n in BUILTIN if fit_of(n).soft_targets] == ["cross_entropy"]
+
+
+@pytest.mark.parametrize("name", BUILTIN)
 def test_every_builtin_loss_builds_with_its_defaults(name):
     assert isinstance(build(name), nn.Module)
 

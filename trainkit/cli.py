@@ -160,6 +160,7 @@ def _train(args: list[str]) -> None:
                 "torchrun starts one run in several processes, not a sweep; "
                 "for DDP inside each sweep job use -m with trainer.devices=N instead"
             )
+        config.check_sweep(rewritten)  # every job's config, once, before anything is made
         continues = any(o.lstrip("+").startswith("hparams_search=") for o in rewritten)
         owned = rundir.claim_new(launch.hydra.sweep.dir, "hydra.sweep.dir", continues)
         earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
@@ -174,7 +175,6 @@ def _train(args: list[str]) -> None:
             owned = rundir.claim_new(launch.hydra.run.dir, "hydra.run.dir")
         else:
             owned = rundir.claim_run(checkpoint.run_dir_of(resuming), "resume")
-            passed_on.append("hydra.output_subdir=null")  # the run's .hydra/ stays as it was
         passed_on.append(override("hydra.run.dir", str(owned.path)))
     sys.argv = ["trainkit train", *flags, *passed_on]
     _run_in_directory(owned)
@@ -376,7 +376,12 @@ def _train_job(cfg) -> float | None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = launch.train_in_processes(config.resolve(cfg), run_dir)
+        if not cfg.get("resume"):  # (a resumed run's .hydra/ stays as it was)
+            _save_run_config(cfg, run_dir)  # the overrides first: a failed job lists them
+        effective = config.resolve(cfg)
+        if not cfg.get("resume"):
+            _save_run_config(effective, run_dir)
+        summary = launch.train_in_processes(effective, run_dir)
     except Exception as error:
         _stop_if_interrupted(error, run_dir)
         if not isinstance(error, UserError):
@@ -389,6 +394,24 @@ def _train_job(cfg) -> float | None:
         fail(error)  # the CLI removes the run directory if nothing was trained in it
     print_summary(summary, run_dir)
     return sweeps.objective(summary)
+
+
+def _save_run_config(cfg, run_dir: Path) -> None:
+    """``.hydra/``, as Hydra would write it, but ``config.yaml`` holds the config the run
+    trains with (the effective one: the checkpoints and TensorBoard's hparams hold the same)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from trainkit.checkpoint import write_text_atomically
+
+    hydra = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    for name, node in (
+        ("overrides.yaml", hydra.overrides.task),
+        ("hydra.yaml", OmegaConf.create({"hydra": hydra})),
+        ("config.yaml", cfg),
+    ):
+        write_text_atomically(OmegaConf.to_yaml(node), folder / name)
 
 
 def _stop_if_interrupted(error: Exception, run_dir: Path) -> None:
@@ -475,6 +498,7 @@ def list_components(args: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from trainkit.paths import option_defaults
     from trainkit.registry import (
         GROUP_REGISTRIES,
         MULTI_GROUPS,
@@ -498,12 +522,25 @@ def list_components(args: list[str]) -> None:
         table.add_column("what it is")
         for name in registry.names():
             builder = registry.get(name)
+            defaults = option_defaults(group, name)
+            if group in MULTI_GROUPS:  # regularization/x.yaml holds {x: {name: x, ...}}
+                defaults = defaults.get(name) or {}
             parameters = "\n".join(
-                f"{key}: {text}" for key, text in describe_parameters(builder, registry.runtime)
+                f"{key}: {text}"
+                for key, text in describe_parameters(builder, registry.runtime, defaults)
             )
-            summary = (builder.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-            table.add_row(name, parameters or "-", " ".join(summary.split()))
+            table.add_row(name, parameters or "-", _plain_text(builder.__doc__ or ""))
         console.print(table)
+
+
+def _plain_text(docstring: str) -> str:
+    """A docstring's first paragraph on one line, without reST markup (``code``, :ref:`x`)."""
+    import re
+
+    summary = docstring.strip().split("\n\n")[0]
+    summary = re.sub(r":[a-z]+:`([^`]*)`", r"\1", summary)
+    summary = re.sub(r"``([^`]*)``", r"\1", summary)
+    return " ".join(summary.split())
 
 
 # --- lr-plot -------------------------------------------------------------------------------

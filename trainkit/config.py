@@ -186,6 +186,58 @@ def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
         return compose(own, with_hydra=True)
 
 
+def check_sweep(overrides: list[str]) -> None:
+    """Every job of a grid sweep (``-m a=1,2 b=x,y``) composes and resolves: a mistake in
+    any of them is one line before anything runs or any directory exists, not one failed
+    job after another. A search (``hparams_search=...``) is checked at its fixed values; its
+    trials' sampled values are checked as each trial runs.
+
+    Jobs that choose the same config group options share one composition.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = [
+        override
+        for override in _parse_overrides(overrides)
+        if not override.key_or_group.startswith(("hydra.", "hydra/"))
+    ]
+    if any(o.key_or_group == "hparams_search" for o in parsed):
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        resolve(compose(fixed))
+        return
+    try:
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException as error:
+        raise UserError(
+            f"{one_line(str(error))}; a grid takes lists (a=1,2); for ranges "
+            "(interval, tag(log, ...)) use hparams_search=random or hparams_search=tpe"
+        ) from None
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    for number, job in enumerate(jobs):
+        which = " ".join(o for o in job if o.lstrip("+~").partition("=")[0] in swept)
+        try:
+            groups = tuple(o for o in job if _is_group(o))
+            if groups not in composed:
+                composed[groups] = compose(list(groups))
+            cfg = copy.deepcopy(composed[groups])
+            values = [o for o in job if o not in groups]
+            try:
+                ConfigLoaderImpl._apply_overrides_to_config(_parse_overrides(values), cfg)
+            except (HydraException, OmegaConfBaseException):
+                cfg = compose(job)  # for its one-line message
+            resolve(cfg)
+        except UserError as error:
+            raise UserError(f"sweep job {number} ({which}): {error}") from None
+
+
+def _is_group(override: str) -> bool:
+    """Whether ``override`` chooses a config group's option (``optimizer=adam``)."""
+    key = override.lstrip("+~").partition("=")[0]
+    return "." not in key and (paths.config_dir() / key).is_dir()
+
+
 def without_hydra(cfg: DictConfig) -> DictConfig:
     """The run's own config: ``cfg`` without its ``hydra`` node."""
     cfg = copy.deepcopy(cfg)

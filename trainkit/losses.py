@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
@@ -20,23 +21,35 @@ from trainkit.registry import (
 
 UnitFloat = Annotated[float, Range(ge=0, le=1)]  # a weight in [0, 1], ends included
 
-# What each built-in loss is called with (trainkit.tasks gives each the inputs it needs).
-CLASSIFICATION_INPUTS = "logits and class indices"
-LOSS_INPUTS: dict[str, str] = {
-    "cross_entropy": CLASSIFICATION_INPUTS,
-    "nll": CLASSIFICATION_INPUTS,
-    "focal": CLASSIFICATION_INPUTS,
-    "bce": "one logit per sample and 0/1 targets",
-    "l1": "predictions and continuous targets",
-    "smooth_l1": "predictions and continuous targets",
-    "mse": "predictions and continuous targets",
-    "huber": "predictions and continuous targets",
-    "poisson_nll": "predictions and continuous targets",
-    "ctc": "log-probabilities (T, N, C), targets, input and target lengths",
-    "margin_ranking": "two score tensors and a +1/-1 target",
-    "soft_margin": "scores and +1/-1 targets",
-    "triplet_margin": "anchor, positive and negative embeddings",
-}
+
+@dataclass(frozen=True)
+class Fit:
+    """Which task's outputs a loss takes, and how it is called: declared where the loss is
+    registered (``@fits(...)``), so adding a loss means writing it, and nothing else."""
+
+    task: str  # the task that calls it (trainkit.tasks gives it these inputs)
+    inputs: str  # what it is called with, for messages
+    soft_targets: bool = False  # takes class probabilities too (mixup and cutmix make them)
+
+
+def fits(task: str, inputs: str, soft_targets: bool = False):
+    """Decorator: the builder's loss belongs to ``task`` (a plugin loss without it is
+    trusted with any task)."""
+
+    def mark(builder):
+        builder.fit = Fit(task, inputs, soft_targets)
+        return builder
+
+    return mark
+
+
+def fit_of(name: str) -> Fit | None:
+    """The ``Fit`` of the registered loss ``name``, or None (a plugin's, undeclared)."""
+    return getattr(LOSSES.get(name), "fit", None)
+
+
+CLASS_INDICES = "logits and class indices"
+CONTINUOUS = "predictions and continuous targets"
 
 
 def _per_class(key: str, values: list[float], num_classes: int) -> torch.Tensor:
@@ -51,6 +64,7 @@ def _per_class(key: str, values: list[float], num_classes: int) -> torch.Tensor:
 
 
 @LOSSES.register("cross_entropy")
+@fits("classification", CLASS_INDICES, soft_targets=True)
 def cross_entropy(
     num_classes: int,
     label_smoothing: Probability = 0.0,
@@ -77,6 +91,7 @@ class NLLFromLogits(nn.Module):
 
 
 @LOSSES.register("nll")
+@fits("classification", CLASS_INDICES)
 def nll(from_logits: bool = True) -> nn.Module:
     """Negative log-likelihood on logits (log-probs if not from_logits) and class indices."""
     return NLLFromLogits() if from_logits else nn.NLLLoss()
@@ -105,6 +120,7 @@ class FocalLoss(nn.Module):
 
 
 @LOSSES.register("focal")
+@fits("classification", CLASS_INDICES)
 def focal(
     num_classes: int,
     gamma: NonNegativeFloat = 2.0,
@@ -119,6 +135,7 @@ def focal(
 
 
 @LOSSES.register("bce")
+@fits("classification", "one logit per sample and 0/1 targets")
 def bce(
     num_classes: int,
     pos_weight: PositiveFloat | list[PositiveFloat] | None = None,
@@ -137,30 +154,35 @@ def bce(
 
 
 @LOSSES.register("l1")
+@fits("regression", CONTINUOUS)
 def l1() -> nn.Module:
     """Mean absolute error between predictions and targets of the same shape."""
     return nn.L1Loss()
 
 
 @LOSSES.register("smooth_l1")
+@fits("regression", CONTINUOUS)
 def smooth_l1(beta: PositiveFloat = 1.0) -> nn.Module:
     """Smooth L1 on predictions and targets: squared below ``beta``, absolute above."""
     return nn.SmoothL1Loss(beta=beta)
 
 
 @LOSSES.register("mse")
+@fits("regression", CONTINUOUS)
 def mse() -> nn.Module:
     """Mean squared error between predictions and targets of the same shape."""
     return nn.MSELoss()
 
 
 @LOSSES.register("huber")
+@fits("regression", CONTINUOUS)
 def huber(delta: PositiveFloat = 1.0) -> nn.Module:
     """Huber loss on predictions and targets: squared below ``delta``, linear above."""
     return nn.HuberLoss(delta=delta)
 
 
 @LOSSES.register("poisson_nll")
+@fits("regression", CONTINUOUS)
 def poisson_nll(log_input: bool = True, full: bool = False, eps: PositiveFloat = 1e-8) -> nn.Module:
     """Poisson negative log-likelihood on predicted rates (or log-rates) and count targets."""
     return nn.PoissonNLLLoss(log_input=log_input, full=full, eps=eps)
@@ -170,24 +192,28 @@ def poisson_nll(log_input: bool = True, full: bool = False, eps: PositiveFloat =
 
 
 @LOSSES.register("ctc")
+@fits("sequence", "log-probabilities (T, N, C), targets, input and target lengths")
 def ctc(blank: NonNegativeInt = 0, zero_infinity: bool = False) -> nn.Module:
     """CTC on log-probabilities (T, N, C), targets, input lengths and target lengths."""
     return nn.CTCLoss(blank=blank, zero_infinity=zero_infinity)
 
 
 @LOSSES.register("margin_ranking")
+@fits("metric_learning", "two score tensors and a +1/-1 target")
 def margin_ranking(margin: NonNegativeFloat = 0.0) -> nn.Module:
     """Margin ranking on two score tensors and a +1/-1 target saying which should rank higher."""
     return nn.MarginRankingLoss(margin=margin)
 
 
 @LOSSES.register("soft_margin")
+@fits("metric_learning", "scores and +1/-1 targets")
 def soft_margin() -> nn.Module:
     """Two-class logistic loss on scores and +1/-1 targets."""
     return nn.SoftMarginLoss()
 
 
 @LOSSES.register("triplet_margin")
+@fits("metric_learning", "anchor, positive and negative embeddings")
 def triplet_margin(
     margin: NonNegativeFloat = 1.0, p: PositiveFloat = 2.0, swap: bool = False
 ) -> nn.Module:

@@ -1,13 +1,17 @@
 """Optimizer builders: torch.optim, with weight decay kept off biases and norm weights.
 
-Every builder takes the model at run time and the same two grouping options:
+Each optimizer is registered with ``@optimizer(name, torch_class)`` on a function whose
+signature declares that optimizer's own options (the schema: validation and ``trainkit ls``
+read it) and whose body checks what a signature cannot. The options every optimizer shares,
 ``decay_norm_and_bias`` (decay 1-d parameters too) and ``lr_multipliers`` (a factor on the
-learning rate for the parameters whose names match a glob pattern); see ``parameter_groups``.
+lr of the parameters whose names match a glob pattern), are declared once, in
+``shared_options``, and applied through ``parameter_groups``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
 
 import torch
@@ -81,17 +85,64 @@ def parameter_groups(
     return groups
 
 
-@OPTIMIZERS.register("sgd")
+def shared_options(
+    decay_norm_and_bias: bool = False, lr_multipliers: dict[str, float] | None = None
+) -> None:
+    """The options every optimizer has besides its own (see ``parameter_groups``)."""
+
+
+def optimizer(name: str, torch_class: type[torch.optim.Optimizer]):
+    """Register ``torch_class`` under ``name``: its options are the decorated function's
+    parameters plus ``shared_options``, passed to ``torch_class`` by name (a list as a tuple)
+    with the parameter groups built from the model and the weight decay."""
+
+    def register(options: Callable[..., None]) -> Callable[..., torch.optim.Optimizer]:
+        model = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        signature = inspect.Signature(
+            [
+                model,
+                *inspect.signature(options).parameters.values(),
+                *inspect.signature(shared_options).parameters.values(),
+            ]
+        )
+
+        def build(*args, **values) -> torch.optim.Optimizer:
+            bound = signature.bind(*args, **values)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            module = values.pop("model")
+            grouping = {key: values.pop(key) for key in _SHARED}
+            options(**values)  # what the signature cannot check
+            weight_decay = values.pop("weight_decay")
+            groups = parameter_groups(module, weight_decay, lr=values["lr"], **grouping)
+            arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+            return torch_class(groups, **arguments)
+
+        # The signature is the schema: declared, not **kwargs, so every key is checked.
+        build.__signature__ = signature
+        build.__annotations__ = {
+            "model": "nn.Module",
+            **options.__annotations__,
+            **shared_options.__annotations__,
+        }
+        build.__name__ = build.__qualname__ = name
+        build.__doc__ = options.__doc__
+        return OPTIMIZERS.register(name)(build)
+
+    return register
+
+
+_SHARED = tuple(inspect.signature(shared_options).parameters)
+
+
+@optimizer("sgd", torch.optim.SGD)
 def sgd(
-    model: nn.Module,
     lr: PositiveFloat = 0.1,
     momentum: Probability = 0.9,
     dampening: Probability = 0.0,
     nesterov: bool = False,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Stochastic gradient descent with (heavy-ball or Nesterov) momentum.
 
     Raises UserError for Nesterov without momentum or with dampening (torch would raise a
@@ -102,228 +153,89 @@ def sgd(
             f"optimizer.nesterov=true needs momentum > 0 and dampening 0 "
             f"(got momentum={momentum}, dampening={dampening})"
         )
-    return torch.optim.SGD(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        nesterov=nesterov,
-    )
 
 
-@OPTIMIZERS.register("adam")
+@optimizer("adam", torch.optim.Adam)
 def adam(
-    model: nn.Module,
     lr: PositiveFloat = 1e-3,
     betas: Betas = (0.9, 0.999),
     eps: PositiveFloat = 1e-8,
     weight_decay: NonNegativeFloat = 0.0,
     amsgrad: bool = False,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adam (Kingma & Ba 2015): per-parameter step sizes from running gradient moments."""
-    return torch.optim.Adam(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        amsgrad=amsgrad,
-    )
 
 
-@OPTIMIZERS.register("adamw")
+@optimizer("adamw", torch.optim.AdamW)
 def adamw(
-    model: nn.Module,
     lr: PositiveFloat = 1e-3,
     betas: Betas = (0.9, 0.999),
     eps: PositiveFloat = 1e-8,
     weight_decay: NonNegativeFloat = 0.01,
     amsgrad: bool = False,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019)."""
-    return torch.optim.AdamW(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        amsgrad=amsgrad,
-    )
 
 
-@OPTIMIZERS.register("adamax")
+@optimizer("adamax", torch.optim.Adamax)
 def adamax(
-    model: nn.Module,
     lr: PositiveFloat = 2e-3,
     betas: Betas = (0.9, 0.999),
     eps: PositiveFloat = 1e-8,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adam with the infinity norm in place of the second moment."""
-    return torch.optim.Adamax(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-    )
 
 
-@OPTIMIZERS.register("nadam")
+@optimizer("nadam", torch.optim.NAdam)
 def nadam(
-    model: nn.Module,
     lr: PositiveFloat = 2e-3,
     betas: Betas = (0.9, 0.999),
     eps: PositiveFloat = 1e-8,
     weight_decay: NonNegativeFloat = 0.0,
     momentum_decay: NonNegativeFloat = 4e-3,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adam with Nesterov momentum (Dozat 2016)."""
-    return torch.optim.NAdam(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        momentum_decay=momentum_decay,
-    )
 
 
-@OPTIMIZERS.register("radam")
+@optimizer("radam", torch.optim.RAdam)
 def radam(
-    model: nn.Module,
     lr: PositiveFloat = 1e-3,
     betas: Betas = (0.9, 0.999),
     eps: PositiveFloat = 1e-8,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adam with the variance of the adaptive lr rectified early on (Liu et al. 2020)."""
-    return torch.optim.RAdam(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-    )
 
 
-@OPTIMIZERS.register("adagrad")
+@optimizer("adagrad", torch.optim.Adagrad)
 def adagrad(
-    model: nn.Module,
     lr: PositiveFloat = 0.01,
     lr_decay: NonNegativeFloat = 0.0,
     initial_accumulator_value: NonNegativeFloat = 0.0,
     eps: PositiveFloat = 1e-10,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Per-parameter step sizes from the sum of all past squared gradients."""
-    return torch.optim.Adagrad(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        lr_decay=lr_decay,
-        initial_accumulator_value=initial_accumulator_value,
-        eps=eps,
-    )
 
 
-@OPTIMIZERS.register("adadelta")
+@optimizer("adadelta", torch.optim.Adadelta)
 def adadelta(
-    model: nn.Module,
     lr: PositiveFloat = 1.0,
     rho: Probability = 0.9,
     eps: PositiveFloat = 1e-6,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Adagrad with running averages in place of sums (Zeiler 2012)."""
-    return torch.optim.Adadelta(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        rho=rho,
-        eps=eps,
-    )
 
 
-@OPTIMIZERS.register("rmsprop")
+@optimizer("rmsprop", torch.optim.RMSprop)
 def rmsprop(
-    model: nn.Module,
     lr: PositiveFloat = 0.01,
     alpha: Probability = 0.99,
     eps: PositiveFloat = 1e-8,
     momentum: Probability = 0.0,
     centered: bool = False,
     weight_decay: NonNegativeFloat = 0.0,
-    decay_norm_and_bias: bool = False,
-    lr_multipliers: dict[str, float] | None = None,
-) -> torch.optim.Optimizer:
+) -> None:
     """Steps scaled by a running average of squared gradients (Hinton's lecture notes)."""
-    return torch.optim.RMSprop(
-        parameter_groups(
-            model,
-            weight_decay,
-            lr=lr,
-            decay_norm_and_bias=decay_norm_and_bias,
-            lr_multipliers=lr_multipliers,
-        ),
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        momentum=momentum,
-        centered=centered,
-    )

@@ -200,8 +200,12 @@ def _has_hints(target: Callable) -> bool:
         return False
 
 
-def describe_parameters(target: Callable, runtime: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """``(name, "type = default")`` for each parameter a config may set, for ``trainkit ls``."""
+def describe_parameters(
+    target: Callable, runtime: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """``(name, "type = default")`` for each parameter a config may set, for ``trainkit ls``;
+    ``defaults`` (the option's YAML) win over the signature's, as they do in a run."""
+    defaults = defaults or {}
     hints = typing.get_type_hints(target, include_extras=True) if _has_hints(target) else {}
     rows = []
     for name, parameter in inspect.signature(target).parameters.items():
@@ -212,13 +216,24 @@ def describe_parameters(target: Callable, runtime: Iterable[str] = ()) -> list[t
         bounds = [a for a in typing.get_args(annotation) if isinstance(a, Range)]
         if bounds:
             kind += f" {bounds[0].describe()}"
-        default = parameter.default
-        if default is inspect.Parameter.empty:
+        default = defaults.get(name, parameter.default)
+        if default is inspect.Parameter.empty or default == "???":
             shown = "required"
         else:
-            shown = repr(list(default) if isinstance(default, tuple) else default)
+            shown = _as_config(default)
         rows.append((name, f"{kind} = {shown}" if kind else shown))
     return rows
+
+
+def _as_config(value: Any) -> str:
+    """A default as one writes it on the command line: true, null, [0.9, 0.999]."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_config(item) for item in value) + "]"
+    return repr(value)
 
 
 # --- the registry --------------------------------------------------------------------------

@@ -23,9 +23,11 @@ from torch import nn
 from torchvision.transforms import v2
 
 from trainkit.errors import UserError
+from trainkit.losses import fit_of
 from trainkit.paths import option_defaults
 from trainkit.registry import (
     GROUP_REGISTRIES,
+    LOSSES,
     REGULARIZERS,
     NonNegativeFloat,
     PositiveFloat,
@@ -325,11 +327,13 @@ class _BatchMix(Regularizer):
         self._transform = None
 
     def configure(self, cfg: DictConfig) -> None:
-        # Mixed targets are class probabilities, which cross_entropy takes and others do not.
-        if cfg.loss.name != "cross_entropy":
+        # Mixed targets are class probabilities, which only some losses take.
+        fit = fit_of(cfg.loss.name) if cfg.loss.name in LOSSES else None
+        if fit is not None and not fit.soft_targets:
+            takers = [name for name in LOSSES.names() if getattr(fit_of(name), "soft_targets", 0)]
             raise UserError(
-                f"regularization.{self.name} mixes targets into class probabilities; "
-                f"use loss=cross_entropy (not {cfg.loss.name})"
+                f"regularization.{self.name} mixes targets into class probabilities, which "
+                f"loss={cfg.loss.name} does not take; use loss={' or loss='.join(takers)}"
             )
 
     def mix_batch(self, inputs, targets, num_classes):

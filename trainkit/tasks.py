@@ -4,7 +4,8 @@ The data set's targets decide which tasks fit: class labels suit ``classificatio
 ``metric_learning``, continuous values ``regression``, label sequences ``sequence``. The
 task gives the model its head size, calls the configured loss with the inputs that loss
 expects, chooses the metrics and the metric monitored by default, and writes the rows of
-predictions.csv. Each loss of the catalog is the natural choice of one task (``TASK_LOSSES``).
+predictions.csv. Each loss says which task it belongs to where it is registered
+(``trainkit.losses.fits``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from torch import nn
 
 from trainkit.data import Splits
 from trainkit.errors import UserError
-from trainkit.losses import LOSS_INPUTS
-from trainkit.registry import TASKS, PositiveInt
+from trainkit.losses import fit_of
+from trainkit.registry import LOSSES, TASKS, PositiveInt
 
 if TYPE_CHECKING:
     from trainkit.metrics import (
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
         SequenceMetrics,
     )
 
-TASK_LOSSES: dict[str, tuple[str, ...]] = {
-    "classification": ("cross_entropy", "nll", "focal", "bce"),
-    "regression": ("mse", "l1", "smooth_l1", "huber", "poisson_nll"),
-    "metric_learning": ("triplet_margin", "margin_ranking", "soft_margin"),
-    "sequence": ("ctc",),
-}
 # The task each kind of target suits first (metric learning also takes class labels).
 _TASK_FOR_TARGETS = {"class": "classification", "continuous": "regression", "sequence": "sequence"}
 _TARGETS = {
@@ -55,25 +50,40 @@ def lower_is_better(name: str) -> bool:
     return name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
 
 
-def check_task_loss(task: str, loss: str) -> None:
-    """Raise UserError if built-in ``loss`` does not fit built-in ``task``.
+def task_losses(task: str) -> list[str]:
+    """The registered losses that declare they belong to ``task``."""
+    return [name for name in LOSSES.names() if (fit := fit_of(name)) and fit.task == task]
 
-    Plugin tasks and plugin losses are trusted and pass.
+
+def check_task_loss(task: str, loss: str) -> None:
+    """Raise UserError if ``loss`` belongs to another task than ``task``.
+
+    A plugin loss that declares no task (``trainkit.losses.fits``), and a task that no loss
+    declares (a plugin's), are trusted and pass.
     """
-    if task not in TASK_LOSSES or loss not in LOSS_INPUTS or loss in TASK_LOSSES[task]:
+    fit = fit_of(loss) if loss in LOSSES else None
+    if fit is None or fit.task == task or not task_losses(task):
         return
-    home = next(name for name, losses in TASK_LOSSES.items() if loss in losses)
     raise UserError(
-        f"loss={loss} needs {LOSS_INPUTS[loss]}, which task={task} does not give; "
-        f"task={task} takes {', '.join(TASK_LOSSES[task])} (loss={loss} belongs to task={home})"
+        f"loss={loss} needs {fit.inputs}, which task={task} does not give; "
+        f"task={task} takes {', '.join(task_losses(task))} (loss={loss} belongs to "
+        f"task={fit.task})"
     )
 
 
 class Task:
-    """What every task shares: the check that the data's targets fit, and the defaults."""
+    """What the runner, the assembly and evaluation ask of a task, and the defaults.
+
+    A task is built from the data's splits and the loss node. The runner calls, in the
+    loop: ``compute_loss`` and ``train_hits`` (each batch), ``metrics`` (each validation and
+    the test), and at the end ``write_predictions``, ``log_test`` and ``summary_extras``. The
+    assembly reads ``head_size`` (the model's outputs), ``default_monitor`` and
+    ``score_names`` (what ``trainer.monitor`` may name). A subclass must give ``metrics``,
+    ``score_names`` and ``write_predictions``; the rest have defaults.
+    """
 
     name = "task"
-    target_kind = "class"
+    target_kind = "class"  # the kind of targets it needs: "class", "continuous", "sequence"
     default_monitor = "val/loss"
     tracks_accuracy = False  # whether training logs a running train/acc
 
@@ -92,7 +102,17 @@ class Task:
         return self.splits.num_classes
 
     def compute_loss(self, loss_fn: nn.Module, outputs: torch.Tensor, targets: torch.Tensor):
+        """The loss of a batch: ``loss_fn`` called with the inputs it takes."""
         return loss_fn(outputs, targets)
+
+    def metrics(self, per_class: bool = False):
+        """A fresh metrics collection (trainkit.metrics) for one split; ``per_class`` adds
+        per-class values and the confusion matrix (the test split)."""
+        raise NotImplementedError
+
+    def write_predictions(self, path: Path, outputs: Outputs) -> None:
+        """predictions.csv of a split: one row per sample, in index order."""
+        raise NotImplementedError
 
     def score_names(self) -> list[str]:
         """The single-number scores that ``metrics()`` computes besides the loss: what
@@ -108,6 +128,7 @@ class Task:
         return None
 
     def summary_extras(self) -> dict[str, Any]:
+        """Values summary.json gets besides the metrics (a decision threshold, say)."""
         return {}
 
     def log_test(self, logger, values: dict[str, Any], outputs: Outputs, step: int) -> None:

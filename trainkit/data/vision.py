@@ -18,6 +18,7 @@ would take minutes): ``on_bad_image`` says whether it stops the run or is left o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -195,47 +196,47 @@ def _in_memory_splits(loaded, val_fraction: float, seed: int) -> Splits:
 # --- torchvision's data sets ---------------------------------------------------------------
 
 
-@DATASETS.register("cifar10")
-def cifar10(
-    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
-) -> Splits:
-    """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes.
-    ``root`` is relative to the working directory.
+def _downloadable(name: str, load, summary: str):
+    """The builder of torchvision's data set ``name`` (read by ``load(name, root,
+    download)``), whose options every downloadable data set shares."""
 
-    Raises UserError when the files are missing and cannot be downloaded (so do the others).
-    """
-    loaded = _load_cifar("cifar10", root, download, fine=False)
-    return _in_memory_splits(loaded, val_fraction, seed)
+    def build(
+        root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
+    ) -> Splits:
+        return _in_memory_splits(load(name, root, download), val_fraction, seed)
 
-
-@DATASETS.register("cifar100")
-def cifar100(
-    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
-) -> Splits:
-    """CIFAR-100: 50,000 train and 10,000 test 32x32 colour images of 100 classes (the fine
-    labels). ``root`` is relative to the working directory."""
-    loaded = _load_cifar("cifar100", root, download, fine=True)
-    return _in_memory_splits(loaded, val_fraction, seed)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"{summary} ``root`` is relative to the working directory. Raises UserError when "
+        "the files are missing and cannot be downloaded, saying which file to put where."
+    )
+    return build
 
 
-@DATASETS.register("mnist")
-def mnist(
-    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
-) -> Splits:
-    """MNIST: 60,000 train and 10,000 test 28x28 grey handwritten digits.
-    ``root`` is relative to the working directory."""
-    loaded = _load_mnist("mnist", root, download, fashion=False)
-    return _in_memory_splits(loaded, val_fraction, seed)
-
-
-@DATASETS.register("fashion_mnist")
-def fashion_mnist(
-    root: str = "data", download: bool = True, val_fraction: Probability = 0.1, seed: int = 0
-) -> Splits:
-    """Fashion-MNIST: 60,000 train and 10,000 test 28x28 grey images of 10 kinds of clothing.
-    ``root`` is relative to the working directory."""
-    loaded = _load_mnist("fashion_mnist", root, download, fashion=True)
-    return _in_memory_splits(loaded, val_fraction, seed)
+for _name, _load, _summary in (
+    (
+        "cifar10",
+        functools.partial(_load_cifar, fine=False),
+        "CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes.",
+    ),
+    (
+        "cifar100",
+        functools.partial(_load_cifar, fine=True),
+        "CIFAR-100: 50,000 train and 10,000 test 32x32 colour images of 100 classes (the "
+        "fine labels).",
+    ),
+    (
+        "mnist",
+        functools.partial(_load_mnist, fashion=False),
+        "MNIST: 60,000 train and 10,000 test 28x28 grey handwritten digits.",
+    ),
+    (
+        "fashion_mnist",
+        functools.partial(_load_mnist, fashion=True),
+        "Fashion-MNIST: 60,000 train and 10,000 test 28x28 grey images of 10 kinds of clothing.",
+    ),
+):
+    DATASETS.register(_name)(_downloadable(_name, _load, _summary))
 
 
 # --- image folders -------------------------------------------------------------------------

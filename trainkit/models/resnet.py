@@ -178,100 +178,67 @@ def _load_weights(model: nn.Module, name: str, weights: str, state: dict[str, An
         )
 
 
-def _torchvision_resnet(
-    name: str,
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    stem: Stem,
-    weights: str | None,
-    dropout: float,
-    init: Init,
-    zero_init_residual: bool,
-) -> nn.Module:
-    from torchvision import models
+def _torchvision_resnet(name: str, summary: str):
+    """The builder of torchvision's ``name``, whose options every ResNet here shares."""
 
-    _need_image(name, input_shape)
-    if weights is not None and (init != "default" or zero_init_residual):
-        key = "init" if init != "default" else "zero_init_residual"
-        raise UserError(
-            f"model.{key} re-initializes the weights that model.weights={weights} loads; "
-            f"leave model.{key} at its default"
-        )
-    state = _read_weights(name, weights) if weights is not None else None
-    model = models.get_model(name, weights=None)
-    channels = input_shape[0]
-    if stem == "cifar":
-        # A 3x3 stride-1 first conv and no max-pool: 32x32 images keep their resolution into
-        # the first stage (the ResNet-18 that reaches about 95% on CIFAR-10).
-        model.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
-        model.maxpool = nn.Identity()
-    elif channels != 3:
-        model.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
-    # Dropout after the pooling, i.e. before the classifier; it has no parameters, so the state
-    # dict keeps torchvision's key names and pretrained files load as they are.
-    model.avgpool = nn.Sequential(model.avgpool, nn.Dropout(dropout))
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    if state is not None:
-        _load_weights(model, name, weights, state)
+    def build(
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        stem: Stem = "imagenet",
+        weights: str | None = None,
+        dropout: Probability = 0.0,
+        init: Init = "default",
+        zero_init_residual: bool = False,
+    ) -> nn.Module:
+        from torchvision import models
+
+        _need_image(name, input_shape)
+        if weights is not None and (init != "default" or zero_init_residual):
+            key = "init" if init != "default" else "zero_init_residual"
+            raise UserError(
+                f"model.{key} re-initializes the weights that model.weights={weights} loads; "
+                f"leave model.{key} at its default"
+            )
+        state = _read_weights(name, weights) if weights is not None else None
+        model = models.get_model(name, weights=None)
+        channels = input_shape[0]
+        if stem == "cifar":
+            # A 3x3 stride-1 first conv and no max-pool: 32x32 images keep their resolution
+            # into the first stage (the ResNet-18 that reaches about 95% on CIFAR-10).
+            model.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
+            model.maxpool = nn.Identity()
+        elif channels != 3:
+            model.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+        # Dropout after the pooling, i.e. before the classifier; it has no parameters, so the
+        # state dict keeps torchvision's key names and pretrained files load as they are.
+        model.avgpool = nn.Sequential(model.avgpool, nn.Dropout(dropout))
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        if state is not None:
+            _load_weights(model, name, weights, state)
+            return model
+        initialize(model, init)
+        if zero_init_residual:
+            # Each residual branch starts as zero, so every block starts as the identity
+            # (Goyal et al. 2017): helps large-batch training.
+            for module in model.modules():
+                if isinstance(module, models.resnet.Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+                elif isinstance(module, models.resnet.BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
         return model
-    initialize(model, init)
-    if zero_init_residual:
-        # Each residual branch starts as zero, so every block starts as the identity
-        # (Goyal et al. 2017): helps large-batch training.
-        for module in model.modules():
-            if isinstance(module, models.resnet.Bottleneck):
-                nn.init.zeros_(module.bn3.weight)
-            elif isinstance(module, models.resnet.BasicBlock):
-                nn.init.zeros_(module.bn2.weight)
-    return model
 
-
-@MODELS.register("resnet18")
-def resnet18(
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    stem: Stem = "imagenet",
-    weights: str | None = None,
-    dropout: Probability = 0.0,
-    init: Init = "default",
-    zero_init_residual: bool = False,
-) -> nn.Module:
-    """torchvision's ResNet-18 (11.7M parameters). ``stem``: imagenet (7x7 stride-2 conv and
-    max-pool, for 224x224) or cifar (3x3 stride-1, no max-pool, for 32x32). ``weights``: null,
-    imagenet (torchvision's IMAGENET1K_V1 from torch hub's cache) or a .pth path."""
-    return _torchvision_resnet(
-        "resnet18", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (
+        f"{summary} ``stem``: imagenet (7x7 stride-2 conv and max-pool, for 224x224) or "
+        "cifar (3x3 stride-1, no max-pool, for 32x32). ``weights``: null, imagenet "
+        "(torchvision's IMAGENET1K_V1 from torch hub's cache) or a .pth path."
     )
+    return build
 
 
-@MODELS.register("resnet34")
-def resnet34(
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    stem: Stem = "imagenet",
-    weights: str | None = None,
-    dropout: Probability = 0.0,
-    init: Init = "default",
-    zero_init_residual: bool = False,
-) -> nn.Module:
-    """torchvision's ResNet-34 (21.8M parameters); the options are resnet18's."""
-    return _torchvision_resnet(
-        "resnet34", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
-    )
-
-
-@MODELS.register("resnet50")
-def resnet50(
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    stem: Stem = "imagenet",
-    weights: str | None = None,
-    dropout: Probability = 0.0,
-    init: Init = "default",
-    zero_init_residual: bool = False,
-) -> nn.Module:
-    """torchvision's ResNet-50 (25.6M parameters, bottleneck blocks); the options are
-    resnet18's."""
-    return _torchvision_resnet(
-        "resnet50", num_classes, input_shape, stem, weights, dropout, init, zero_init_residual
-    )
+for _name, _summary in (
+    ("resnet18", "torchvision's ResNet-18 (11.7M parameters)."),
+    ("resnet34", "torchvision's ResNet-34 (21.8M parameters)."),
+    ("resnet50", "torchvision's ResNet-50 (25.6M parameters, bottleneck blocks)."),
+):
+    MODELS.register(_name)(_torchvision_resnet(_name, _summary))
