@@ -59,7 +59,10 @@ if optuna_sweeper is not None:
             finished = sum(trial.state.is_finished() for trial in trials)
             if trials:
                 log.info(f"continuing study {study.study_name}: {finished} trials finished")
-            impl.job_idx = len(trials)  # an interrupted trial keeps its number and directory
+            # Job N is trial N (an interrupted trial keeps its number and directory), except
+            # that a new job never goes into a directory that is there already.
+            numbered = [int(p.name) for p in Path(impl.sweep_dir).iterdir() if p.name.isdigit()]
+            impl.job_idx = max([len(trials), *(n + 1 for n in numbered)])
             impl.n_trials = max(impl.n_trials - finished, 0)
             expected = finished + impl.n_trials
             try:

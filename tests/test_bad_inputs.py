@@ -283,6 +283,143 @@ def _(cwd, run):
     return ["lr-plot", "trainer.max_epochs=1", "output=taken/lr.png"]
 
 
+# Hydra's settings that would put a run's files elsewhere, or two jobs in one directory.
+mistake("hydra-output-subdir", train("hydra.output_subdir=.."), "hydra.output_subdir is trainkit's")
+mistake(
+    "hydra-log-file",
+    train("hydra.job_logging.handlers.file.filename=/tmp/notes.txt"),
+    "hydra.job_logging.handlers.file.filename is trainkit's to set",
+)
+mistake(
+    "hydra-sweep-subdir",
+    ["train", "-m", *SMALL, "optimizer=adam,sgd", "hydra.sweep.subdir=same"],
+    "hydra.sweep.subdir is trainkit's to set",
+)
+mistake("hydra-chdir", train("hydra.job.chdir=true"), "hydra.job.chdir is trainkit's to set")
+mistake("run-dir-interpolation", train("hydra.run.dir=d${x}"), "Interpolation key 'x' not found")
+mistake(
+    "run-dir-literal-interpolation",
+    train("hydra.run.dir='d\\${x}'"),
+    "a run directory's name cannot hold '${'",
+)
+mistake(
+    "path-longer-than-the-system-allows",
+    ["lr-plot", "output=" + "/".join(["a" * 200] * 25) + "/x.png"],
+    "a name in the path is longer than the file system allows",
+)
+mistake(
+    "checkpoint-path-too-long",
+    ["eval", "checkpoint=" + "/".join(["a" * 200] * 25)],
+    "a name in the path is longer than the file system allows",
+)
+
+
+@case("recipe-moves-the-config", "hydra.output_subdir is trainkit's to set")
+def _(cwd, run):
+    write(cwd / "r.yaml", "# @package _global_\nhydra:\n  output_subdir: ..\n")
+    return train(f"recipe={cwd / 'r.yaml'}")
+
+
+@case("recipe-names-a-plugin", "the config names plugins=[helpers] (in a recipe or a run's")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "rec.yaml", "# @package _global_\nplugins: [helpers]\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
+@case("resume-recipe-names-a-plugin", "the config names plugins=[helpers]")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "rec.yaml", "# @package _global_\nplugins: [helpers]\n")
+    folder = unfinished(run, cwd / "run")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- recipe={cwd / 'rec.yaml'}\n")
+    return ["train", f"resume={folder}"]
+
+
+@case("lock-file-is-a-link", "is not empty (it holds userfile)")
+def _(cwd, run):
+    write(cwd / "precious.txt", "precious")
+    write(cwd / "d" / "userfile", "x")
+    (cwd / "d" / ".trainkit.lock").symlink_to(cwd / "precious.txt")
+    return train("hydra.run.dir=d")
+
+
+@case("lock-file-is-a-link-in-an-empty-dir", ".trainkit.lock there is a link, not trainkit's")
+def _(cwd, run):
+    write(cwd / "precious.txt", "precious")
+    (cwd / "d").mkdir()
+    (cwd / "d" / ".trainkit.lock").symlink_to(cwd / "precious.txt")
+    return train("hydra.run.dir=d")
+
+
+@case("killed-before-its-first-checkpoint", "holds a run that saved no checkpoint")
+def _(cwd, run):
+    folder = cwd / "run"
+    write(folder / ".hydra" / "overrides.yaml", "- model=mlp\n")
+    write(folder / ".trainkit.lock", '{"pid": 1, "host": "gone", "started": "then"}\n')
+    return train("hydra.run.dir=run")
+
+
+@case("run-dir-dot-dot", "is not empty (it holds notes.txt)")
+def _(cwd, run):
+    write(cwd / "notes.txt", "mine")
+    return train("hydra.run.dir=brandnew/..")
+
+
+@case("run-dir-dangling-link", "is a link to nothing, not a directory")
+def _(cwd, run):
+    (cwd / "gone").symlink_to(cwd / "nowhere")
+    return train("hydra.run.dir=gone")
+
+
+@case("sweep-into-a-fake-study", "holds an optuna.db that is not a trainkit sweep's study")
+def _(cwd, run):
+    write(cwd / "u" / "optuna.db", b"")
+    write(cwd / "u" / "0" / "notes.txt", "mine")
+    return ["train", "-m", *SMALL, "hparams_search=random", "hydra.sweep.dir=u"]
+
+
+@case(
+    "cifar-batches-that-run-code", "holds objects other than arrays and plain data (posix.system)"
+)
+def _(cwd, run):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo code ran > IMPORTED",))
+
+    folder = cwd / "d" / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    for name in names:
+        write(folder / name, pickle.dumps(Exploit()))
+    return train_mlp_on("data=cifar10", "data.root=d", "data.download=false")
+
+
+@case("cifar-batch-not-a-pickle", "is not a readable CIFAR batch")
+def _(cwd, run):
+    folder = cwd / "d" / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        write(folder / name, b"garbage")
+    return train_mlp_on("data=cifar10", "data.root=d", "data.download=false")
+
+
+@case("eval-plain-pickle", "is truncated or corrupt")
+def _(cwd, run):
+    import pickle
+
+    write(cwd / "raw.pt", pickle.dumps({"model": {}, "config": {}}, protocol=4))
+    return ["eval", "checkpoint=raw.pt"]
+
+
+@case("compare-damaged-summary", "none of these runs has a summary.json: none finished")
+def _(cwd, run):
+    folder = copy_run(run, cwd / "run")
+    (folder / "summary.json").write_text("[]")
+    return ["compare", str(folder)]
+
+
 # --- data: found when the data is read; the directory made for the run goes again ---
 
 
@@ -883,15 +1020,13 @@ def test_a_full_disk_through_a_shim_is_one_line_and_leaves_nothing(
     """Where no tmpfs can be mounted: the file system refuses through a shim instead."""
     import errno
 
-    import hydra.core.utils
-
     from trainkit import checkpoint, reporting
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    if where == "config":
-        monkeypatch.setattr(hydra.core.utils, "_save_config", no_space)
+    if where == "config":  # .hydra/, written first
+        monkeypatch.setattr(checkpoint, "write_text_atomically", no_space)
     elif where == "checkpoint":
         monkeypatch.setattr(checkpoint, "_write_atomically", no_space)
     else:

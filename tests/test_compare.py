@@ -107,3 +107,21 @@ def test_compare_mistakes_are_one_line(sweep_dir, tmp_path, capsys, args, messag
     assert exit_.value.code == 2
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_damaged_run_files_are_read_with_care(tmp_path):
+    """A line cut short by a killed run is left out; a summary that is not one marks the run."""
+    from trainkit.compare import _curve
+    from trainkit.sweeps import read_job
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- a=1\n")
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "val/acc": 0.5}\n[]\n{"epoch": 2, "val/a')
+    assert _curve(run, "val/acc") == [(1, 0.5)]
+    for damaged in ("[]", "{not json", '{"val/acc": 1}'):
+        (run / "summary.json").write_text(damaged)
+        job = read_job(run)
+        assert (job.status, job.error) == ("failed", "summary.json is damaged")
+    (run / "summary.json").write_bytes(b"\xff\xfe")
+    assert read_job(run).status == "failed"

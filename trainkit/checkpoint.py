@@ -7,6 +7,7 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     never code); UserError if it is unreadable or holds anything else."""
     path = find(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols: not our line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         if "Weights only load failed" in str(error) and _holds_objects(str(error)):
             raise UserError(
@@ -114,7 +117,14 @@ def _holds_objects(message: str) -> bool:
     that are no pickle at all: "Unsupported operand")."""
     return any(
         words in message
-        for words in ("Unsupported global", "Unsupported class", "Can only build", "allowlist")
+        for words in (
+            "Unsupported global",
+            "GLOBAL",
+            "is blocked",
+            "Unsupported class",
+            "Can only build",
+            "allowlist",
+        )
     )
 
 
@@ -187,10 +197,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# The names retention writes, and so may delete again: never a file of another name.
+_NEWEST = re.compile(r"(epoch_\d{4,}|step_\d{7,})\.pt")
+_BEST = re.compile(r"best_epoch_\d{4,}\.pt")
+
+
 def keep_newest(checkpoint_dir: Path, keep: int) -> None:
-    """Of the ``epoch_N.pt`` and ``step_N.pt`` files, keep the newest ``keep``."""
+    """Of the ``epoch_NNNN.pt`` and ``step_NNNNNNN.pt`` files, keep the newest ``keep``."""
     history = sorted(
-        [*checkpoint_dir.glob("epoch_*.pt"), *checkpoint_dir.glob("step_*.pt")],
+        (path for path in checkpoint_dir.iterdir() if _NEWEST.fullmatch(path.name)),
         key=lambda path: path.stat().st_mtime_ns,
     )
     for old in history[:-keep]:
@@ -214,8 +229,8 @@ def keep_best(
     name = f"best_epoch_{new[1]:04d}.pt"
     if name in kept:
         save(state, checkpoint_dir / name)
-    for path in checkpoint_dir.glob("best_epoch_*.pt"):
-        if path.name not in kept:
+    for path in checkpoint_dir.iterdir():
+        if _BEST.fullmatch(path.name) and path.name not in kept:
             path.unlink()
     return ranked
 

@@ -101,8 +101,27 @@ def main(argv: list[str] | None = None) -> None:
         fail(error)
     except (KeyboardInterrupt, Terminated) as error:  # a second Ctrl-C, or before training
         number = getattr(error, "signal_number", 2)
+        _ignore_signals()  # one line, whatever else arrives meanwhile
         print(f"trainkit: interrupted ({_signal_name(number)})", file=sys.stderr)
         sys.exit(128 + number)
+    except OSError as error:  # a path the file system refuses (too long, say), wherever met
+        from trainkit.errors import file_system_reason
+
+        reason = file_system_reason(error)
+        if reason is None:
+            raise
+        name = str(error.filename or "")
+        name = name if len(name) < 200 else f"{name[:80]}...{name[-60:]} ({len(name)} characters)"
+        fail(f"{name}: {reason}" if name else reason)
+
+
+def _ignore_signals() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
 
 
 def _signal_name(number: int) -> str:
@@ -152,17 +171,22 @@ def _train(args: list[str]) -> None:
     rewritten = config.prepare(overrides)
     sweeps.check_overrides(rewritten)  # a sweep plugin not installed: one line, not a traceback
     launch = config.compose_launch(rewritten, sweep=_multirun(flags))
+    config.check_hydra(launch)
+    config.check_plugins(launch, config.plugins_named(rewritten))
     placement = ("hydra.run.dir=", "hydra.sweep.dir=")
     passed_on = [o for o in rewritten if not o.startswith(placement)]
-    if _multirun(flags) or launch.hydra.mode == "MULTIRUN":
+    multirun = _multirun(flags) or str(launch.hydra.mode) == "MULTIRUN"
+    if multirun:
         if _torchrun():
             raise UserError(
                 "torchrun starts one run in several processes, not a sweep; "
                 "for DDP inside each sweep job use -m with trainer.devices=N instead"
             )
-        config.check_sweep(rewritten)  # every job's config, once, before anything is made
+        # Every job's config, once, before anything is made.
+        config.check_sweep(rewritten, config.plugins_named(rewritten))
         continues = any(o.lstrip("+").startswith("hparams_search=") for o in rewritten)
-        owned = rundir.claim_new(launch.hydra.sweep.dir, "hydra.sweep.dir", continues)
+        sweep_dir = config.output_dir(launch, "hydra.sweep.dir")
+        owned = rundir.claim_new(sweep_dir, "hydra.sweep.dir", continues)
         earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
         passed_on.append(override("hydra.sweep.dir", str(owned.path)))
     else:
@@ -172,13 +196,13 @@ def _train(args: list[str]) -> None:
         if _join_torchrun(cfg):
             return  # a non-main torchrun process: it trained in the main process's run
         if resuming is None:
-            owned = rundir.claim_new(launch.hydra.run.dir, "hydra.run.dir")
+            owned = rundir.claim_new(config.output_dir(launch, "hydra.run.dir"), "hydra.run.dir")
         else:
             owned = rundir.claim_run(checkpoint.run_dir_of(resuming), "resume")
         passed_on.append(override("hydra.run.dir", str(owned.path)))
     sys.argv = ["trainkit train", *flags, *passed_on]
     _run_in_directory(owned)
-    if _multirun(flags) or launch.hydra.mode == "MULTIRUN":
+    if multirun:
         sweeps.fail_if_jobs_failed(owned.path, earlier)
 
 
@@ -231,23 +255,33 @@ class Terminated(BaseException):
 @contextlib.contextmanager
 def _interrupted_by_signals():
     """While a command runs, SIGTERM ends it as Ctrl-C does: at once, with one line, and a
-    run directory made for a run that has not trained yet is removed. (Training installs
-    its own handlers, which stop at a step's end and save a checkpoint.)"""
+    run directory made for a run that has not trained yet is removed. Further signals are
+    ignored while that happens (a second one would interrupt the clean-up). Training
+    installs its own handlers, which stop at a step's end and save a checkpoint."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    # SIGINT only where Python's own handler is (not where it is ignored, under nohup).
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)
 
-    def terminate(signal_number, frame):
+    def stop(signal_number, frame):
+        for number in handled:
+            signal.signal(number, signal.SIG_IGN)
+        if signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signal_number)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {number: signal.signal(number, stop) for number in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], Path | None]:

@@ -146,8 +146,20 @@ def _curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["epoch"], r[metric]) for r in records if isinstance(r.get(metric), (int, float))]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    points = []
+    for line in lines:
+        try:  # a line cut short by a killed run, or damaged: left out
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get(metric), (int, float)):
+            if isinstance(record.get("epoch"), int):
+                points.append((record["epoch"], record[metric]))
+    return points
 
 
 def write_curves_png(

@@ -46,6 +46,28 @@ TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugin
 # --- before composing: plugins, recipes ----------------------------------------------------
 
 
+def plugins_named(overrides: list[str]) -> list[str]:
+    """The modules ``plugins=`` names on the command line: the only code trainkit imports
+    (besides installed entry points)."""
+    value = override_value(overrides, "plugins")
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(module) for module in value]
+
+
+def check_plugins(cfg: DictConfig, named: list[str]) -> None:
+    """UserError if the composed config names plugins that the command line did not (a
+    recipe's, or a resumed run's): a file never decides what code is imported."""
+    wanted = [str(module) for module in (cfg.get("plugins") or [])]
+    if any(module not in named for module in wanted):
+        listed = "[" + ",".join(wanted) + "]"
+        raise UserError(
+            f"the config names plugins={listed} (in a recipe or a run's files), and trainkit "
+            f"imports only the modules named on its command line; add plugins={listed} if "
+            "you trust them"
+        )
+
+
 def prepare(overrides: list[str]) -> list[str]:
     """Load components and plugins, register recipes; return the overrides to compose with.
 
@@ -53,10 +75,7 @@ def prepare(overrides: list[str]) -> list[str]:
     and the override rewritten to ``recipe=<stem>``.
     """
     parsed = _parse_overrides(overrides)
-    plugins = next((o.value() for o in parsed if o.key_or_group == "plugins"), []) or []
-    if isinstance(plugins, str):
-        plugins = [plugins]
-    load_components(plugins)
+    load_components(plugins_named(overrides))
     _register_plugin_options()
     for recipe in sorted(paths.recipes_dir().glob("*.yaml")):
         _register_recipe(recipe)
@@ -186,7 +205,7 @@ def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
         return compose(own, with_hydra=True)
 
 
-def check_sweep(overrides: list[str]) -> None:
+def check_sweep(overrides: list[str], plugins: list[str]) -> None:
     """Every job of a grid sweep (``-m a=1,2 b=x,y``) composes and resolves: a mistake in
     any of them is one line before anything runs or any directory exists, not one failed
     job after another. A search (``hparams_search=...``) is checked at its fixed values; its
@@ -203,8 +222,9 @@ def check_sweep(overrides: list[str]) -> None:
         if not override.key_or_group.startswith(("hydra.", "hydra/"))
     ]
     if any(o.key_or_group == "hparams_search" for o in parsed):
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        resolve(compose(fixed))
+        fixed = compose([o.input_line for o in parsed if not o.is_sweep_override()])
+        check_plugins(fixed, plugins)
+        resolve(fixed)
         return
     try:
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
@@ -227,6 +247,7 @@ def check_sweep(overrides: list[str]) -> None:
                 ConfigLoaderImpl._apply_overrides_to_config(_parse_overrides(values), cfg)
             except (HydraException, OmegaConfBaseException):
                 cfg = compose(job)  # for its one-line message
+            check_plugins(cfg, plugins)
             resolve(cfg)
         except UserError as error:
             raise UserError(f"sweep job {number} ({which}): {error}") from None
@@ -236,6 +257,50 @@ def _is_group(override: str) -> bool:
     """Whether ``override`` chooses a config group's option (``optimizer=adam``)."""
     key = override.lstrip("+~").partition("=")[0]
     return "." not in key and (paths.config_dir() / key).is_dir()
+
+
+# Hydra's settings that decide where a run's files go: trainkit's own, so that every file
+# of a run lands in the run's own directory (chosen with hydra.run.dir or hydra.sweep.dir).
+_HYDRA_PLACEMENT = {
+    "output_subdir": None,
+    "sweep.subdir": "${hydra.job.num}",
+    "job.chdir": False,
+}
+_LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"
+
+
+def check_hydra(launch: DictConfig) -> None:
+    """UserError if Hydra's settings (from an override or a recipe) would put a run's files
+    outside its own directory, or two jobs in one (``hydra.output_subdir``,
+    ``hydra.sweep.subdir``, a log file's name, ``hydra.job.chdir``)."""
+    hydra = OmegaConf.to_container(launch.hydra, resolve=False)
+    for key, expected in _HYDRA_PLACEMENT.items():
+        value: Any = hydra
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value != expected:
+            raise UserError(_placement(f"hydra.{key}"))
+    for logging_key in ("job_logging", "hydra_logging"):
+        handlers = (hydra.get(logging_key) or {}).get("handlers") or {}
+        for name, handler in handlers.items():
+            if isinstance(handler, Mapping) and handler.get("filename", _LOG_FILE) != _LOG_FILE:
+                raise UserError(_placement(f"hydra.{logging_key}.handlers.{name}.filename"))
+
+
+def _placement(key: str) -> str:
+    return (
+        f"{key} is trainkit's to set: it keeps every file of a run in the run's own "
+        "directory; choose that directory with hydra.run.dir (or hydra.sweep.dir)"
+    )
+
+
+def output_dir(launch: DictConfig, key: str) -> str:
+    """``hydra.run.dir`` (or ``hydra.sweep.dir``) of a composed config, resolved once (its
+    ``${now:...}`` gives another time on each reading); UserError if it cannot be."""
+    try:
+        return str(OmegaConf.select(launch, key, throw_on_missing=True))
+    except OmegaConfBaseException as error:
+        raise UserError(f"{key}: {one_line(str(error)).split(' full_key:')[0]}") from None
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:

@@ -87,8 +87,13 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
     holds the Optuna study that a sweep continues). ``key`` is the config key that names it
     (``hydra.run.dir``); every refusal says which key to set, and changes nothing on disk.
     """
+    if "${" in str(path):
+        raise UserError(
+            f"{key}={path}: a run directory's name cannot hold '${{' (Hydra would read it as "
+            "a reference to a config key); choose another name"
+        )
     check_writable(Path(path).expanduser(), key)
-    path = Path(path).expanduser().absolute()
+    path = Path(os.path.abspath(Path(path).expanduser()))  # (brandnew/.. is the cwd)
     made = _make_parents(path.parent, key)
     try:
         os.mkdir(path)
@@ -96,18 +101,44 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
     except FileExistsError:
         if not path.is_dir():
             remove_made(made)
+            what = "a link to nothing" if path.is_symlink() and not path.exists() else "a file"
             raise UserError(
-                f"{key}={path} is a file, not a directory; name a new directory"
+                f"{key}={path} is {what}, not a directory; name a new directory"
             ) from None
     except OSError as error:
         remove_made(made)
         raise _cannot_make(path, key, error) from None
+    # What is in it decides before the lock is taken, so that a refusal touches nothing, not
+    # even a lock file a killed run left; and again once no other trainkit can write there.
+    _refuse_unless_free(path, key, made, continue_study)
     lock = _lock(path, key, made)
-    entries = [] if path in made else sorted(e for e in _listdir(path) if e != LOCK_FILE)
-    if entries and not (continue_study and "optuna.db" in entries):
+    try:
+        entries = _refuse_unless_free(path, key, made, continue_study)
+    except UserError:
         _unlock(path, lock)
-        raise UserError(_not_empty(path, key, entries))
+        raise
     return OwnedDirectory(path, made, lock, new=not entries)
+
+
+def _refuse_unless_free(path: Path, key: str, made: list[Path], continue_study: bool):
+    """What ``path`` holds (besides a lock file); UserError unless that is nothing, or the
+    study a sweep continues."""
+    entries = [] if path in made else sorted(e for e in _listdir(path) if e != LOCK_FILE)
+    if entries and not (continue_study and _holds_study(path)):
+        remove_made(made)
+        raise UserError(_not_empty(path, key, entries, continue_study))
+    return entries
+
+
+def _holds_study(path: Path) -> bool:
+    """Whether ``path`` holds a trainkit sweep's Optuna study: its SQLite storage, and the
+    multirun.yaml Hydra wrote beside it."""
+    try:
+        with open(path / "optuna.db", "rb") as handle:
+            header = handle.read(16)
+    except OSError:
+        return False
+    return header == b"SQLite format 3\x00" and (path / "multirun.yaml").is_file()
 
 
 def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
@@ -121,7 +152,7 @@ def free_file_name(path: str | Path) -> Path:
     an output whose name the user did not choose)."""
     path = Path(path)
     candidate, number = path, 1
-    while candidate.exists():
+    while os.path.lexists(candidate):  # (a dangling link is taken too)
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate
@@ -155,22 +186,6 @@ def remove_made(made: list[Path]) -> None:
             directory.rmdir()
         except OSError:
             return  # something is in it that this invocation did not make: keep it and above
-
-
-def in_use_message(path: Path, key: str) -> str | None:
-    """Who holds the lock of ``path``, as a sentence, or None when nobody does."""
-    lock_file = path / LOCK_FILE
-    try:
-        descriptor = os.open(lock_file, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except OSError:
-        return _holder_message(path, key, lock_file)
-    finally:
-        os.close(descriptor)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -229,9 +244,15 @@ def _lock(path: Path, key: str, made: list[Path]) -> int:
     lock_file = path / LOCK_FILE
     while True:
         try:
-            descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a link planted in the lock file's place is not followed, or written.
+            descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as error:
             remove_made(made)
+            if error.errno == errno.ELOOP:
+                raise UserError(
+                    f"{key}={path}: {LOCK_FILE} there is a link, not trainkit's lock file; "
+                    "name another directory"
+                ) from None
             raise _cannot_make(lock_file, key, error) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -274,18 +295,32 @@ def _unlock(path: Path, descriptor: int) -> None:
 
 def _holder_message(path: Path, key: str, lock_file: Path) -> str:
     try:
-        holder = json.loads(lock_file.read_text())
+        descriptor = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor) as handle:
+            holder = json.loads(handle.read(4096))
         who = f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
     except (OSError, ValueError, KeyError, TypeError):
         who = "another process"
     return f"{key}={path} is being written by {who}; wait for it to end, or name another directory"
 
 
-def _not_empty(path: Path, key: str, entries: list[str]) -> str:
+def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -> str:
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     if ".hydra" in entries:
+        from trainkit.overrides import resume_command
+
+        if (path / "checkpoints" / "last.pt").is_file():
+            return (
+                f"{key}={path} holds a run already; continue it with `{resume_command(path)}`, "
+                "or name a new directory"
+            )
         return (
-            f"{key}={path} holds a run already; continue it with `trainkit train "
-            f"resume={path}`, or name a new directory"
+            f"{key}={path} holds a run that saved no checkpoint (it stopped before its first); "
+            "name a new directory, or delete that one"
+        )
+    if continue_study and "optuna.db" in entries:
+        return (
+            f"{key}={path} holds an optuna.db that is not a trainkit sweep's study (SQLite, "
+            "beside its multirun.yaml); name a new directory"
         )
     return f"{key}={path} is not empty (it holds {shown}); name a new or empty directory"

@@ -133,22 +133,37 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 def read_job(run_dir: Path) -> Job:
     """A job's overrides, its summary.json and whether it failed (failed.json, no summary,
-    or a monitored value that is not a finite number)."""
-    import yaml
-
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    failed = run_dir / FAILED_FILE
-    if failed.is_file():
-        return Job(run_dir, overrides, "failed", error=json.loads(failed.read_text())["error"])
+    a damaged summary, or a monitored value that is not a finite number). A file that cannot
+    be read marks the job failed, saying which: a run's files are data, read with care."""
+    overrides = _read(run_dir / ".hydra" / "overrides.yaml", list) or []
+    failed = _read(run_dir / FAILED_FILE, dict)
+    if failed is not None:
+        return Job(run_dir, overrides, "failed", error=str(failed.get("error", "failed")))
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
         return Job(run_dir, overrides, "failed", error="no summary.json: interrupted?")
-    summary = json.loads(summary_file.read_text())
-    monitor = summary.get("monitor")
+    summary = _read(summary_file, dict)
+    if summary is None or not isinstance(summary.get("monitor"), str):
+        return Job(run_dir, overrides, "failed", error="summary.json is damaged")
+    monitor = summary["monitor"]
     if not _finite(summary.get(monitor)):
         return Job(run_dir, overrides, "failed", summary, f"{monitor} is {summary.get(monitor)}")
     return Job(run_dir, overrides, "ok", summary)
+
+
+def _read(path: Path, kind: type) -> Any:
+    """A run's JSON or YAML file as ``kind`` (dict or list), or None when it is missing or
+    damaged."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        value = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+        return None
+    if kind is list and isinstance(value, list):
+        return [str(item) for item in value]
+    return value if isinstance(value, kind) else None
 
 
 def rank(jobs: list[Job], monitor: str, mode: str) -> list[Job]:

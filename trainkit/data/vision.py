@@ -24,6 +24,7 @@ import os
 import pickle
 import socket
 import struct
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -96,15 +97,58 @@ def _ensure_files(
         raise UserError(f"data {name}: {missing[0]} is missing and {why}; {hint}")
 
 
-def _read_cifar(folder: Path, files: list[str], label_key: str):
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and plain Python values, and nothing else: a data file is
+    data, never code (a pickle may name any function to call)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"it holds {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path, name: str, key: str):
+    """``path``'s pickled dict, its value at ``key``; UserError for anything else."""
+    try:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy.core's move in numpy 2
+            entry = _ArraysOnly(handle, encoding="latin1").load()
+        return entry[key]
+    except pickle.UnpicklingError as error:
+        if str(error).startswith("it holds "):
+            raise UserError(
+                f"data {name}: {path} holds objects other than arrays and plain data "
+                f"({str(error)[9:]}); trainkit never runs code from a data file"
+            ) from None
+        reason = str(error)
+    except Exception as error:  # truncated, not a pickle, not CIFAR's layout
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    raise UserError(
+        f"data {name}: {path} is not a readable CIFAR batch ({reason}); delete it so that it "
+        "is downloaded again, or put the official file there"
+    )
+
+
+def _read_cifar(name: str, folder: Path, files: list[str], label_key: str):
     images, labels = [], []
     for file_name in files:
-        with open(folder / file_name, "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-        images.append(entry["data"])
-        labels.extend(entry[label_key])
-    images = torch.from_numpy(np.concatenate(images).reshape(-1, 3, 32, 32))
-    return images, torch.as_tensor(labels, dtype=torch.long)
+        images.append(_read_pickle(folder / file_name, name, "data"))
+        labels.extend(_read_pickle(folder / file_name, name, label_key))
+    try:
+        images = torch.from_numpy(np.concatenate(images).reshape(-1, 3, 32, 32))
+        labels = torch.as_tensor(labels, dtype=torch.long)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise UserError(f"data {name}: the batches in {folder} are not CIFAR's ({error})") from None
+    return images, labels
 
 
 def _load_cifar(name: str, root: str, download: bool, fine: bool):
@@ -129,11 +173,10 @@ def _load_cifar(name: str, root: str, download: bool, fine: bool):
         f"or extract it to {folder}",
     )
     label_key = "fine_labels" if fine else "labels"
-    train_x, train_y = _read_cifar(folder, train_files, label_key)
-    test_x, test_y = _read_cifar(folder, test_files, label_key)
-    with open(folder / meta_file, "rb") as handle:
-        class_names = pickle.load(handle, encoding="latin1")[source.meta["key"]]
-    return train_x, train_y, test_x, test_y, list(class_names)
+    train_x, train_y = _read_cifar(name, folder, train_files, label_key)
+    test_x, test_y = _read_cifar(name, folder, test_files, label_key)
+    class_names = _read_pickle(folder / meta_file, name, source.meta["key"])
+    return train_x, train_y, test_x, test_y, [str(c) for c in class_names]
 
 
 def _load_mnist(name: str, root: str, download: bool, fashion: bool):
