@@ -114,3 +114,88 @@ def test_lr_plot_mistakes_are_one_line(tmp_path, monkeypatch, capsys, args, mess
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+# --- lr-plot plans the run that train runs ----------------------------------------------------
+
+RUN = [
+    "data=synthetic",
+    "data.num_samples=400",
+    "data.batch_size=32",
+    "model=mlp",
+    "model.hidden=[16]",
+    "trainer.max_epochs=3",
+    "logger.log_every_n_steps=1",  # the lr of every step
+    "logger.progress_bar=false",
+    "logger.tensorboard=false",
+]
+SCHEDULERS = sorted(p.stem for p in (paths.config_dir() / "scheduler").glob("*.yaml"))
+
+
+def planned(overrides: list[str]) -> list[float]:
+    """What `trainkit lr-plot OVERRIDES` draws: the assembly's plan."""
+    from trainkit import config
+    from trainkit.build import build
+
+    cfg = config.resolve(config.compose(config.prepare([*RUN, *overrides])))
+    return build(cfg, "plan").planned_lrs
+
+
+def used(overrides: list[str], run_dir, monkeypatch) -> list[float]:
+    """The lr the run's optimizer steps used, one per step, as the runner logs them."""
+    from trainkit import config
+    from trainkit.reporting import RunLogger
+    from trainkit.runner import Runner
+
+    seen: dict[int, float] = {}
+    real = RunLogger.log_step
+
+    def record(self, step, values):
+        if "lr" in values:
+            seen[step] = values["lr"]
+        return real(self, step, values)
+
+    monkeypatch.setattr(RunLogger, "log_step", record)
+    cfg = config.resolve(config.compose(config.prepare([*RUN, *overrides])))
+    Runner(cfg, run_dir).fit()
+    assert sorted(seen) == list(range(1, len(seen) + 1))
+    return [seen[step] for step in sorted(seen)]
+
+
+CASES = [
+    *([f"scheduler={name}"] for name in SCHEDULERS),
+    ["trainer.accumulate=4", "trainer.max_epochs=2"],  # 9 batches: 3 steps an epoch
+    ["trainer.lr_reference_batch=256"],  # lr x 32/256
+    ["trainer.limit_train_batches=4", "scheduler=step", "scheduler.step_size=1"],
+    ["scheduler=cosine", "scheduler.warmup_epochs=1", "trainer.accumulate=2"],
+    ["scheduler=exponential", "scheduler.interval=epoch", "trainer.accumulate=3"],
+]
+
+
+@pytest.mark.parametrize("overrides", CASES, ids=[" ".join(c) for c in CASES])
+def test_the_plan_is_the_lr_the_run_uses_at_every_step(overrides, tmp_path, monkeypatch):
+    if overrides == ["scheduler=plateau"]:  # the plan assumes the metric improves: keep it so
+        overrides = [*overrides, "scheduler.patience=100"]
+    assert_close(planned(overrides), used(overrides, tmp_path / "run", monkeypatch))
+
+
+@pytest.mark.distributed
+def test_the_plan_is_the_lr_of_a_two_process_run(tmp_path):
+    """Two processes halve each one's batches per epoch and double the global batch that the
+    linear scaling rule reads: lr-plot plans for trainer.devices, as train runs it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import run_trainkit
+
+    overrides = ["trainer.devices=2", "trainer.lr_reference_batch=256", "trainer.accumulate=2"]
+    args = [o for o in RUN if o != "logger.tensorboard=false"]
+    result = run_trainkit(
+        "train", *args, *overrides, "hydra.run.dir=run", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    logged = [event.value for event in sorted(events.Scalars("lr"), key=lambda e: e.step)]
+    plan = planned(overrides)
+    assert len(logged) == len(plan) == 3 * 3  # 280 samples / 2 / 32 = 5 batches: 3 steps
+    assert logged == pytest.approx(plan, rel=1e-6)  # TensorBoard keeps 32-bit floats

@@ -12,8 +12,11 @@ from torch import nn
 
 from trainkit import paths
 from trainkit.errors import UserError
-from trainkit.optim import adam, parameter_groups, sgd
+from trainkit.optim import parameter_groups
 from trainkit.registry import OPTIMIZERS, load_components
+
+load_components()
+sgd, adam = OPTIMIZERS.get("sgd"), OPTIMIZERS.get("adam")
 
 
 def small_convnet() -> nn.Module:
@@ -315,7 +318,7 @@ def test_lr_multipliers_from_an_omegaconf_node():
 def test_lr_multiplier_pattern_may_match_only_frozen_parameters():
     model = small_convnet()
     model[0].requires_grad_(False)
-    optimizer = sgd(model, lr_multipliers={"0.*": 0.1})
+    optimizer = sgd(model, lr=0.1, lr_multipliers={"0.*": 0.1})
     assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
     assert len(groups_by_parameter(optimizer)) == 5  # 7 parameters, 2 frozen
 

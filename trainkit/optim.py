@@ -1,11 +1,12 @@
 """Optimizer builders: torch.optim, with weight decay kept off biases and norm weights.
 
-Each optimizer is registered with ``@optimizer(name, torch_class)`` on a function whose
-signature declares that optimizer's own options (the schema: validation and ``trainkit ls``
-read it) and whose body checks what a signature cannot. The options every optimizer shares,
-``decay_norm_and_bias`` (decay 1-d parameters too) and ``lr_multipliers`` (a factor on the
-lr of the parameters whose names match a glob pattern), are declared once, in
-``shared_options``, and applied through ``parameter_groups``.
+An optimizer is a row of ``OPTIMIZERS_OF_TORCH``: its torch class and the names of the
+options trainkit exposes. A builder's signature, the schema that validation and ``trainkit
+ls`` read, is made from those names, with each option's check from ``OPTION_TYPES`` and its
+default from torch's own signature (the option's YAML gives the one a run uses). The options
+every optimizer shares, ``decay_norm_and_bias`` (decay 1-d parameters too) and
+``lr_multipliers`` (a factor on the lr of the parameters whose names match a glob pattern),
+are declared once, in ``shared_options``, and applied through ``parameter_groups``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,63 +93,27 @@ def shared_options(
     """The options every optimizer has besides its own (see ``parameter_groups``)."""
 
 
-def optimizer(name: str, torch_class: type[torch.optim.Optimizer]):
-    """Register ``torch_class`` under ``name``: its options are the decorated function's
-    parameters plus ``shared_options``, passed to ``torch_class`` by name (a list as a tuple)
-    with the parameter groups built from the model and the weight decay."""
-
-    def register(options: Callable[..., None]) -> Callable[..., torch.optim.Optimizer]:
-        model = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        signature = inspect.Signature(
-            [
-                model,
-                *inspect.signature(options).parameters.values(),
-                *inspect.signature(shared_options).parameters.values(),
-            ]
-        )
-
-        def build(*args, **values) -> torch.optim.Optimizer:
-            bound = signature.bind(*args, **values)
-            bound.apply_defaults()
-            values = dict(bound.arguments)
-            module = values.pop("model")
-            grouping = {key: values.pop(key) for key in _SHARED}
-            options(**values)  # what the signature cannot check
-            weight_decay = values.pop("weight_decay")
-            groups = parameter_groups(module, weight_decay, lr=values["lr"], **grouping)
-            arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-            return torch_class(groups, **arguments)
-
-        # The signature is the schema: declared, not **kwargs, so every key is checked.
-        build.__signature__ = signature
-        build.__annotations__ = {
-            "model": "nn.Module",
-            **options.__annotations__,
-            **shared_options.__annotations__,
-        }
-        build.__name__ = build.__qualname__ = name
-        build.__doc__ = options.__doc__
-        return OPTIMIZERS.register(name)(build)
-
-    return register
+# What a config value of each exposed option of torch's optimizers must be.
+OPTION_TYPES: dict[str, Any] = {
+    "lr": PositiveFloat,
+    "betas": Betas,
+    "eps": PositiveFloat,
+    "weight_decay": NonNegativeFloat,
+    "momentum": Probability,
+    "dampening": Probability,
+    "nesterov": bool,
+    "amsgrad": bool,
+    "momentum_decay": NonNegativeFloat,
+    "lr_decay": NonNegativeFloat,
+    "initial_accumulator_value": NonNegativeFloat,
+    "rho": Probability,
+    "alpha": Probability,
+    "centered": bool,
+}
 
 
-_SHARED = tuple(inspect.signature(shared_options).parameters)
-
-
-@optimizer("sgd", torch.optim.SGD)
-def sgd(
-    lr: PositiveFloat = 0.1,
-    momentum: Probability = 0.9,
-    dampening: Probability = 0.0,
-    nesterov: bool = False,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Stochastic gradient descent with (heavy-ball or Nesterov) momentum.
-
-    Raises UserError for Nesterov without momentum or with dampening (torch would raise a
-    ValueError with a traceback).
-    """
+def _check_sgd(momentum: float, dampening: float, nesterov: bool, **_) -> None:
+    # torch would raise a ValueError, with a traceback.
     if nesterov and (momentum <= 0 or dampening != 0):
         raise UserError(
             f"optimizer.nesterov=true needs momentum > 0 and dampening 0 "
@@ -155,87 +121,79 @@ def sgd(
         )
 
 
-@optimizer("adam", torch.optim.Adam)
-def adam(
-    lr: PositiveFloat = 1e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.0,
-    amsgrad: bool = False,
-) -> None:
-    """Adam (Kingma & Ba 2015): per-parameter step sizes from running gradient moments."""
+# name, torch class, the options trainkit exposes, what it is (and what else to check).
+OPTIMIZERS_OF_TORCH = [
+    ("sgd", torch.optim.SGD, ("lr", "momentum", "dampening", "nesterov", "weight_decay"),
+     "Stochastic gradient descent with (heavy-ball or Nesterov) momentum.", _check_sgd),
+    ("adam", torch.optim.Adam, ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+     "Adam (Kingma & Ba 2015): per-parameter step sizes from running gradient moments.", None),
+    ("adamw", torch.optim.AdamW, ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+     "Adam with decoupled weight decay (Loshchilov & Hutter 2019).", None),
+    ("adamax", torch.optim.Adamax, ("lr", "betas", "eps", "weight_decay"),
+     "Adam with the infinity norm in place of the second moment.", None),
+    ("nadam", torch.optim.NAdam, ("lr", "betas", "eps", "weight_decay", "momentum_decay"),
+     "Adam with Nesterov momentum (Dozat 2016).", None),
+    ("radam", torch.optim.RAdam, ("lr", "betas", "eps", "weight_decay"),
+     "Adam with the variance of the adaptive lr rectified early on (Liu et al. 2020).", None),
+    ("adagrad", torch.optim.Adagrad,
+     ("lr", "lr_decay", "initial_accumulator_value", "eps", "weight_decay"),
+     "Per-parameter step sizes from the sum of all past squared gradients.", None),
+    ("adadelta", torch.optim.Adadelta, ("lr", "rho", "eps", "weight_decay"),
+     "Adagrad with running averages in place of sums (Zeiler 2012).", None),
+    ("rmsprop", torch.optim.RMSprop,
+     ("lr", "alpha", "eps", "momentum", "centered", "weight_decay"),
+     "Steps scaled by a running average of squared gradients (Hinton's lecture notes).", None),
+]  # fmt: skip
 
 
-@optimizer("adamw", torch.optim.AdamW)
-def adamw(
-    lr: PositiveFloat = 1e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.01,
-    amsgrad: bool = False,
-) -> None:
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019)."""
+def optimizer_builder(
+    name: str,
+    torch_class: type[torch.optim.Optimizer],
+    options: tuple[str, ...],
+    summary: str,
+    check: Callable[..., None] | None = None,
+) -> Callable[..., torch.optim.Optimizer]:
+    """The builder of ``torch_class`` with ``options`` plus ``shared_options``: the model's
+    parameter groups and the options, by name (a list as a tuple), after ``check``."""
+    torch_defaults = inspect.signature(torch_class).parameters
+    parameters = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [
+        inspect.Parameter(
+            option,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=torch_defaults[option].default,
+            annotation=OPTION_TYPES[option],
+        )
+        for option in options
+    ]
+    parameters += inspect.signature(shared_options).parameters.values()
+    signature = inspect.Signature(parameters)
+
+    def build(*args, **values) -> torch.optim.Optimizer:
+        bound = signature.bind(*args, **values)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        model = values.pop("model")
+        grouping = {key: values.pop(key) for key in _SHARED}
+        if check is not None:
+            check(**values)
+        weight_decay = values.pop("weight_decay")
+        groups = parameter_groups(model, weight_decay, lr=values["lr"], **grouping)
+        arguments = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return torch_class(groups, **arguments)
+
+    # The signature is the schema: declared, not **kwargs, so every key is checked.
+    build.__signature__ = signature
+    build.__annotations__ = {
+        **{option: OPTION_TYPES[option] for option in options},
+        **shared_options.__annotations__,
+    }
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = summary
+    return build
 
 
-@optimizer("adamax", torch.optim.Adamax)
-def adamax(
-    lr: PositiveFloat = 2e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Adam with the infinity norm in place of the second moment."""
+_SHARED = tuple(inspect.signature(shared_options).parameters)
 
-
-@optimizer("nadam", torch.optim.NAdam)
-def nadam(
-    lr: PositiveFloat = 2e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.0,
-    momentum_decay: NonNegativeFloat = 4e-3,
-) -> None:
-    """Adam with Nesterov momentum (Dozat 2016)."""
-
-
-@optimizer("radam", torch.optim.RAdam)
-def radam(
-    lr: PositiveFloat = 1e-3,
-    betas: Betas = (0.9, 0.999),
-    eps: PositiveFloat = 1e-8,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Adam with the variance of the adaptive lr rectified early on (Liu et al. 2020)."""
-
-
-@optimizer("adagrad", torch.optim.Adagrad)
-def adagrad(
-    lr: PositiveFloat = 0.01,
-    lr_decay: NonNegativeFloat = 0.0,
-    initial_accumulator_value: NonNegativeFloat = 0.0,
-    eps: PositiveFloat = 1e-10,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Per-parameter step sizes from the sum of all past squared gradients."""
-
-
-@optimizer("adadelta", torch.optim.Adadelta)
-def adadelta(
-    lr: PositiveFloat = 1.0,
-    rho: Probability = 0.9,
-    eps: PositiveFloat = 1e-6,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Adagrad with running averages in place of sums (Zeiler 2012)."""
-
-
-@optimizer("rmsprop", torch.optim.RMSprop)
-def rmsprop(
-    lr: PositiveFloat = 0.01,
-    alpha: Probability = 0.99,
-    eps: PositiveFloat = 1e-8,
-    momentum: Probability = 0.0,
-    centered: bool = False,
-    weight_decay: NonNegativeFloat = 0.0,
-) -> None:
-    """Steps scaled by a running average of squared gradients (Hinton's lecture notes)."""
+for _name, _torch_class, _options, _summary, _check in OPTIMIZERS_OF_TORCH:
+    OPTIMIZERS.register(_name)(optimizer_builder(_name, _torch_class, _options, _summary, _check))

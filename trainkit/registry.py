@@ -189,7 +189,21 @@ def check_params(
             check_value(f"{where}.{name}", params[name], hints.get(name, parameter.annotation))
         elif parameter.default is inspect.Parameter.empty:
             raise UserError(f"{where}.{name} is required; set it with {where}.{name}=VALUE")
-    return dict(params)
+    return {key: _plain_data(value) for key, value in params.items()}
+
+
+def _plain_data(value: Any) -> Any:
+    """Config values as plain dicts and lists (not OmegaConf's nodes, which would travel on
+    into a checkpoint that ``torch.load(weights_only=True)`` then refuses)."""
+    if isinstance(value, Mapping):
+        return {key: _plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) or (
+        isinstance(value, Iterable)
+        and not isinstance(value, (str, bytes))
+        and hasattr(value, "__len__")
+    ):
+        return [_plain_data(item) for item in value]
+    return value
 
 
 def _has_hints(target: Callable) -> bool:
