@@ -214,3 +214,31 @@ def test_adam_with_cosine_and_step_schedules_train(tmp_path):
     assert len(records) == 2
     step_run = records[1]  # names sort by start time: cosine first, then step
     assert step_run[0]["lr"] == pytest.approx(1e-3) and step_run[1]["lr"] == pytest.approx(1e-4)
+
+
+def test_the_run_config_the_checkpoint_and_the_hparams_hold_the_effective_config(tmp_path):
+    """Setting-type regularizers are written into the config before the run exists: the
+    three places a user reads it from agree, with the regularizers' values in them."""
+    from omegaconf import OmegaConf
+
+    result = run_trainkit(
+        "train",
+        "data=synthetic",
+        "data.num_samples=200",
+        "model=mlp",
+        "trainer.max_epochs=1",
+        "regularization=[dropout,weight_decay]",
+        "regularization.weight_decay.strength=0.001",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    saved = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=True)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert saved == state["config"]
+    assert saved["model"]["dropout"] == 0.5 and saved["optimizer"]["weight_decay"] == 0.001
+    events = EventAccumulator(str(run))
+    events.Reload()
+    hparams = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    assert b"model.dropout" in hparams and b"optimizer.weight_decay" in hparams

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         _ignore_signals()  # one line, whatever else arrives meanwhile
         print(f"trainkit: interrupted ({_signal_name(number)})", file=sys.stderr)
         sys.exit(128 + number)
+    except BrokenPipeError:  # `trainkit ls | head`: the reader has gone; so do we, quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + 13)
     except OSError as error:  # a path the file system refuses (too long, say), wherever met
         from trainkit.errors import file_system_reason
 

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from trainkit.errors import UserError
@@ -131,14 +132,26 @@ def _refuse_unless_free(path: Path, key: str, made: list[Path], continue_study: 
 
 
 def _holds_study(path: Path) -> bool:
-    """Whether ``path`` holds a trainkit sweep's Optuna study: its SQLite storage, and the
-    multirun.yaml Hydra wrote beside it."""
-    try:
-        with open(path / "optuna.db", "rb") as handle:
-            header = handle.read(16)
-    except OSError:
+    """Whether ``path`` holds a trainkit sweep's Optuna study: an SQLite file ``optuna.db``
+    with Optuna's tables and a study named ``trainkit`` (conf/hparams_search)."""
+    import sqlite3
+
+    database = path / "optuna.db"
+    if not database.is_file() or database.is_symlink():
         return False
-    return header == b"SQLite format 3\x00" and (path / "multirun.yaml").is_file()
+    try:
+        with open(database, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                return False
+        uri = f"file:{urllib.parse.quote(str(database))}?mode=ro"
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            rows = connection.execute("SELECT study_name FROM studies").fetchall()
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return ("trainkit",) in rows
 
 
 def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
@@ -320,7 +333,7 @@ def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -
         )
     if continue_study and "optuna.db" in entries:
         return (
-            f"{key}={path} holds an optuna.db that is not a trainkit sweep's study (SQLite, "
-            "beside its multirun.yaml); name a new directory"
+            f"{key}={path} holds an optuna.db that is not a trainkit sweep's study (an Optuna "
+            "SQLite storage with a study named trainkit); name a new directory"
         )
     return f"{key}={path} is not empty (it holds {shown}); name a new or empty directory"
