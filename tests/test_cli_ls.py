@@ -15,7 +15,7 @@ def test_ls_lists_every_component_of_a_group(capsys, monkeypatch):
     out = capsys.readouterr().out
     for name in SCHEDULERS.names():
         assert f"│ {name} " in out
-    assert "step_size: an integer >= 1 = 30" in out
+    assert "step_size: an integer >= 1 or null = null" in out
     assert "optimizer" not in out.split("\n")[0]
 
 

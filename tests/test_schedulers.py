@@ -76,6 +76,30 @@ def test_step_decays_every_step_size_epochs():
     assert_close(run(node("step", step_size=2, gamma=0.5), 3, 5), expected)
 
 
+@pytest.mark.parametrize(("epochs", "decays_at"), [(30, [10, 20]), (10, [4, 8]), (2, [1])])
+def test_step_by_default_decays_twice_within_any_run(epochs, decays_at):
+    """A default that acts: step_size null is a third of the run (the default used to be 30
+    epochs, as long as the default run, so it never decayed)."""
+    expected = [LR * 0.1 ** sum(t // 2 >= e for e in decays_at) for t in range(2 * epochs)]
+    assert_close(run(node("step"), 2, epochs), expected)
+
+
+def test_multistep_by_default_decays_at_half_and_three_quarters():
+    expected = [LR * 0.1 ** sum(t // 3 >= e for e in (10, 15)) for t in range(3 * 20)]
+    assert_close(run(node("multistep"), 3, 20), expected)
+
+
+def test_a_schedule_that_never_acts_in_the_run_is_warned_about():
+    from trainkit.schedulers import idle_warning
+
+    flat = run(node("step", step_size=30), 2, 30)
+    assert "scheduler=step keeps the lr at 0.1 for the whole run" in idle_warning(
+        node("step", step_size=30), flat, 30
+    )
+    assert idle_warning(node("step"), run(node("step"), 2, 30), 30) is None
+    assert idle_warning(node("constant"), [0.1] * 10, 5) is None
+
+
 def test_multistep_decays_at_the_milestones():
     def lr_at(epoch):
         return LR * 0.1 ** sum(epoch >= m for m in (1, 3))

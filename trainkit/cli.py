@@ -606,6 +606,7 @@ def lr_plot(args: list[str]) -> None:
     from trainkit import config
     from trainkit.build import build
     from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
+    from trainkit.schedulers import idle_warning
 
     plan = build(config.resolve(config.compose(config.prepare(overrides))), "plan")
     lrs, settings = plan.planned_lrs, plan.settings
@@ -620,6 +621,9 @@ def lr_plot(args: list[str]) -> None:
     print(title)
     print(terminal_lr_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
+    warning = idle_warning(plan.cfg.scheduler, lrs, settings.max_epochs)
+    if warning:
+        print(f"warning: {warning}")
     print(f"wrote {output}")
 
 

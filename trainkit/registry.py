@@ -226,10 +226,7 @@ def describe_parameters(
         if name in runtime or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         annotation = hints.get(name, parameter.annotation)
-        kind = "" if annotation is inspect.Parameter.empty else _type_name(annotation)
-        bounds = [a for a in typing.get_args(annotation) if isinstance(a, Range)]
-        if bounds:
-            kind += f" {bounds[0].describe()}"
+        kind = "" if annotation is inspect.Parameter.empty else _type_with_range(annotation)
         default = defaults.get(name, parameter.default)
         if default is inspect.Parameter.empty or default == "???":
             shown = "required"
@@ -237,6 +234,18 @@ def describe_parameters(
             shown = _as_config(default)
         rows.append((name, f"{kind} = {shown}" if kind else shown))
     return rows
+
+
+def _type_with_range(annotation: Any) -> str:
+    """``an integer >= 1 or null``: the type, with the range of each bounded part."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_with_range(a) for a in typing.get_args(annotation))
+    if origin is Annotated:
+        base, *extras = typing.get_args(annotation)
+        bounds = [bound.describe() for bound in extras if isinstance(bound, Range)]
+        return " ".join([_type_name(base), *bounds])
+    return _type_name(annotation)
 
 
 def _as_config(value: Any) -> str:

@@ -28,6 +28,7 @@ from trainkit import checkpoint, distributed
 from trainkit.build import build
 from trainkit.errors import UserError
 from trainkit.reporting import RunLogger, flatten_hparams, log
+from trainkit.schedulers import idle_warning
 from trainkit.settings import logger_settings, trainer_settings
 from trainkit.speed import Speed
 from trainkit.tasks import Outputs, Task
@@ -332,6 +333,9 @@ class Runner:
         """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
         if self.step == 0:  # the schedule planned before the first step, for TensorBoard
             self.logger.log_curve("lr_schedule", self.planned_lrs)
+            warning = idle_warning(self.cfg.scheduler, self.planned_lrs, self.settings.max_epochs)
+            if warning:
+                log.warning(f"warning: {warning}")
         if self.resumed_from:
             log.info(f"resumed from {self.resumed_from}: epoch {self.epoch + 1}, step {self.step}")
         log.info(

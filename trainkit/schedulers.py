@@ -128,20 +128,30 @@ def constant(optimizer: Optimizer) -> lr_scheduler.LRScheduler:
 
 @SCHEDULERS.register("step")
 def step(
-    optimizer: Optimizer, per_epoch: int, step_size: PositiveInt = 30, gamma: PositiveFloat = 0.1
+    optimizer: Optimizer,
+    per_epoch: int,
+    total: int,
+    step_size: PositiveInt | None = None,
+    gamma: PositiveFloat = 0.1,
 ) -> lr_scheduler.LRScheduler:
-    """Multiply the lr by ``gamma`` every ``step_size`` epochs."""
-    return lr_scheduler.StepLR(optimizer, step_size=step_size * per_epoch, gamma=gamma)
+    """Multiply the lr by ``gamma`` every ``step_size`` epochs; null: every third of the run
+    (two decays within it, whatever ``trainer.max_epochs`` is)."""
+    epochs = step_size or max(1, math.ceil(total / per_epoch / 3))
+    return lr_scheduler.StepLR(optimizer, step_size=epochs * per_epoch, gamma=gamma)
 
 
 @SCHEDULERS.register("multistep")
 def multistep(
     optimizer: Optimizer,
     per_epoch: int,
-    milestones: list[PositiveInt] = (30, 60, 80),
+    total: int,
+    milestones: list[PositiveInt] | None = None,
     gamma: PositiveFloat = 0.1,
 ) -> lr_scheduler.LRScheduler:
-    """Multiply the lr by ``gamma`` at each of the ``milestones`` (epochs)."""
+    """Multiply the lr by ``gamma`` at each of the ``milestones`` (epochs); null: at half
+    and three quarters of the run."""
+    epochs = total / per_epoch
+    milestones = milestones or sorted({max(1, round(epochs * f)) for f in (0.5, 0.75)})
     return lr_scheduler.MultiStepLR(
         optimizer, milestones=[m * per_epoch for m in milestones], gamma=gamma
     )
@@ -265,6 +275,18 @@ def plateau(
 
 
 # --- previewing a schedule -----------------------------------------------------------------
+
+
+def idle_warning(node: Mapping[str, Any], lrs: list[float], max_epochs: int) -> str | None:
+    """A warning when the planned curve ``lrs`` is flat though the schedule is meant to
+    change the lr: its settings never act within the run (step_size=30 in a 30-epoch run)."""
+    if not lrs or max(lrs) != min(lrs) or node["name"] in ("constant", "plateau"):
+        return None
+    return (
+        f"scheduler={node['name']} keeps the lr at {lrs[0]:.3g} for the whole run "
+        f"(trainer.max_epochs={max_epochs}): its settings never act within it; check them "
+        "with trainkit lr-plot"
+    )
 
 
 def lr_curve(
