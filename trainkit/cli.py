@@ -60,6 +60,22 @@ _HYDRA_FLAGS_WITH_VALUE = {
     "--info",
     "-i",
 }
+_HYDRA_FLAGS = {
+    *_HYDRA_FLAGS_WITH_VALUE,
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--resolve",
+    "--run",
+    "-r",
+    "--multirun",
+    "-m",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+}
 _HYDRA_FLAGS_NO_RUN = {
     "--help",
     "-h",
@@ -376,9 +392,15 @@ def _join_torchrun(cfg) -> bool:
 
 
 def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags, and the overrides. A flag or a bare word in the manner of other CLIs
+    (``--lr 0.1``, ``optimizer adam``) is one line saying which override was meant."""
     overrides, flags, index = [], [], 0
     while index < len(args):
         arg = args[index]
+        if arg.startswith("-") and arg.partition("=")[0] not in _HYDRA_FLAGS:
+            _habit(args[index : index + 2], "options are KEY=VALUE overrides, not flags")
+        if not arg.startswith("-") and "=" not in arg and not arg.startswith("~"):
+            _habit(args[index : index + 2], "overrides are KEY=VALUE")
         if arg.startswith("-"):
             flags.append(arg)
             takes_value = arg in _HYDRA_FLAGS_WITH_VALUE and arg not in ("--info", "-i")
@@ -389,6 +411,15 @@ def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
             overrides.append(arg)
         index += 1
     return overrides, flags
+
+
+def _habit(words: list[str], rule: str) -> None:
+    from trainkit import config
+
+    looks_like_value = len(words) > 1 and "=" not in words[1] and not words[1].startswith("-")
+    meant = config.suggest_override(words if looks_like_value else words[:1])
+    hint = f"did you mean {meant}?" if meant else "see trainkit train --help"
+    raise UserError(f"{words[0]!r}: trainkit train's {rule}; {hint}")
 
 
 def _multirun(flags: list[str]) -> bool:
@@ -411,27 +442,35 @@ def _train_job(cfg) -> float | None:
 
     from trainkit import config, launch, sweeps
     from trainkit.errors import file_system_error
-    from trainkit.reporting import print_summary
+    from trainkit.reporting import job_line, log_summary, print_summary, quiet_console
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweep_job = ""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_job = f"[job {HydraConfig.get().job.num}] "
+        quiet_console(sweep_job)  # one line a job; each job's train.log has all of it
     try:
         if not cfg.get("resume"):  # (a resumed run's .hydra/ stays as it was)
             _save_run_config(cfg, run_dir)  # the overrides first: a failed job lists them
         effective = config.resolve(cfg)
         if not cfg.get("resume"):
             _save_run_config(effective, run_dir)
-        summary = launch.train_in_processes(effective, run_dir)
+        summary = launch.train_in_processes(effective, run_dir, sweep_job)
     except Exception as error:
         _stop_if_interrupted(error, run_dir)
         if not isinstance(error, UserError):
             error = file_system_error(error, str(run_dir)) or error
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if sweep_job:
             sweeps.record_failure(run_dir, error)  # failed.json: the sweep summary lists it
             return None
         if not isinstance(error, UserError):
             raise
         fail(error)  # the CLI removes the run directory if nothing was trained in it
-    print_summary(summary, run_dir)
+    if sweep_job:
+        log_summary(summary)
+        print(sweep_job + job_line(summary, run_dir), flush=True)
+    else:
+        print_summary(summary, run_dir)
     return sweeps.objective(summary)
 
 
@@ -534,7 +573,6 @@ def _unused_name(path: Path) -> Path:
 
 def list_components(args: list[str]) -> None:
     """``trainkit ls [GROUP ...]``: a table per config group of its registered components."""
-    from rich.console import Console
     from rich.table import Table
 
     from trainkit.paths import option_defaults
@@ -552,7 +590,9 @@ def list_components(args: list[str]) -> None:
             hint = difflib.get_close_matches(group, groups, n=1)
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
             raise UserError(f"unknown group '{group}'; {did_you_mean}groups: {', '.join(groups)}")
-    console = Console()
+    from trainkit.reporting import console as reporting_console
+
+    console = reporting_console()
     for group in args or groups:
         registry = groups[group]
         table = Table(title=f"{group}  ({group}=NAME)", title_justify="left", show_lines=True)

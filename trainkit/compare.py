@@ -40,7 +40,6 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     best_epoch, train_time_s) for every run under ``paths`` and write their curves of the
     monitored metric to ``output``. Raises UserError for a path that holds no run or a
     metric that no run has."""
-    from rich.console import Console
 
     runs = [read_job(run_dir) for run_dir in expand(paths)]
     finished = [run for run in runs if run.summary]
@@ -56,7 +55,9 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     shared = shared_overrides(runs)
     labels = [" ".join(o for o in run.overrides if o not in shared) for run in runs]
     labels = [label or _short_path(run.dir) for run, label in zip(runs, labels, strict=True)]
-    console = Console()
+    from trainkit.reporting import console as reporting_console
+
+    console = reporting_console()
     if shared:
         console.print(f"every run: {' '.join(o for o in runs[0].overrides if o in shared)}")
     console.print(_table(runs, labels, metrics))

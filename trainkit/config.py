@@ -388,19 +388,71 @@ def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
     """ "unknown key optimizer.lrr; did you mean 'lr'? ..." from the config without the typo."""
     others = [o for o in overrides if not o.lstrip("+~").startswith(f"{key}=")]
     parent, _, leaf = key.rpartition(".")
+    node = None
     try:
         node = hydra_compose(config_name, overrides=others)
         siblings = OmegaConf.select(node, parent) if parent else node
     except Exception:
         siblings = None
     if parent and siblings is None:
-        return f"unknown key {key}: the config has no {parent}"
+        value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(key)), "")
+        fixed = _fix_prefix(key, node)
+        hint = f"; did you mean {fixed}={value}?" if fixed else ""
+        return f"unknown key {key}: the config has no {parent}{hint}"
     if not isinstance(siblings, Mapping):
         return f"unknown key {key}"
     keys = [str(k) for k in siblings]
     hint = difflib.get_close_matches(leaf, keys, n=1)
     did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
     return f"unknown key {key}; {did_you_mean}allowed keys: {', '.join(keys)}"
+
+
+def _fix_prefix(key: str, node: Any) -> str | None:
+    """``scheduler.warmup_epochs`` for ``schedular.warmup_epochs``: the key whose misspelled
+    first part is closest to a top-level key of ``node`` that has the rest."""
+    head, _, rest = key.partition(".")
+    if not isinstance(node, Mapping):
+        return None
+    for candidate in difflib.get_close_matches(head, [str(k) for k in node], n=3):
+        if OmegaConf.select(node, f"{candidate}.{rest}", default=_MISSING) is not _MISSING:
+            return f"{candidate}.{rest}"
+    return None
+
+
+_MISSING = object()
+
+
+def suggest_override(words: list[str]) -> str | None:
+    """What a user used to other CLIs meant: ``--lr 0.1`` or ``--lr=0.1`` (a key named lr,
+    optimizer.lr), ``--optimizer adam`` and ``optimizer adam`` (a group's option): the
+    override to write instead, or None. ``words`` are the flag or word and its value."""
+    name, _, value = words[0].lstrip("-").partition("=")
+    value = value or (words[1] if len(words) > 1 else "VALUE")
+    name = name.replace("-", "_")
+    if (paths.config_dir() / name).is_dir():
+        return f"{name}={value}"
+    try:
+        node = compose([])
+    except UserError:
+        return None
+    flat = _flatten_keys(OmegaConf.to_container(node, resolve=False))
+    if name in flat:
+        return f"{name}={value}"
+    matches = [key for key in flat if key.rsplit(".", 1)[-1] == name]
+    if len(matches) == 1:
+        return f"{matches[0]}={value}"
+    if matches:
+        return " or ".join(f"{key}={value}" for key in matches[:3])
+    return None
+
+
+def _flatten_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        keys = []
+        for key, value in node.items():
+            keys += _flatten_keys(value, f"{prefix}{key}.")
+        return keys
+    return [prefix[:-1]]
 
 
 def _first_line(message: str) -> str:

@@ -19,15 +19,15 @@ from trainkit.registry import load_components
 from trainkit.runner import Runner
 
 
-def train_in_processes(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train_in_processes(cfg: DictConfig, run_dir: Path, sweep_job: str = "") -> dict[str, Any]:
     """One process, ``trainer.devices`` processes started here, or those torchrun started;
-    returns the run's summary (rank 0's)."""
+    returns the run's summary (rank 0's). ``sweep_job``: the prefix of a sweep job's lines."""
     if distributed.launched():  # torchrun's main process: hand the run to the others
         container = OmegaConf.to_container(cfg, resolve=True)
         distributed.broadcast_from_main((container, str(run_dir)))
         return train(OmegaConf.create(container), run_dir)
     if cfg.trainer.devices > 1:
-        return train_distributed(cfg, run_dir, cfg.trainer.devices)
+        return train_distributed(cfg, run_dir, cfg.trainer.devices, sweep_job)
     return train(cfg, run_dir)
 
 
@@ -43,7 +43,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         distributed.teardown()
 
 
-def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[str, Any]:
+def train_distributed(
+    cfg: DictConfig, run_dir: Path, processes: int, sweep_job: str = ""
+) -> dict[str, Any]:
     """Train in ``processes`` worker processes (DDP) started here; returns rank 0's summary.
 
     The config is composed once, here, and handed to every worker: one run, one directory.
@@ -53,7 +55,7 @@ def train_distributed(cfg: DictConfig, run_dir: Path, processes: int) -> dict[st
 
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
-        return distributed.launch(processes, distributed_worker, container, str(run_dir))
+        return distributed.launch(processes, distributed_worker, container, str(run_dir), sweep_job)
     except ChildFailedError as error:
         # A user's mistake found in a worker still ends in its one line.
         _, failure = error.get_first_failure()
@@ -73,14 +75,16 @@ def config_from_main_process(container: dict[str, Any]) -> DictConfig:
     return cfg
 
 
-def distributed_worker(container: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def distributed_worker(
+    container: dict[str, Any], run_dir: str, sweep_job: str = ""
+) -> dict[str, Any]:
     """One worker of ``train_distributed`` (in its own process): train with the given config."""
 
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from trainkit.reporting import setup_worker_logging
 
-    setup_worker_logging(Path(run_dir), distributed.is_main_process())
+    setup_worker_logging(Path(run_dir), distributed.is_main_process(), sweep_job)
     # The processes share the machine's cores instead of each starting a thread per core.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // distributed.world_size()))
     return record(train)(config_from_main_process(container), Path(run_dir))

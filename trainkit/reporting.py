@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,7 +98,8 @@ class RunLogger:
         refresh thread would redraw ten times a second and take the GIL from the training
         loop each time, and an eye reads no faster than this anyway.
         """
-        if not (self.enabled and self.settings.progress_bar):
+        # Only in a terminal: elsewhere a bar is a stream of control characters.
+        if not (self.enabled and self.settings.progress_bar and is_terminal()):
             yield lambda *args, **kwargs: None
             return
         bar = Progress(
@@ -205,66 +207,116 @@ def flatten_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_terminal() -> bool:
+    """Whether the console is a terminal (not a pipe, a file, CI's log, SLURM's output)."""
+    return sys.stdout.isatty()
+
+
+def console():
+    """rich's console: as rich draws it in a terminal; elsewhere plain lines that are never
+    padded, wrapped or coloured, so that a log file reads and pastes as it was printed."""
+    from rich.console import Console
+
+    if is_terminal():
+        return Console()
+    return Console(width=100_000, soft_wrap=True, no_color=True, highlight=False)
+
+
+def console_handler(prefix: str = "") -> logging.Handler:
+    """The log's console: rich's handler in a terminal, plain lines elsewhere; ``prefix``
+    goes before each line (a sweep's job number). Named in conf/train.yaml's job_logging."""
+    if is_terminal():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_time=False, show_path=False, show_level=False)
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    handler.trainkit_console = True  # (found again by quiet_console)
+    return handler
+
+
+def quiet_console(prefix: str) -> None:
+    """In a sweep's job: the console shows only warnings and errors, after ``prefix`` (the
+    log file keeps everything): many jobs' epoch lines would bury what matters."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "trainkit_console", False):
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+
+
 def setup_console_logging() -> None:
     """Console logging for commands that run outside Hydra (``trainkit eval``)."""
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_time=False, show_path=False, show_level=False)],
-    )
+    logging.basicConfig(level=logging.INFO, handlers=[console_handler()], force=True)
 
 
-def setup_worker_logging(run_dir: Path, main: bool) -> None:
+def setup_worker_logging(run_dir: Path, main: bool, sweep_job: str = "") -> None:
     """Logging in a DDP worker process: the main one writes to the console and appends to
-    the run's train.log (as Hydra set up for a single process); the others only warn."""
-    from rich.logging import RichHandler
-
+    the run's train.log (as Hydra set up for a single process); the others only warn.
+    ``sweep_job``: the job's prefix when the run is a sweep's job (a quiet console)."""
     handlers: list[logging.Handler] = []
     if main:
-        handlers.append(RichHandler(show_time=False, show_path=False, show_level=False))
+        handlers.append(console_handler())
         file_handler = logging.FileHandler(run_dir / "train.log")
         file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
         handlers.append(file_handler)
     logging.basicConfig(
         level=logging.INFO if main else logging.WARNING,
-        format="%(message)s",
         handlers=handlers or None,
         force=True,
     )
+    if sweep_job:
+        quiet_console(sweep_job)
+
+
+_SUMMARY_METRICS = (
+    "loss",
+    "acc",
+    "acc_top5",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "average_precision",
+    "mae",
+    "rmse",
+    "r2",
+    "knn_acc",
+    "seq_acc",
+    "cer",
+)
 
 
 def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = False) -> None:
     """The test metrics as a table, then where the files are and how to look at them."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="test metrics", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in (
-        "loss",
-        "acc",
-        "acc_top5",
-        "precision",
-        "recall",
-        "f1",
-        "auroc",
-        "average_precision",
-        "mae",
-        "rmse",
-        "r2",
-        "knn_acc",
-        "seq_acc",
-        "cer",
-    ):
+    for name in _SUMMARY_METRICS:
         if f"test/{name}" in summary:
             table.add_row(name, f"{summary[f'test/{name}']:.4f}")
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     if eval_only:
-        console.print(f"summary.json and predictions.csv written to {output_dir}")
+        out.print(f"summary.json and predictions.csv written to {output_dir}")
     else:
-        console.print(f"run directory: {output_dir}")
-        console.print(f"compare runs:  tensorboard --logdir {output_dir.parent}")
+        out.print(f"run directory: {output_dir}")
+        out.print(f"compare runs:  tensorboard --logdir {output_dir.parent}")
+
+
+def job_line(summary: dict[str, Any], output_dir: Path) -> str:
+    """A sweep's job in one line: its monitored value, the test metric beside it, its time
+    and its directory (its table of test metrics is in its train.log and summary.json)."""
+    monitor = summary.get("monitor", "")
+    test = monitor.replace("val/", "test/", 1)
+    parts = [f"{name} {_format(summary[name])}" for name in (monitor, test) if name in summary]
+    parts.append(f"{summary.get('train_time_s', 0):.1f}s")
+    return f"done: {', '.join(parts)} -> {output_dir}"
+
+
+def log_summary(summary: dict[str, Any]) -> None:
+    """The test metrics into the log (a sweep's job: its file, not the console)."""
+    names = [f"test/{name}" for name in _SUMMARY_METRICS if f"test/{name}" in summary]
+    log.info("test metrics: " + ", ".join(f"{n} {_format(summary[n])}" for n in names))

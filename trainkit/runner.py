@@ -62,6 +62,8 @@ def evaluate(
         if keep_outputs:
             kept.append((indices, targets.cpu(), outputs.float().cpu()))
     values = metrics.compute(prefix, task.splits.class_names)  # summed over processes
+    # Metrics come from float32 sums: their last digits are noise (an F1 of 1.0000001).
+    values = {k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in values.items()}
     if not keep_outputs:
         return values, None
     # Under DDP each process saw its own shard of the split: the main process gets them all.
@@ -231,11 +233,13 @@ class Runner:
                     if self.stop_signal is not None:
                         self.save_checkpoints(f"step_{self.step:07d}.pt")
                         raise Interrupted(self.stop_signal, self.checkpoint_dir / "last.pt")
-                    if self.logger.should_log_step(self.step):
+                    logging_now = self.logger.should_log_step(self.step)
+                    if logging_now or batch <= accumulate:  # (and an epoch's first step: the bar)
                         step_loss = loss.item()  # the one host-device sync, every N steps
                         if not math.isfinite(step_loss):
                             raise NonFinite(f"the loss is {step_loss}")
-                        self.logger.log_step(self.step, {"train/step_loss": step_loss})
+                        if logging_now:
+                            self.logger.log_step(self.step, {"train/step_loss": step_loss})
                         rate = self._seen / (time.perf_counter() - started)
                         advance(0, loss=f"{step_loss:.4f}", throughput=f"{rate:,.0f} samples/s")
                 advance()

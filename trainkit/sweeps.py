@@ -230,13 +230,14 @@ def shared_overrides(jobs: list[Job]) -> set[str]:
 
 def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> None:
     """The ranked jobs as a rich table; overrides shared by every job are said once above."""
-    from rich.console import Console
     from rich.table import Table
 
     shared = shared_overrides(jobs)
     test_metric = monitor.replace("val/", "test/", 1)
     best = "highest" if mode == "max" else "lowest"
-    table = Table(title=f"sweep: {len(jobs)} jobs ranked by {monitor} ({best} first)")
+    table = Table(
+        title=f"sweep: {len(jobs)} jobs ranked by {monitor} ({best} first)", title_justify="left"
+    )
     table.add_column("rank", justify="right")
     table.add_column("job")
     table.add_column("status")
@@ -256,7 +257,9 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
         if any_failed:
             cells.append(job.error)
         table.add_row(*cells)
-    console = Console()
+    from trainkit.reporting import console as reporting_console
+
+    console = reporting_console()
     if shared:
         console.print(f"every job: {' '.join(o for o in jobs[0].overrides if o in shared)}")
     console.print(table)
