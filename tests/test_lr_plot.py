@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainkit import paths
 from trainkit.cli import main
-from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
+from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_lr_plot
 from trainkit.registry import load_components
 from trainkit.schedulers import lr_curve
 
@@ -78,13 +78,25 @@ def test_terminal_plot_has_the_rows_asked_for_and_the_max_top_left():
     assert all(len(row.split("┤" if "┤" in row else "│")[1]) == 40 for row in plot_rows)
 
 
-def test_png_has_the_size_asked_for(tmp_path):
-    path = write_lr_png([LR * 0.9**t for t in range(100)], tmp_path / "lr.png", "a title")
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        assert image.size == (800, 400)
-        colors = image.convert("RGB").getcolors(maxcolors=100_000)
-    assert len(colors) > 2  # more than a blank page
+def test_the_lr_figure_starts_at_zero_with_labelled_axes_and_round_ticks(tmp_path):
+    """matplotlib draws it: y from 0 (not the curve's minimum), ticks on round steps."""
+    lrs = [LR * 0.5 * (1 + math.cos(math.pi * t / 600)) for t in range(600)]
+    figure = lr_figure(lrs, "a title")
+    (axes,) = figure.axes
+    assert axes.get_ylim()[0] == 0 and axes.get_yscale() == "linear"
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("optimizer step", "learning rate")
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 600]
+    assert ticks and all(t % 100 == 0 for t in ticks), ticks  # not 0, 120, 240, 359, ...
+    assert axes.get_title() == "a title"
+    (tmp_path / "lr.png").write_bytes(png_bytes(figure))
+    with Image.open(tmp_path / "lr.png") as image:
+        assert image.format == "PNG" and image.size == (800, 400)
+        assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 2
+
+
+def test_the_lr_figure_may_use_a_log_scale():
+    (axes,) = lr_figure([LR * 0.9**t for t in range(100)], "t", log_scale=True).axes
+    assert axes.get_yscale() == "log"
 
 
 def test_lr_plot_writes_the_png_and_prints_the_lrs(tmp_path, monkeypatch, capsys):

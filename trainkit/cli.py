@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
-import io
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ commands:
                                 evaluate a checkpoint on its run's test split
   ls [GROUP ...]                every component of each config group, with its
                                 parameters, types, ranges and defaults
-  lr-plot [OVERRIDES] [output=PATH.png]
+  lr-plot [OVERRIDES] [output=PATH.png] [scale=linear|log]
                                 the lr at every step of the composed optimizer and
                                 schedule, in the terminal and as a new PNG
                                 (lr_schedule.png; never over an existing file)
@@ -626,7 +625,8 @@ def _plain_text(docstring: str) -> str:
 
 
 def lr_plot(args: list[str]) -> None:
-    """``trainkit lr-plot [OVERRIDES] [output=PATH.png]``: the run's lr curve, step by step.
+    """``trainkit lr-plot [OVERRIDES] [output=PATH.png] [scale=linear|log]``: the run's lr
+    curve, step by step.
 
     Plans the run through the assembly, as ``train`` would build it (steps per epoch with
     ``trainer.accumulate`` and ``trainer.devices``, the scaled lr), on the CPU; trains nothing
@@ -635,9 +635,13 @@ def lr_plot(args: list[str]) -> None:
     """
     from trainkit import rundir
 
-    outputs = [arg for arg in args if arg.startswith("output=")]
-    overrides = [arg for arg in args if not arg.startswith("output=")]
-    output = Path(outputs[-1].partition("=")[2]).expanduser() if outputs else None
+    own = [arg for arg in args if arg.startswith(("output=", "scale="))]
+    overrides = [arg for arg in args if arg not in own]
+    options = dict(arg.partition("=")[::2] for arg in own)
+    if options.get("scale", "linear") not in ("linear", "log"):
+        raise UserError(f"scale={options['scale']}: use scale=linear or scale=log")
+    log_scale = options.get("scale") == "log"
+    output = Path(options["output"]).expanduser() if "output" in options else None
     if output is not None and output.suffix.lower() != ".png":
         raise UserError(f"output={output} must end in .png")
     if output is not None and output.exists():
@@ -645,7 +649,7 @@ def lr_plot(args: list[str]) -> None:
 
     from trainkit import config
     from trainkit.build import build
-    from trainkit.plotting import format_lr, terminal_lr_plot, write_lr_png
+    from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_lr_plot
     from trainkit.schedulers import idle_warning
 
     plan = build(config.resolve(config.compose(config.prepare(overrides))), "plan")
@@ -654,10 +658,8 @@ def lr_plot(args: list[str]) -> None:
         f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}: "
         f"{settings.max_epochs} epochs x {plan.steps_per_epoch} optimizer steps"
     )
-    png = io.BytesIO()
-    write_lr_png(lrs, png, title)
     output = output or rundir.free_file_name("lr_schedule.png")
-    rundir.write_new_file(output, png.getvalue(), "output")
+    rundir.write_new_file(output, png_bytes(lr_figure(lrs, title, log_scale)), "output")
     print(title)
     print(terminal_lr_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")

@@ -1,5 +1,5 @@
 """``trainkit compare``: runs side by side, as a table of their metrics and a PNG of their
-validation curves (drawn with Pillow, like trainkit/plotting.py).
+validation curves (drawn by trainkit/plotting.py).
 
 A run directory is one with a ``.hydra/`` in it; any other directory (a sweep's, or a day's
 under outputs/) stands for the run directories below it.
@@ -7,32 +7,14 @@ under outputs/) stands for the run directories below it.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 from trainkit.errors import UserError
+from trainkit.plotting import curves_figure, png_bytes
 from trainkit.rundir import write_new_file
 from trainkit.sweeps import Job, job_dirs, read_job, shared_overrides
-
-WIDTH, PLOT_HEIGHT, LEGEND_ROW = 800, 400, 16
-# Plot area margins in pixels: room for the y labels on the left, x labels below.
-LEFT, RIGHT, TOP, BOTTOM = 80, 20, 30, 40
-Y_TICKS = 5
-# matplotlib's tab10: ten colours told apart easily, also by most colour-blind readers.
-COLOURS = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
 
 
 def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
@@ -65,9 +47,8 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     if not any(points for _, points in curves):
         console.print(f"no run logged {monitor} per epoch (metrics.jsonl): no plot written")
         return
-    png = io.BytesIO()
-    write_curves_png(curves, png, f"{monitor} per epoch")
-    write_new_file(output, png.getvalue(), "output")
+    figure = curves_figure(curves, f"{monitor} per epoch, {len(runs)} runs", monitor)
+    write_new_file(output, png_bytes(figure), "output")
     console.print(f"wrote {output}")
 
 
@@ -161,67 +142,3 @@ def _curve(run_dir: Path, metric: str) -> list[tuple[int, float]]:
             if isinstance(record.get("epoch"), int):
                 points.append((record["epoch"], record[metric]))
     return points
-
-
-def write_curves_png(
-    curves: list[tuple[str, list[tuple[int, float]]]], path: Path, title: str
-) -> Path:
-    """Draw each ``(label, [(epoch, value), ...])`` in its own colour, with a legend below the
-    plot (800 pixels wide); non-finite values leave a gap. Returns the path written."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    finite = [v for _, points in curves for _, v in points if math.isfinite(v)]
-    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
-    if high == low:  # a flat curve: put it in the middle of the plot
-        low, high = low - (abs(low) * 0.1 or 0.1), high + (abs(high) * 0.1 or 0.1)
-    last_epoch = max((epoch for _, points in curves for epoch, _ in points), default=1)
-    first_epoch = min((epoch for _, points in curves for epoch, _ in points), default=1)
-    span = max(last_epoch - first_epoch, 1)
-
-    height = PLOT_HEIGHT + LEGEND_ROW * len(curves) + 10
-    image = Image.new("RGB", (WIDTH, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, PLOT_HEIGHT - BOTTOM  # y0 is the top
-
-    def to_x(epoch: float) -> float:
-        return x0 + (x1 - x0) * (epoch - first_epoch) / span
-
-    def to_y(value: float) -> float:
-        return y1 - (y1 - y0) * (value - low) / (high - low)
-
-    # --- axes, ticks and labels ---
-    draw.text((WIDTH / 2, TOP / 2), title, fill="black", font=font, anchor="mm")
-    for tick in range(Y_TICKS):
-        value = low + (high - low) * tick / (Y_TICKS - 1)
-        y = to_y(value)
-        draw.line([(x0, y), (x1, y)], fill=(230, 230, 230))
-        draw.text((x0 - 8, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
-    step = max(1, round(span / 10))  # at most about ten epoch labels
-    for epoch in range(first_epoch, last_epoch + 1, step):
-        x = to_x(epoch)
-        draw.line([(x, y1), (x, y1 + 5)], fill="black")
-        draw.text((x, y1 + 8), str(epoch), fill="black", font=font, anchor="mt")
-    draw.text(((x0 + x1) / 2, PLOT_HEIGHT - 6), "epoch", fill="black", font=font, anchor="mb")
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
-
-    # --- one curve per run, its points marked; then the legend ---
-    for index, (label, points) in enumerate(curves):
-        colour = COLOURS[index % len(COLOURS)]
-        segment: list[tuple[float, float]] = []
-        for epoch, value in [*points, (0, math.nan)]:  # the NaN at the end closes the line
-            if math.isfinite(value):
-                segment.append((to_x(epoch), to_y(value)))
-                continue
-            if len(segment) > 1:
-                draw.line(segment, fill=colour, width=2)
-            for x, y in segment:
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            segment = []
-        y = PLOT_HEIGHT + LEGEND_ROW * index + LEGEND_ROW / 2
-        draw.line([(x0, y), (x0 + 24, y)], fill=colour, width=3)
-        text = f"{index + 1}: {label}" + ("" if points else "  (no epochs logged)")
-        draw.text((x0 + 32, y), text[:110], fill="black", font=font, anchor="lm")
-
-    image.save(path, format="PNG")
-    return path

@@ -1,17 +1,29 @@
-"""Plots of a learning-rate curve: a PNG drawn with Pillow and a plot made of text.
+"""Pictures: PNGs drawn by matplotlib, and a plot made of text for the terminal.
 
-Pillow comes with torchvision; matplotlib is deliberately not a dependency.
+matplotlib is imported only when a picture is made (``--help`` and a run's start do not
+wait for it), through its object-oriented interface with the Agg canvas: no pyplot state,
+no window, the same on a laptop and a server.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import BinaryIO
+import io
+import math
+from collections.abc import Sequence
 
-WIDTH, HEIGHT = 800, 400
-# Plot area margins in pixels: room for the y labels on the left, x labels below.
-LEFT, RIGHT, TOP, BOTTOM = 80, 20, 30, 40
-Y_TICKS, X_TICKS = 5, 6
+# One colour per run, in this order (matplotlib's default cycle, "tab10").
+COLOURS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def format_lr(lr: float) -> str:
@@ -21,60 +33,94 @@ def format_lr(lr: float) -> str:
     return f"{lr:.3g}"
 
 
-def _y_range(lrs: list[float]) -> tuple[float, float]:
-    low, high = min(lrs), max(lrs)
-    if high == low:  # a flat curve: put it in the middle of the plot
-        pad = abs(high) * 0.1 or 1e-3
-        return low - pad, high + pad
-    return low, high
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def write_lr_png(lrs: list[float], path: str | Path | BinaryIO, title: str):
-    """Draw ``lrs`` (one per optimizer step) as a line plot, 800x400 pixels, into ``path``.
+def png_bytes(figure) -> bytes:
+    """A figure of this module as PNG bytes (written by the caller, never over a file)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
-    Returns the path written. Raises ValueError on an empty curve.
-    """
-    from PIL import Image, ImageDraw, ImageFont
+
+def lr_figure(lrs: Sequence[float], title: str, log_scale: bool = False):
+    """The lr of every optimizer step (800x400 pixels): steps on x, the lr on y from 0 (or
+    on a log scale). Raises ValueError on an empty curve."""
+    from matplotlib.ticker import MaxNLocator
 
     if not lrs:
         raise ValueError("no lr values to plot")
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM  # y0 is the top
-    low, high = _y_range(lrs)
-    last = max(len(lrs) - 1, 1)
+    figure = _figure(8, 4)
+    axes = figure.add_subplot()
+    axes.plot(range(1, len(lrs) + 1), lrs, color=COLOURS[0], linewidth=1.5)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("learning rate")
+    axes.set_xlim(1, max(len(lrs), 2))
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, steps=[1, 2, 2.5, 5, 10]))
+    if log_scale and min(lrs) > 0:
+        axes.set_yscale("log")
+    else:
+        axes.set_ylim(0, max(lrs) * 1.05 or 1)
+    axes.grid(alpha=0.3)
+    return figure
 
-    def to_x(step: float) -> float:
-        return x0 + (x1 - x0) * step / last
 
-    def to_y(lr: float) -> float:
-        return y1 - (y1 - y0) * (lr - low) / (high - low)
+def curves_figure(
+    curves: Sequence[tuple[str, Sequence[tuple[int, float]]]], title: str, ylabel: str
+):
+    """Each ``(label, [(epoch, value), ...])`` as a line in its own colour, with a legend
+    (800 pixels wide); a value that is not finite leaves a gap."""
+    from matplotlib.ticker import MaxNLocator
 
-    # --- axes, ticks and labels ---
-    draw.text((WIDTH / 2, TOP / 2), title, fill="black", font=font, anchor="mm")
-    for tick in range(Y_TICKS):
-        lr = low + (high - low) * tick / (Y_TICKS - 1)
-        y = to_y(lr)
-        draw.line([(x0, y), (x1, y)], fill=(230, 230, 230))
-        draw.line([(x0 - 5, y), (x0, y)], fill="black")
-        draw.text((x0 - 8, y), format_lr(lr), fill="black", font=font, anchor="rm")
-    for tick in range(X_TICKS):
-        step = round(last * tick / (X_TICKS - 1))
-        x = to_x(step)
-        draw.line([(x, y1), (x, y1 + 5)], fill="black")
-        draw.text((x, y1 + 8), str(step), fill="black", font=font, anchor="mt")
-    draw.text(((x0 + x1) / 2, HEIGHT - 6), "step", fill="black", font=font, anchor="mb")
-    draw.line([(x0, y0), (x0, y1), (x1, y1)], fill="black")
+    figure = _figure(8, 4.5)
+    axes = figure.add_subplot()
+    for index, (label, points) in enumerate(curves):
+        epochs = [epoch for epoch, _ in points]
+        values = [value if math.isfinite(value) else math.nan for _, value in points]
+        axes.plot(epochs, values, marker="o", markersize=3, color=COLOURS[index % 10], label=label)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if curves:
+        axes.legend(fontsize=8, loc="best")
+    return figure
 
-    # --- the curve ---
-    points = [(to_x(step), to_y(lr)) for step, lr in enumerate(lrs)]
-    if len(points) == 1:
-        points.append((x1, points[0][1]))
-    draw.line(points, fill=(31, 119, 180), width=2)
 
-    image.save(path, format="PNG")  # (a path, or a file object)
-    return path
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]):
+    """A confusion matrix (rows: true class, columns: predicted) as a matplotlib figure, at
+    a size that reads (for TensorBoard's Images tab): cells shaded by their share of the
+    row, counts written in, the class names on both axes."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    classes = len(counts)
+    side = min(12.0, max(5.0, 0.5 * classes + 2))
+    figure = _figure(side, side)
+    axes = figure.add_subplot()
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    names = [str(name) for name in class_names[:classes]]
+    axes.set_xticks(range(classes), names, rotation=45 if max(map(len, names)) > 3 else 0)
+    axes.set_yticks(range(classes), names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if classes <= 30:
+        for true in range(classes):
+            for predicted in range(classes):
+                if counts[true, predicted]:
+                    ink = "white" if share[true, predicted] > 0.5 else "black"
+                    axes.text(predicted, true, int(counts[true, predicted]), ha="center",
+                              va="center", color=ink, fontsize=8)  # fmt: skip
+    return figure
 
 
 def terminal_lr_plot(lrs: list[float], width: int = 70, height: int = 12) -> str:
@@ -115,35 +161,3 @@ def terminal_lr_plot(lrs: list[float], width: int = 70, height: int = 12) -> str
     steps = f"{len(lrs)} steps"
     lines.append(f"{'':>{pad}}  0{steps:>{max(width - 1, len(steps))}}")
     return "\n".join(lines)
-
-
-def confusion_matrix_image(matrix: list[list[int]], class_names: list[str]):
-    """A confusion matrix (rows: true class, columns: predicted) as an RGB uint8 array of
-    shape (height, width, 3): cells shaded by their share of the row, counts written in."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-
-    counts = np.asarray(matrix, dtype=np.float64)
-    classes = len(counts)
-    cell = max(16, min(40, 640 // max(classes, 1)))
-    margin = 60  # room for the class names and the axis titles
-    size = margin + cell * classes + 10
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    row_share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    for true in range(classes):
-        for predicted in range(classes):
-            x, y = margin + predicted * cell, margin + true * cell
-            shade = int(255 * (1 - row_share[true, predicted]))
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(shade, shade, 255))
-            if cell >= 24 and counts[true, predicted]:
-                ink = "white" if shade < 128 else "black"
-                text = str(int(counts[true, predicted]))
-                draw.text((x + cell / 2, y + cell / 2), text, fill=ink, font=font, anchor="mm")
-    for index, name in enumerate(class_names[:classes]):
-        middle = margin + index * cell + cell / 2
-        draw.text((margin - 4, middle), name[:8], fill="black", font=font, anchor="rm")
-        draw.text((middle, margin - 4), name[:4], fill="black", font=font, anchor="mb")
-    draw.text((4, 4), "rows: true, columns: predicted", fill="black", font=font)
-    return np.asarray(image)

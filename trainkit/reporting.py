@@ -158,10 +158,10 @@ class RunLogger:
     ) -> None:
         """The confusion matrix as an image (TensorBoard's Images tab)."""
         if self.writer is not None:
-            from trainkit.plotting import confusion_matrix_image
+            from trainkit.plotting import confusion_matrix_figure
 
-            image = confusion_matrix_image(matrix, class_names)
-            self.writer.add_image(tag, image, step, dataformats="HWC")
+            figure = confusion_matrix_figure(matrix, class_names)
+            self.writer.add_figure(tag, figure, step, close=False)
 
     def log_final(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int):
         """Final scalars, and the run in TensorBoard's HParams dashboard."""
