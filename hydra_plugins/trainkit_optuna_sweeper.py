@@ -61,8 +61,10 @@ if optuna_sweeper is not None:
                 log.info(f"continuing study {study.study_name}: {finished} trials finished")
             # Job N is trial N (an interrupted trial keeps its number and directory), except
             # that a new job never goes into a directory that is there already.
-            numbered = [int(p.name) for p in Path(impl.sweep_dir).iterdir() if p.name.isdigit()]
-            impl.job_idx = max([len(trials), *(n + 1 for n in numbered)])
+            from trainkit.sweeps import job_number
+
+            taken = [job_number(path) for path in Path(impl.sweep_dir).iterdir()]
+            impl.job_idx = max([len(trials), *(n + 1 for n in taken if n is not None)])
             impl.n_trials = max(impl.n_trials - finished, 0)
             expected = finished + impl.n_trials
             try:

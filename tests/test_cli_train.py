@@ -110,20 +110,52 @@ def test_tensorboard_has_every_metric_the_lr_and_hparams(default_run):
     events = EventAccumulator(str(default_run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/acc", "val/f1", "lr", "test/acc", "test/f1"} <= scalars
+    assert {"train/loss", "val/acc", "val/f1", "train/lr", "test/acc", "test/f1"} <= scalars
+    # train/, val/ and test/ are the groups (TensorBoard lists groups by name).
+    assert {tag.split("/")[0] for tag in scalars} == {"train", "val", "test", "best"}
     assert len(events.Scalars("val/acc")) == 30
     # The planned lr curve, logged at the start, matches the lr that steps actually used
     # (logged every logger.log_every_n_steps=25 steps).
-    planned = {e.step: e.value for e in events.Scalars("lr_schedule")}
-    used = {e.step: e.value for e in events.Scalars("lr")}
+    planned = {e.step: e.value for e in events.Scalars("train/lr_planned")}
+    used = {e.step: e.value for e in events.Scalars("train/lr")}
     assert len(planned) == 30 * 20
     assert sorted(used) == list(range(25, 30 * 20 + 1, 25))
     assert all(planned[step] == pytest.approx(used[step], rel=1e-6) for step in used)
     summary = json.loads((default_run / "summary.json").read_text())
     assert events.Scalars("test/acc")[-1].value == pytest.approx(summary["test/acc"])
-    hparams = events.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
-    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+    columns, values = hparams_of(events)
+    assert columns == ["best/val/acc", "test/acc", "train/time_s"]
+    assert values == {
+        "model": "resnet_cifar",
+        "optimizer": "sgd",
+        "optimizer.lr": 0.1,
+        "data.batch_size": 64,
+        "scheduler": "cosine",
+        "trainer.max_epochs": 30,
+    }
+    # The Custom Scalars tab: train and val loss on one chart, the monitored metric beside.
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    (event,) = events.Tensors("custom_scalars__config__")
+    (category,) = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0]).category
+    charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
+    assert charts["loss: train and val"] == ["train/loss", "val/loss"]
+    assert charts["val/acc"] == ["val/acc", "train/acc"]
+
+
+def hparams_of(events) -> tuple[list[str], dict]:
+    """A run's HParams row: its metric columns, and its hyperparameters with their values."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    columns = [info.name.tag for info in experiment.experiment.metric_infos]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = {}
+    for key, value in start.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[key] = getattr(value, kind)
+    return columns, values
 
 
 def test_tensorboard_shows_the_test_confusion_matrix_at_a_size_that_reads(default_run):

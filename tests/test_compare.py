@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_trainkit
+from tests.test_sweeps import job_dir
 from trainkit import cli
 from trainkit.plotting import COLOURS, curves_figure
 
@@ -38,7 +39,7 @@ def summary_of(run_dir: Path) -> dict:
 
 
 def test_compare_two_runs_prints_their_metrics_and_draws_their_curves(sweep_dir, tmp_path):
-    runs = [sweep_dir / "0", sweep_dir / "1"]
+    runs = [job_dir(sweep_dir, 0), job_dir(sweep_dir, 1)]
     result = run_trainkit("compare", *map(str, runs), "output=plots/curves.png", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     console = result.stdout
@@ -60,8 +61,8 @@ def test_a_sweep_dir_stands_for_its_jobs(sweep_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "2 runs" in result.stdout and "test/f1" in result.stdout
-    for job in ("0", "1"):
-        assert f"{summary_of(sweep_dir / job)['test/f1']:.4f}" in result.stdout
+    for job in (0, 1):
+        assert f"{summary_of(job_dir(sweep_dir, job))['test/f1']:.4f}" in result.stdout
     assert (tmp_path / "c.png").is_file()
 
 
@@ -71,7 +72,7 @@ def test_a_failed_run_is_listed_with_its_error(sweep_dir, tmp_path, capsys, monk
     (failed / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=-1\n")
     (failed / "failed.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
     monkeypatch.setenv("COLUMNS", "200")
-    cli.main(["compare", str(sweep_dir / "0"), str(failed), f"output={tmp_path / 'c.png'}"])
+    cli.main(["compare", str(job_dir(sweep_dir, 0)), str(failed), f"output={tmp_path / 'c.png'}"])
     console = capsys.readouterr().out
     assert "failed: boom" in console and "optimizer.lr=-1" in console
 

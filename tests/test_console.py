@@ -50,7 +50,7 @@ def test_a_sweep_says_one_line_a_job_and_the_ranked_table(tmp_path):
         (line,) = [line for line in lines if line.startswith(f"[job {job}] ")]
         assert line.startswith(f"[job {job}] done: val/acc ") and "test/acc" in line
     assert not any(line.startswith("epoch ") for line in lines)  # in each job's train.log
-    assert "epoch   2" in (tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert "epoch   2" in (tmp_path / "sweep" / "0_optimizer=adam" / "train.log").read_text()
     assert any("2 jobs ranked by val/acc" in line for line in lines)
 
 

@@ -207,7 +207,7 @@ def test_the_plan_is_the_lr_of_a_two_process_run(tmp_path):
     assert result.returncode == 0, result.stderr
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
-    logged = [event.value for event in sorted(events.Scalars("lr"), key=lambda e: e.step)]
+    logged = [event.value for event in sorted(events.Scalars("train/lr"), key=lambda e: e.step)]
     plan = planned(overrides)
     assert len(logged) == len(plan) == 3 * 3  # 280 samples / 2 / 32 = 5 batches: 3 steps
     assert logged == pytest.approx(plan, rel=1e-6)  # TensorBoard keeps 32-bit floats

@@ -151,7 +151,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_with_the_same_weights(tmp_pa
 
     events = EventAccumulator(str(run_dir))
     events.Reload()
-    steps = [event.step for event in events.Scalars("lr")]
+    steps = [event.step for event in events.Scalars("train/lr")]
     assert sorted(steps) == list(range(1, 12 * 5 + 1))  # every step once, none twice
 
 

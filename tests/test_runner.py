@@ -130,8 +130,8 @@ def test_the_planned_lr_curve_is_the_one_the_run_uses(schedule, tmp_path):
     runner.fit()
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
-    planned = {e.step: e.value for e in events.Scalars("lr_schedule")}
-    used = {e.step: e.value for e in events.Scalars("lr")}
+    planned = {e.step: e.value for e in events.Scalars("train/lr_planned")}
+    used = {e.step: e.value for e in events.Scalars("train/lr")}
     assert len(used) == runner.step and planned.keys() == used.keys()
     for step, lr in used.items():
         assert planned[step] == pytest.approx(lr, rel=1e-6), step

@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import run_trainkit
+from tests.test_cli_train import hparams_of
 from trainkit import cli, sweeps
 from trainkit.errors import UserError
 from trainkit.paths import config_dir
@@ -28,6 +29,12 @@ TINY = [
     "trainer.max_epochs=2",
     "logger.progress_bar=false",
 ]
+
+
+def job_dir(sweep_dir: Path, number: int) -> Path:
+    """The directory of job ``number`` (named 3_optimizer=adam: its number, what it varied)."""
+    (found,) = [d for d in sweeps.job_dirs(sweep_dir) if sweeps.job_number(d) == number]
+    return found
 
 
 def only_sweep_dir(cwd: Path) -> Path:
@@ -54,24 +61,25 @@ def grid_sweep(tmp_path_factory):
 
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(grid_sweep):
     sweep_dir, result = grid_sweep
-    assert sorted(p.name for p in sweeps.job_dirs(sweep_dir)) == ["0", "1", "2"]
-    failed = json.loads((sweep_dir / "1" / "failed.json").read_text())
+    names = [p.name for p in sweeps.job_dirs(sweep_dir)]
+    assert names == [f"{n}_data.num_samples={s}" for n, s in enumerate((120, 20, 150))]
+    failed = json.loads((job_dir(sweep_dir, 1) / "failed.json").read_text())
     assert failed["error"].startswith(TOO_FEW)
     assert "traceback" not in failed  # a user's mistake needs none
-    assert f"job 1 failed: {TOO_FEW}" in result.stdout + result.stderr
-    for job in ("0", "2"):
-        assert (sweep_dir / job / "summary.json").is_file()
+    assert f"[job 1] failed: {TOO_FEW}" in result.stdout + result.stderr
+    for job in (0, 2):
+        assert (job_dir(sweep_dir, job) / "summary.json").is_file()
     # The sweep ends saying so: how many failed, where to read why (CI sees the status).
     assert result.stderr.strip().splitlines()[-1] == (
-        f"trainkit: error: 1 of 3 jobs failed; why: {sweep_dir / '1' / 'failed.json'}"
+        f"trainkit: error: 1 of 3 jobs failed; why: {job_dir(sweep_dir, 1) / 'failed.json'}"
     )
 
 
 def test_the_summary_ranks_the_jobs_by_the_monitored_metric(grid_sweep):
     sweep_dir, result = grid_sweep
     values = {
-        job: json.loads((sweep_dir / job / "summary.json").read_text())["val/acc"]
-        for job in ("0", "2")
+        str(job): json.loads((job_dir(sweep_dir, job) / "summary.json").read_text())["val/acc"]
+        for job in (0, 2)
     }
     best, worst = sorted(values, key=values.get, reverse=True)
     with open(sweep_dir / "sweep_summary.csv") as handle:
@@ -102,12 +110,14 @@ def test_every_job_of_a_sweep_has_its_hparams_in_its_own_event_file(grid_sweep):
     """`tensorboard --logdir SWEEP_DIR` shows one HParams row per job that trained."""
     sweep_dir, _ = grid_sweep
     event_files = sorted(sweep_dir.glob("*/events.out.tfevents.*"))
-    assert [f.parent.name for f in event_files] == ["0", "2"]
-    for event_file in event_files:
+    assert [f.parent for f in event_files] == [job_dir(sweep_dir, 0), job_dir(sweep_dir, 2)]
+    for event_file, samples in zip(event_files, (120, 150), strict=True):
         events = EventAccumulator(str(event_file))
         events.Reload()
-        hparams = events.PluginTagToContent("hparams")
-        assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+        columns, values = hparams_of(events)
+        # What the sweep varies is a column of its own, beside the fixed few.
+        assert values["data.num_samples"] == samples and values["optimizer"] == "sgd"
+        assert columns == ["best/val/acc", "test/acc", "train/time_s"]
 
 
 # --- ranking, files and failure records, without training ----------------------------------
@@ -223,7 +233,8 @@ def test_a_nan_trial_fails_and_a_rerun_continues_the_study(tmp_path):
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     jobs = json.loads((sweep_dir / "sweep_summary.json").read_text())["jobs"]
     assert [(j["job"], j["status"]) for j in jobs] == [("1", "ok"), ("0", "failed")]
-    assert "optimizer.lr=1e+30" in (sweep_dir / "0" / ".hydra" / "overrides.yaml").read_text()
+    overrides = (job_dir(sweep_dir, 0) / ".hydra" / "overrides.yaml").read_text()
+    assert "optimizer.lr=1e+30" in overrides
 
 
 # --- composing the sweeper and the launchers -----------------------------------------------

@@ -180,7 +180,7 @@ def train(args: list[str]) -> None:
 
 def _train(args: list[str]) -> None:
     from trainkit import checkpoint, config, rundir, sweeps
-    from trainkit.overrides import override
+    from trainkit.overrides import override, quote_value
 
     overrides, flags = _split_hydra_args(args)
     if _HYDRA_FLAGS_NO_RUN & set(flags):  # --help, --cfg job, ...: Hydra prints, nothing runs
@@ -209,6 +209,13 @@ def _train(args: list[str]) -> None:
         owned = rundir.claim_new(sweep_dir, "hydra.sweep.dir", continues)
         earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
         passed_on.append(override("hydra.sweep.dir", str(owned.path)))
+        # Job directories are named by what varies (3_optimizer=adam), not what all share.
+        fixed = config.fixed_keys(rewritten)
+        passed_on.append(
+            "hydra.job.config.override_dirname.exclude_keys=["
+            + ",".join(quote_value(key) for key in fixed)
+            + "]"
+        )
     else:
         cfg = config.resolve(config.without_hydra(launch))
         if resuming is not None:

@@ -253,6 +253,13 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
             raise UserError(f"sweep job {number} ({which}): {error}") from None
 
 
+def fixed_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep's overrides give one value (the same in every job)."""
+    return sorted(
+        {o.key_or_group for o in _parse_overrides(overrides) if not o.is_sweep_override()}
+    )
+
+
 def _is_group(override: str) -> bool:
     """Whether ``override`` chooses a config group's option (``optimizer=adam``)."""
     key = override.lstrip("+~").partition("=")[0]
@@ -263,7 +270,7 @@ def _is_group(override: str) -> bool:
 # of a run lands in the run's own directory (chosen with hydra.run.dir or hydra.sweep.dir).
 _HYDRA_PLACEMENT = {
     "output_subdir": None,
-    "sweep.subdir": "${hydra.job.num}",
+    "sweep.subdir": "${trainkit_job_name:${hydra.job.num},${hydra.job.override_dirname}}",
     "job.chdir": False,
 }
 _LOG_FILE = "${hydra.runtime.output_dir}/${hydra.job.name}.log"

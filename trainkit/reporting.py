@@ -137,7 +137,10 @@ class RunLogger:
             for key, value in record.items():
                 # "lr" is logged every step already; here it would clash at the epoch's last step.
                 if key not in ("epoch", "step", "lr") and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
+                    # In the train/ group (epoch_time_s): TensorBoard lists groups by name,
+                    # and train, val and test should come first.
+                    tag = key if "/" in key else f"train/{key}"
+                    self.writer.add_scalar(tag, value, record["step"])
             self.writer.flush()
         shown = "  ".join(
             f"{label} {_format(record[key])}"
@@ -163,17 +166,40 @@ class RunLogger:
             figure = confusion_matrix_figure(matrix, class_names)
             self.writer.add_figure(tag, figure, step, close=False)
 
-    def log_final(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int):
-        """Final scalars, and the run in TensorBoard's HParams dashboard."""
+    def log_layout(self, monitor: str) -> None:
+        """TensorBoard's Custom Scalars tab: train and val loss on one chart, the monitored
+        metric beside it (with its train counterpart), then the lr."""
+        if self.writer is None:
+            return
+        metric = [monitor] + (["train/acc"] if monitor == "val/acc" else [])
+        self.writer.add_custom_scalars(
+            {
+                "trainkit": {
+                    "loss: train and val": ["Multiline", ["train/loss", "val/loss"]],
+                    monitor: ["Multiline", metric],
+                    "learning rate": ["Multiline", ["train/lr", "train/lr_planned"]],
+                }
+            }
+        )
+
+    def log_final(
+        self,
+        hparams: dict[str, Any],
+        scalars: dict[str, float],
+        columns: dict[str, float],
+        step: int,
+    ):
+        """Final ``scalars`` (and ``columns``), and the run's row in TensorBoard's HParams
+        table: ``hparams`` and the metric ``columns`` (the best monitored value, ...)."""
         if self.writer is None:
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        for key, value in final_metrics.items():
+        for key, value in {**scalars, **columns}.items():
             self.writer.add_scalar(key, value, step)
         # Written into this run's own event file (SummaryWriter.add_hparams would make a
         # new sub-run), so `tensorboard --logdir outputs/` lists one row per run.
-        for summary in hparams_summary(hparams, final_metrics):
+        for summary in hparams_summary(hparams, columns):
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
@@ -191,20 +217,43 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def flatten_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config to flat ``{"optimizer.lr": 0.1}`` with TensorBoard-friendly values."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_hparams(value, f"{name}."))
-        elif isinstance(value, (bool, int, str)) or (
-            isinstance(value, float) and math.isfinite(value)
-        ):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+# What a reader of any run wants to see, whatever else was set.
+_ALWAYS_SHOWN = (
+    "model",
+    "optimizer",
+    "optimizer.lr",
+    "data.batch_size",
+    "scheduler",
+    "trainer.max_epochs",
+)
+
+
+def chosen_hparams(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The hyperparameters a run's row shows in TensorBoard: what its overrides set (in a
+    sweep: what its jobs vary, as each job's own overrides) and a short fixed set. A group
+    shows its option's name (``optimizer: adam``); values keep their type."""
+    keys = list(_ALWAYS_SHOWN)
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key and not key.startswith("hydra") and key not in ("plugins", "resume", *keys):
+            keys.append(key)
+    chosen: dict[str, Any] = {}
+    for key in keys:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):  # a group: its option
+            node = node.get("name") or ",".join(node)  # (regularization: its names)
+        if node is None:
+            continue
+        chosen[key] = _hparam_value(node)
+    return chosen
+
+
+def _hparam_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return str(value)
 
 
 def is_terminal() -> bool:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from trainkit import checkpoint, distributed
 from trainkit.build import build
 from trainkit.errors import UserError
-from trainkit.reporting import RunLogger, flatten_hparams, log
+from trainkit.reporting import RunLogger, chosen_hparams, log
 from trainkit.schedulers import idle_warning
 from trainkit.settings import logger_settings, trainer_settings
 from trainkit.speed import Speed
@@ -293,7 +293,7 @@ class Runner:
             regularizer.after_optimizer_step(self.model)
         self.step += 1
         if self.logger.should_log_step(self.step):
-            self.logger.log_step(self.step, {"lr": self.lr})  # the lr this step used
+            self.logger.log_step(self.step, {"train/lr": self.lr})  # the lr this step used
         self.scheduler.step_batch()
         return True
 
@@ -336,7 +336,8 @@ class Runner:
     def fit(self) -> dict[str, Any]:
         """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
         if self.step == 0:  # the schedule planned before the first step, for TensorBoard
-            self.logger.log_curve("lr_schedule", self.planned_lrs)
+            self.logger.log_curve("train/lr_planned", self.planned_lrs)
+            self.logger.log_layout(self.monitor)
             warning = idle_warning(self.cfg.scheduler, self.planned_lrs, self.settings.max_epochs)
             if warning:
                 log.warning(f"warning: {warning}")
@@ -459,10 +460,32 @@ class Runner:
             self.task.log_test(self.logger, values, outputs, self.step)
             checkpoint.save_json(summary, self.run_dir / "summary.json")
             scalars = {name: values[name] for name in test_metrics.scalar_names("test")}
-            hparams = flatten_hparams(OmegaConf.to_container(self.cfg, resolve=True))
-            self.logger.log_final(hparams, scalars, self.step)
+            self.logger.log_final(
+                self._hparams(), scalars, self._hparam_columns(summary), self.step
+            )
         self.logger.close()
         return summary
+
+    def _hparams(self) -> dict[str, Any]:
+        """This run's row of TensorBoard's HParams table: what its overrides set (a sweep's
+        job: what the sweep varies), and a fixed few."""
+        overrides = []
+        saved = self.run_dir / ".hydra" / "overrides.yaml"
+        if saved.is_file():
+            import yaml
+
+            overrides = [str(o) for o in yaml.safe_load(saved.read_text(encoding="utf-8")) or []]
+        return chosen_hparams(OmegaConf.to_container(self.cfg, resolve=True), overrides)
+
+    def _hparam_columns(self, summary: dict[str, Any]) -> dict[str, float]:
+        """The metric columns a sweep is judged by: the monitored metric at its best epoch,
+        its test counterpart, and the time it took."""
+        test = self.monitor.replace("val/", "test/", 1)
+        columns = {f"best/{self.monitor}": summary[self.monitor]}
+        if test != self.monitor and isinstance(summary.get(test), float):
+            columns[test] = summary[test]
+        columns["train/time_s"] = summary["train_time_s"]
+        return columns
 
     # --- checkpoints ---
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import importlib.util
 import json
 import logging
 import math
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import UserError
 
@@ -38,6 +40,34 @@ _PLUGINS = {
     "hydra/launcher=joblib": ("hydra_joblib_launcher", "the joblib launcher"),
     "hydra/launcher=submitit": ("hydra_submitit_launcher", "the submitit launcher"),
 }
+
+
+# --- job directories that say what the job was ---------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_LONGEST_NAME = 80
+
+
+def job_name(number: Any, overrides: str = "") -> str:
+    """A job's directory name: its number, then what sets it apart from the sweep's other
+    jobs (Hydra's override_dirname of its swept keys), safe in any file system and short:
+    ``3_optimizer=adam,scheduler=step``. Numbers sort the jobs (``job_number``)."""
+    name = f"{number}_{_UNSAFE.sub('_', str(overrides))}" if overrides else str(number)
+    if len(name) > _LONGEST_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: _LONGEST_NAME - 9]}~{digest}"
+    return name
+
+
+def job_number(directory: Path) -> int | None:
+    """The number a job's directory name starts with (``3`` of ``3_optimizer=adam``)."""
+    head = directory.name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+# conf/train.yaml names its sweep's job directories with it (hydra.sweep.subdir); Hydra
+# resolves that in whichever process runs the job, and each one imports this module.
+OmegaConf.register_new_resolver("trainkit_job_name", job_name, replace=True)
 
 
 # --- before the sweep ----------------------------------------------------------------------
@@ -82,7 +112,7 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if not isinstance(error, UserError):
         message = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    log.error(f"job {run_dir.name} failed: {message}")
+    log.error(f"failed: {message}")  # after the job's [job N] prefix
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"status": "failed", "error": message}
     if not isinstance(error, UserError):  # a crash: the traceback is for whoever debugs it
@@ -128,7 +158,10 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     (a sweep's jobs; a day's runs under outputs/), in job order."""
     found = [*sweep_dir.glob("*/.hydra"), *sweep_dir.glob("*/*/.hydra")]
     dirs = {path.parent for path in found if path.is_dir()}
-    return sorted(dirs, key=lambda d: (0, int(d.name), "") if d.name.isdigit() else (1, 0, str(d)))
+    return sorted(
+        dirs,
+        key=lambda d: (0, job_number(d), str(d)) if job_number(d) is not None else (1, 0, str(d)),
+    )
 
 
 def read_job(run_dir: Path) -> Job:
@@ -200,7 +233,8 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     for position, job in enumerate(jobs, start=1):
         row = {
             "rank": position if job.status == "ok" else None,
-            "job": str(job.dir.relative_to(sweep_dir)),
+            "job": _job_label(job),
+            "dir": str(job.dir.relative_to(sweep_dir)),
             "status": job.status,
             monitor: job.summary.get(monitor),
             "best_epoch": job.summary.get("best_epoch"),
@@ -219,6 +253,12 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     document = {"sweep_dir": str(sweep_dir), "monitor": monitor, "mode": mode, "jobs": rows}
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(document, indent=2) + "\n")
     return jobs
+
+
+def _job_label(job: Job) -> str:
+    """A job by its number (its directory name says more: 3_optimizer=adam)."""
+    number = job_number(job.dir)
+    return job.name if number is None else str(number)
 
 
 def shared_overrides(jobs: list[Job]) -> set[str]:
@@ -250,7 +290,7 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
         table.add_column("why it failed")
     for position, job in enumerate(jobs, start=1):
         ok = job.status == "ok"
-        cells = [str(position) if ok else "-", job.name, "ok" if ok else "[red]failed[/red]"]
+        cells = [str(position) if ok else "-", _job_label(job), "ok" if ok else "[red]failed[/red]"]
         metrics = [monitor] + ([test_metric] if test_metric != monitor else [])
         cells += [_cell(job.summary.get(name)) for name in metrics]
         cells.append(" ".join(o for o in job.overrides if o not in shared))
