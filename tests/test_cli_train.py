@@ -129,9 +129,9 @@ def test_tensorboard_has_every_metric_the_lr_and_hparams(default_run):
         "model": "resnet_cifar",
         "optimizer": "sgd",
         "optimizer.lr": 0.1,
-        "data.batch_size": 64,
+        "data.batch_size": "64",  # TensorBoard would show an int as 64.000
         "scheduler": "cosine",
-        "trainer.max_epochs": 30,
+        "trainer.max_epochs": "30",
     }
     # The Custom Scalars tab: train and val loss on one chart, the monitored metric beside.
     from tensorboard.plugins.custom_scalar import layout_pb2
@@ -267,5 +267,12 @@ def test_the_run_config_the_checkpoint_and_the_hparams_hold_the_effective_config
     assert saved["model"]["dropout"] == 0.5 and saved["optimizer"]["weight_decay"] == 0.001
     events = EventAccumulator(str(run))
     events.Reload()
-    hparams = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    assert b"model.dropout" in hparams and b"optimizer.weight_decay" in hparams
+    _, hparams = hparams_of(events)
+    assert hparams["regularization"] == "dropout,weight_decay"
+    for key, value in hparams.items():  # each shown value is the effective config's
+        node = saved
+        for part in key.split("."):
+            node = node[part]
+        node = node["name"] if key in ("model", "optimizer", "scheduler", "data") else node
+        if key != "regularization":
+            assert str(value) == str(node), key

@@ -115,8 +115,14 @@ def test_every_job_of_a_sweep_has_its_hparams_in_its_own_event_file(grid_sweep):
         events = EventAccumulator(str(event_file))
         events.Reload()
         columns, values = hparams_of(events)
-        # What the sweep varies is a column of its own, beside the fixed few.
-        assert values["data.num_samples"] == samples and values["optimizer"] == "sgd"
+        # What the sweep varies first, then the fixed few: five, all shown unasked.
+        assert values == {
+            "data.num_samples": str(samples),
+            "model": "mlp",
+            "optimizer": "sgd",
+            "optimizer.lr": 0.1,
+            "data.batch_size": "64",
+        }
         assert columns == ["best/val/acc", "test/acc", "train/time_s"]
 
 

@@ -228,15 +228,23 @@ _ALWAYS_SHOWN = (
 )
 
 
-def chosen_hparams(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """The hyperparameters a run's row shows in TensorBoard: what its overrides set (in a
-    sweep: what its jobs vary, as each job's own overrides) and a short fixed set. A group
-    shows its option's name (``optimizer: adam``); values keep their type."""
-    keys = list(_ALWAYS_SHOWN)
-    for override in overrides:
-        key = override.lstrip("+~").partition("=")[0]
-        if key and not key.startswith("hydra") and key not in ("plugins", "resume", *keys):
-            keys.append(key)
+def chosen_hparams(
+    config: dict[str, Any], overrides: list[str], swept: list[str] | None = None
+) -> dict[str, Any]:
+    """The hyperparameters a run's row shows in TensorBoard. A sweep's job: the keys its
+    sweep varies (``swept``), then the fixed few while there is room: TensorBoard shows five
+    columns unasked, in name order, and what varies must be among them. A single run: what
+    its overrides set, and the fixed few. A group shows its option's name
+    (``optimizer: adam``); numbers are shown as they are written (64, not 64.000)."""
+    if swept is not None:
+        keys = list(dict.fromkeys(swept))
+        keys += [key for key in _ALWAYS_SHOWN if key not in keys][: max(0, 5 - len(keys))]
+    else:
+        keys = list(_ALWAYS_SHOWN)
+        for override in overrides:
+            key = override.lstrip("+~").partition("=")[0]
+            if key and not key.startswith("hydra") and key not in ("plugins", "resume", *keys):
+                keys.append(key)
     chosen: dict[str, Any] = {}
     for key in keys:
         node: Any = config
@@ -244,14 +252,16 @@ def chosen_hparams(config: dict[str, Any], overrides: list[str]) -> dict[str, An
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):  # a group: its option
             node = node.get("name") or ",".join(node)  # (regularization: its names)
-        if node is None:
-            continue
-        chosen[key] = _hparam_value(node)
+        if node is not None:
+            chosen[key] = _hparam_value(node)
     return chosen
 
 
 def _hparam_value(value: Any) -> Any:
-    if isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+    # TensorBoard's numbers are floats, drawn with five digits (64.000): an int as text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (bool, str)) or (isinstance(value, float) and math.isfinite(value)):
         return value
     return str(value)
 

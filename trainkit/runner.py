@@ -468,14 +468,21 @@ class Runner:
 
     def _hparams(self) -> dict[str, Any]:
         """This run's row of TensorBoard's HParams table: what its overrides set (a sweep's
-        job: what the sweep varies), and a fixed few."""
-        overrides = []
-        saved = self.run_dir / ".hydra" / "overrides.yaml"
-        if saved.is_file():
-            import yaml
+        job: what the sweep varies), and a fixed few. Read from the run's .hydra/."""
+        import yaml
 
-            overrides = [str(o) for o in yaml.safe_load(saved.read_text(encoding="utf-8")) or []]
-        return chosen_hparams(OmegaConf.to_container(self.cfg, resolve=True), overrides)
+        def read(name: str) -> Any:
+            path = self.run_dir / ".hydra" / name
+            return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+        overrides = [str(o) for o in read("overrides.yaml") or []]
+        hydra = (read("hydra.yaml") or {}).get("hydra") or {}
+        swept = None
+        if str(hydra.get("mode")) == "MULTIRUN":  # the keys its sweep gave this job
+            fixed = set(hydra["job"]["config"]["override_dirname"]["exclude_keys"] or [])
+            keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
+            swept = [key for key in keys if key not in fixed]
+        return chosen_hparams(OmegaConf.to_container(self.cfg, resolve=True), overrides, swept)
 
     def _hparam_columns(self, summary: dict[str, Any]) -> dict[str, float]:
         """The metric columns a sweep is judged by: the monitored metric at its best epoch,
