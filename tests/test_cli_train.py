@@ -112,7 +112,7 @@ def test_tensorboard_has_every_metric_the_lr_and_hparams(default_run):
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "val/acc", "val/f1", "train/lr", "test/acc", "test/f1"} <= scalars
     # train/, val/ and test/ are the groups (TensorBoard lists groups by name).
-    assert {tag.split("/")[0] for tag in scalars} == {"train", "val", "test", "best"}
+    assert {tag.split("/")[0] for tag in scalars} == {"train", "val", "test"}
     assert len(events.Scalars("val/acc")) == 30
     # The planned lr curve, logged at the start, matches the lr that steps actually used
     # (logged every logger.log_every_n_steps=25 steps).
@@ -124,7 +124,7 @@ def test_tensorboard_has_every_metric_the_lr_and_hparams(default_run):
     summary = json.loads((default_run / "summary.json").read_text())
     assert events.Scalars("test/acc")[-1].value == pytest.approx(summary["test/acc"])
     columns, values = hparams_of(events)
-    assert columns == ["best/val/acc", "test/acc", "train/time_s"]
+    assert columns == ["val/acc_best", "test/acc", "train/time_s"]
     assert values == {
         "model": "resnet_cifar",
         "optimizer": "sgd",

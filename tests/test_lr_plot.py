@@ -211,3 +211,12 @@ def test_the_plan_is_the_lr_of_a_two_process_run(tmp_path):
     plan = planned(overrides)
     assert len(logged) == len(plan) == 3 * 3  # 280 samples / 2 / 32 = 5 batches: 3 steps
     assert logged == pytest.approx(plan, rel=1e-6)  # TensorBoard keeps 32-bit floats
+
+
+def test_lr_plot_of_scheduler_step_decays_within_the_default_run(tmp_path, monkeypatch, capsys):
+    """The README's second example: its schedule acts within the default 30 epochs."""
+    monkeypatch.chdir(tmp_path)
+    main(["lr-plot", "scheduler=step", f"output={tmp_path}/lr.png"])
+    out = capsys.readouterr().out
+    assert "30 epochs x 20 optimizer steps" in out
+    assert "first lr 0.1, peak 0.1, last 1.0e-03" in out and "warning" not in out

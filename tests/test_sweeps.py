@@ -123,7 +123,7 @@ def test_every_job_of_a_sweep_has_its_hparams_in_its_own_event_file(grid_sweep):
             "optimizer.lr": 0.1,
             "data.batch_size": "64",
         }
-        assert columns == ["best/val/acc", "test/acc", "train/time_s"]
+        assert columns == ["val/acc_best", "test/acc", "train/time_s"]
 
 
 # --- ranking, files and failure records, without training ----------------------------------

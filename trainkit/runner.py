@@ -488,7 +488,7 @@ class Runner:
         """The metric columns a sweep is judged by: the monitored metric at its best epoch,
         its test counterpart, and the time it took."""
         test = self.monitor.replace("val/", "test/", 1)
-        columns = {f"best/{self.monitor}": summary[self.monitor]}
+        columns = {f"{self.monitor}_best": summary[self.monitor]}  # (in the val/ group)
         if test != self.monitor and isinstance(summary.get(test), float):
             columns[test] = summary[test]
         columns["train/time_s"] = summary["train_time_s"]
