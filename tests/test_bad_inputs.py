@@ -420,6 +420,15 @@ def _(cwd, run):
     return ["compare", str(folder)]
 
 
+@case("new-run-into-a-run-being-written", "is being written by process 4242 on elsewhere")
+def _(cwd, run):
+    """A run still training (no checkpoint yet): named as busy, not as stopped."""
+    folder = cwd / "busy"
+    write(folder / ".hydra" / "overrides.yaml", "- model=mlp\n")
+    hold_lock(folder, {"pid": 4242, "host": "elsewhere", "started": "2026-01-01 00:00:00"})
+    return train("hydra.run.dir=busy")
+
+
 # --- data: found when the data is read; the directory made for the run goes again ---
 
 

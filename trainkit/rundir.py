@@ -317,7 +317,24 @@ def _holder_message(path: Path, key: str, lock_file: Path) -> str:
     return f"{key}={path} is being written by {who}; wait for it to end, or name another directory"
 
 
+def _held(path: Path) -> bool:
+    """Whether a process holds ``path``'s lock (asked without changing the lock file)."""
+    try:
+        descriptor = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
 def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -> str:
+    if _held(path):
+        return _holder_message(path, key, path / LOCK_FILE)
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     if ".hydra" in entries:
         from trainkit.overrides import resume_command
