@@ -82,28 +82,8 @@ def test_unknown_command(capsys):
     assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err
 
 
-# Mistakes found while building the run (they need the data): a real subprocess, and the
-# run directory Hydra had made is removed again.
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["data.val_fraction=0.6", "data.test_fraction=0.5"], "must sum to less than 1"),
-        (["trainer.monitor=val/auc"], "trainer.monitor='val/auc' is not a logged metric"),
-        (["model.depth=9"], "model.depth=9 is not 6n+2"),
-        (
-            ["augmentation=digits", "data.on_device=true"],
-            "data.on_device=true augments on the device with RandomCrop and flips only, and "
-            "this augmentation has RandomRotation: use data.on_device=false",
-        ),
-    ],
-)
-def test_mistakes_found_at_build_time_leave_no_run_dir(overrides, message, tmp_path):
-    result = run_trainkit("train", *overrides, cwd=tmp_path)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert run_dirs(tmp_path) == []
+# Mistakes found while building the run (they need the data) are in tests/test_bad_inputs.py,
+# with every other bad input: one line, and every file as it was.
 
 
 def test_help_and_version_do_not_import_torch():
@@ -130,16 +110,6 @@ def test_train_help_lists_the_groups_and_options(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_too_few_samples_for_a_stratified_split(tmp_path):
-    result = run_trainkit(
-        "train", "data=synthetic", "data.num_samples=20", "trainer.max_epochs=1", cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert "data: cannot split 20 samples of 10 classes" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert run_dirs(tmp_path) == []
-
-
 def test_a_fixed_length_tuple_checks_its_length(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
@@ -159,14 +129,6 @@ IMAGEFOLDER = [
     "trainer.max_epochs=1",
     "logger.progress_bar=false",
 ]
-
-
-def assert_one_line_and_no_run_dir(result, message: str, cwd) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("trainkit: error: ") and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    assert run_dirs(cwd) == []
 
 
 @pytest.mark.parametrize(("folder", "num_workers"), [("train", 0), ("train", 2), ("val", 0)])
@@ -197,21 +159,6 @@ def test_an_image_that_cannot_be_decoded_under_on_bad_image_error(folder, num_wo
     else:
         (run_dir,) = run_dirs(tmp_path)
         assert (run_dir / "checkpoints" / "last.pt").is_file()
-
-
-@pytest.mark.parametrize(
-    ("layout", "message"),
-    [
-        ("missing", "data imagefolder: there is no directory /nonexistent/images; expected"),
-        ("empty", "/images/train has no class folders; expected "),
-    ],
-)
-def test_an_imagefolder_root_that_is_missing_or_empty(layout, message, tmp_path):
-    root = "/nonexistent/images" if layout == "missing" else tmp_path / "images"
-    if layout == "empty":
-        root.mkdir()
-    result = run_trainkit("train", *IMAGEFOLDER, f"data.root={root}", cwd=tmp_path)
-    assert_one_line_and_no_run_dir(result, message, tmp_path)
 
 
 def test_an_unwritable_output_directory_is_one_line(tmp_path, monkeypatch, capsys):
