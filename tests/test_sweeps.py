@@ -336,3 +336,22 @@ def test_sweep_mistakes_are_one_line(tmp_path, monkeypatch, capsys, args, messag
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("number", "overrides", "name"),
+    [
+        (3, "optimizer=adam,scheduler=step", "3_optimizer=adam,scheduler=step"),
+        (0, "", "0"),
+        (1, "optimizer.lr=0.020001571940739166", "1_optimizer.lr=0.02"),  # a sampled value
+        (2, "data.root=/data/my images", "2_data.root=_data_my_images"),  # safe in any FS
+    ],
+)
+def test_a_job_directory_says_what_the_job_was(number, overrides, name):
+    assert sweeps.job_name(number, overrides) == name
+    assert sweeps.job_number(Path(name)) == number
+
+
+def test_a_long_job_name_is_cut_and_stays_unique():
+    names = {sweeps.job_name(7, f"model.hidden=[{'64,' * 40}{i}]") for i in range(3)}
+    assert len(names) == 3 and all(len(n) <= 80 and n.startswith("7_") for n in names)

@@ -280,8 +280,8 @@ def plateau(
 def idle_warning(node: Mapping[str, Any], lrs: list[float], max_epochs: int) -> str | None:
     """A warning when the planned curve ``lrs`` is flat though the schedule is meant to
     change the lr: its settings never act within the run (step_size=30 in a 30-epoch run)."""
-    if not lrs or max(lrs) != min(lrs) or node["name"] in ("constant", "plateau"):
-        return None
+    if len(lrs) < 2 or max(lrs) != min(lrs) or node["name"] in ("constant", "plateau"):
+        return None  # (a run of one step has no schedule to speak of)
     return (
         f"scheduler={node['name']} keeps the lr at {lrs[0]:.3g} for the whole run "
         f"(trainer.max_epochs={max_epochs}): its settings never act within it; check them "

@@ -45,6 +45,7 @@ _PLUGINS = {
 # --- job directories that say what the job was ---------------------------------------------
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_LONG_NUMBER = re.compile(r"\d+\.\d{5,}(?:e[-+]?\d+)?")
 _LONGEST_NAME = 80
 
 
@@ -52,7 +53,9 @@ def job_name(number: Any, overrides: str = "") -> str:
     """A job's directory name: its number, then what sets it apart from the sweep's other
     jobs (Hydra's override_dirname of its swept keys), safe in any file system and short:
     ``3_optimizer=adam,scheduler=step``. Numbers sort the jobs (``job_number``)."""
-    name = f"{number}_{_UNSAFE.sub('_', str(overrides))}" if overrides else str(number)
+    # A sampled lr of 0.020001571940739166 reads as 0.02 (the value is in .hydra/).
+    overrides = _LONG_NUMBER.sub(lambda m: f"{float(m.group()):.4g}", str(overrides))
+    name = f"{number}_{_UNSAFE.sub('_', overrides)}" if overrides else str(number)
     if len(name) > _LONGEST_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: _LONGEST_NAME - 9]}~{digest}"
