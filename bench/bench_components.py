@@ -34,7 +34,7 @@ def digits32(
     bunch = load_digits()
     images = torch.as_tensor(bunch.images[:, None, :, :] / 16.0, dtype=torch.float32)
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    train, val, test = tensor_splits(
+    (train, val, test), _ = tensor_splits(
         images.numpy(), bunch.target, val_fraction, test_fraction, seed
     )
     names = [str(c) for c in bunch.target_names]

@@ -66,11 +66,13 @@ class Parts:
     schedule: Schedule | None = None  # built to train only
 
 
-def build(cfg: DictConfig, purpose: Purpose) -> Parts:
+def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Parts:
     """The parts of the run ``cfg`` describes, for ``purpose``:
 
     - ``"train"``: everything, on the run's device, for this process of the run;
-    - ``"evaluate"``: data, task, model and loss on the run's device;
+    - ``"evaluate"``: data, task, model and loss on the run's device; with ``splits`` (a
+      checkpoint's description of its data, ``Splits.described``) no data is read and no
+      loader made: the model for new inputs (``trainkit predict``, ``export``);
     - ``"plan"``: on the CPU, everything the lr depends on, as the run will have it with
       ``trainer.devices`` processes (for ``lr-plot``).
 
@@ -96,7 +98,10 @@ def build(cfg: DictConfig, purpose: Purpose) -> Parts:
 
     # --- data, and the task its targets are for ---
     overfit = 0 if purpose == "evaluate" else settings.overfit_batches
-    splits, loaders = build_data(cfg, settings.seed, overfit, device, world, rank)
+    if splits is not None:
+        loaders: dict[str, Any] = {}
+    else:
+        splits, loaders = build_data(cfg, settings.seed, overfit, device, world, rank)
     task = TASKS.build(cfg.task, "task", splits=splits, loss=cfg.loss)
     monitor, mode = resolve_monitor(settings, type(task))
     if purpose != "evaluate":

@@ -112,6 +112,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
+def config_of(state: dict[str, Any], path: Path, plugins: list[str]):
+    """A checkpoint's config, as an OmegaConf config; UserError when its run used plugins
+    that ``plugins`` (the modules this command line named) lacks: a file never decides what
+    code is imported."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(state["config"])
+    needed = [str(module) for module in cfg.get("plugins") or []]
+    if any(module not in plugins for module in needed):
+        listed = "[" + ",".join(needed) + "]"
+        raise UserError(
+            f"checkpoint {path} was trained with plugins={listed}, and trainkit imports only "
+            f"the modules named on its command line; add plugins={listed} if you trust them"
+        )
+    return cfg
+
+
 def _holds_objects(message: str) -> bool:
     """Whether torch's weights-only unpickler refused a class or function (and not bytes
     that are no pickle at all: "Unsupported operand")."""

@@ -25,6 +25,10 @@ commands:
                                 groups (data, model, loss, optimizer, scheduler, ...)
   eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR] [plugins=[MODULE,...]]
                                 evaluate a checkpoint on its run's test split
+  predict checkpoint=PATH input=PATH [input=PATH ...] [output=FILE.csv|.jsonl] [topk=5]
+        [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error]
+                                the model on new files (images, folders, CSV/TSV/JSONL,
+                                .npy), prepared as its run prepared its data
   ls [GROUP ...]                every component of each config group, with its
                                 parameters, types, ranges and defaults
   lr-plot [OVERRIDES] [output=PATH.png] [scale=linear|log]
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "ls": list_components,
         "lr-plot": lr_plot,
         "compare": compare_runs,
+        "predict": predict,
     }
     command, args = argv[0], argv[1:]
     try:
@@ -553,6 +558,68 @@ def evaluate(args: list[str]) -> None:
     finally:
         owned.release()
     print_summary(summary, owned.path, eval_only=True)
+
+
+# --- predict -------------------------------------------------------------------------------
+
+_PREDICT_USAGE = (
+    "predict checkpoint=PATH input=PATH [input=PATH ...] [output=FILE.csv|.jsonl] [topk=5] "
+    "[batch_size=256] [tta=none|hflip] [on_bad_input=skip|error] [plugins=[MODULE]]"
+)
+
+
+def predict(args: list[str]) -> None:
+    """``trainkit predict checkpoint=PATH input=PATH ...``: the model on new files."""
+    options: dict[str, str] = {}
+    inputs: list[Path] = []
+    known = ("checkpoint", "output", "topk", "batch_size", "tta", "on_bad_input", "plugins")
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if key == "input" and sep:
+            inputs.append(Path(value).expanduser())
+        elif sep and key in known:
+            options[key] = value
+        else:
+            hint = difflib.get_close_matches(key, [*known, "input"], n=1)
+            did_you_mean = f"did you mean {hint[0]}=...? " if hint and sep else ""
+            raise UserError(f"predict: {arg!r} is not an option; {did_you_mean}{_PREDICT_USAGE}")
+    if "checkpoint" not in options or not inputs:
+        raise UserError(f"predict needs checkpoint=PATH and input=PATH; {_PREDICT_USAGE}")
+    topk = _positive_int(options, "topk", 5)
+    batch_size = _positive_int(options, "batch_size", 256)
+    tta, on_bad = options.get("tta", "none"), options.get("on_bad_input", "skip")
+    if tta not in ("none", "hflip"):
+        raise UserError(f"tta={tta}: use tta=none or tta=hflip")
+    if on_bad not in ("skip", "error"):
+        raise UserError(f"on_bad_input={on_bad}: use on_bad_input=skip or on_bad_input=error")
+    output = Path(options["output"]).expanduser() if "output" in options else None
+    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
+        raise UserError(f"output={output} must end in .csv or .jsonl")
+    if output is not None and output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+
+    from trainkit import checkpoint, rundir
+    from trainkit.registry import load_components
+
+    checkpoint_path = checkpoint.find(Path(options["checkpoint"]).expanduser())
+    plugins = _plugins_option(options.get("plugins"))
+    load_components(plugins)
+    output = output or rundir.free_file_name("predictions.csv")
+
+    from trainkit.prediction import predict as predict_inputs
+    from trainkit.prediction import report_skipped
+
+    done = predict_inputs(checkpoint_path, inputs, output, plugins, topk, batch_size, tta, on_bad)
+    report_skipped(done["skipped"])
+    extra = f" and {done['embeddings']}" if done["embeddings"] else ""
+    print(f"wrote {done['rows']} predictions to {output}{extra}")
+
+
+def _positive_int(options: dict[str, str], key: str, default: int) -> int:
+    value = options.get(key, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{key}={value} must be a whole number >= 1")
+    return int(value)
 
 
 def _plugins_option(value: str | None) -> list[str]:

@@ -25,14 +25,7 @@ def evaluate_checkpoint(
     """
     path = checkpoint.find(path)
     state = checkpoint.load(path)
-    cfg = OmegaConf.create(state["config"])
-    needed = [str(module) for module in cfg.get("plugins") or []]
-    if any(module not in plugins for module in needed):
-        listed = "[" + ",".join(needed) + "]"
-        raise UserError(
-            f"checkpoint {path} was trained with plugins={listed}, and trainkit imports only "
-            f"the modules named on its command line; add plugins={listed} if you trust them"
-        )
+    cfg = checkpoint.config_of(state, path, plugins)
     for override in overrides:
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:

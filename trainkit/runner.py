@@ -517,6 +517,9 @@ class Runner:
             "rng": checkpoint.rng_state(),
             "train_generator": self.loaders["train"].generator.get_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            # What the model needs of its data (shapes, classes, how a raw input becomes
+            # one): predict and export rebuild it from this, without the data.
+            "data": self.splits.description(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -114,6 +114,12 @@ class Task:
         """predictions.csv of a split: one row per sample, in index order."""
         raise NotImplementedError
 
+    def predictions(self, outputs: torch.Tensor, topk: int = 5) -> list[dict[str, Any]]:
+        """What the model says of each new input (``trainkit predict``), one flat dict a
+        sample: its ``prediction`` in the data's own terms (a class name, a value in the
+        targets' units, a string), and what goes with it (the top-k classes)."""
+        raise NotImplementedError
+
     def score_names(self) -> list[str]:
         """The single-number scores that ``metrics()`` computes besides the loss: what
         ``trainer.monitor`` can name, known before any metric is built.
@@ -192,6 +198,18 @@ class Classification(Task):
         if self.splits.num_classes == 2:
             names += ["auroc", "average_precision"]
         return names
+
+    def predictions(self, outputs, topk=5):
+        probabilities = outputs.float().softmax(dim=1)
+        top = probabilities.topk(min(topk, probabilities.shape[1]), dim=1)
+        names = self.splits.class_names or [str(c) for c in range(probabilities.shape[1])]
+        rows = []
+        for values, classes in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            row: dict[str, Any] = {"prediction": names[classes[0]], "probability": values[0]}
+            for rank, (value, index) in enumerate(list(zip(values, classes, strict=True))[1:], 2):
+                row[f"top_{rank}"], row[f"probability_{rank}"] = names[index], value
+            rows.append(row)
+        return rows
 
     def metrics(self, per_class: bool = False) -> ClassificationMetrics:
         from trainkit.metrics import ClassificationMetrics
@@ -282,6 +300,9 @@ class Regression(Task):
     def score_names(self) -> list[str]:
         return ["mae", "rmse", "r2"]
 
+    def predictions(self, outputs, topk=5):
+        return [{"prediction": value} for value in self.predict(outputs).reshape(-1).tolist()]
+
     def metrics(self, per_class: bool = False) -> RegressionMetrics:
         from trainkit.metrics import RegressionMetrics
 
@@ -364,6 +385,11 @@ class MetricLearning(Task):
     def score_names(self) -> list[str]:
         return ["knn_acc"]
 
+    def predictions(self, outputs, topk=5):
+        """The L2-normalized embedding, one value a column."""
+        embeddings = F.normalize(outputs.float(), dim=1)
+        return [{f"e{i}": value for i, value in enumerate(row)} for row in embeddings.tolist()]
+
     def metrics(self, per_class: bool = False) -> EmbeddingMetrics:
         from trainkit.metrics import EmbeddingMetrics
 
@@ -435,6 +461,11 @@ class Sequence(Task):
 
     def score_names(self) -> list[str]:
         return ["seq_acc", "cer"]
+
+    def predictions(self, outputs, topk=5):
+        blank = torch.zeros(outputs.shape[0], 1, dtype=torch.long)
+        predicted, _ = self.decode(outputs, blank)
+        return [{"prediction": text} for text in predicted]
 
     def metrics(self, per_class: bool = False) -> SequenceMetrics:
         from trainkit.metrics import SequenceMetrics

@@ -7,6 +7,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
+from trainkit.data.preprocess import array_record, features_record, image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split, tensor_splits
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, NonNegativeFloat, PositiveInt, Probability, Range
@@ -21,9 +22,16 @@ def digits(
 
     bunch = load_digits()
     images = bunch.images[:, None, :, :] / 16.0  # pixel values are 0..16
-    train, val, test = tensor_splits(images, bunch.target, val_fraction, test_fraction, seed)
+    (train, val, test), (mean, std) = tensor_splits(
+        images, bunch.target, val_fraction, test_fraction, seed
+    )
     names = [str(c) for c in bunch.target_names]
-    return Splits(train, val, test, num_classes=10, input_shape=(1, 8, 8), class_names=names)
+    # An 8-bit grey image's pixel p stands for the digit's p / 255 (its 0..16 over 16).
+    preprocessing = image_record(1, (8, 8), mean, std, scale=1 / 255)
+    return Splits(
+        train, val, test, num_classes=10, input_shape=(1, 8, 8), class_names=names,
+        preprocessing=preprocessing,
+    )  # fmt: skip
 
 
 @DATASETS.register("breast_cancer")
@@ -35,9 +43,15 @@ def breast_cancer(
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()
-    train, val, test = tensor_splits(bunch.data, bunch.target, val_fraction, test_fraction, seed)
+    (train, val, test), (mean, std) = tensor_splits(
+        bunch.data, bunch.target, val_fraction, test_fraction, seed
+    )
     names = [str(c) for c in bunch.target_names]
-    return Splits(train, val, test, num_classes=2, input_shape=(30,), class_names=names)
+    preprocessing = features_record(bunch.feature_names, mean, std)
+    return Splits(
+        train, val, test, num_classes=2, input_shape=(30,), class_names=names,
+        preprocessing=preprocessing,
+    )  # fmt: skip
 
 
 @DATASETS.register("synthetic")
@@ -55,9 +69,14 @@ def synthetic(
     prototypes = generator.normal(size=(num_classes, *shape))
     labels = np.arange(num_samples) % num_classes
     inputs = prototypes[labels] + noise * generator.normal(size=(num_samples, *shape))
-    train, val, test = tensor_splits(inputs, labels, val_fraction, test_fraction, seed)
+    (train, val, test), (mean, std) = tensor_splits(
+        inputs, labels, val_fraction, test_fraction, seed
+    )
     names = [str(c) for c in range(num_classes)]
-    return Splits(train, val, test, num_classes, input_shape=tuple(shape), class_names=names)
+    return Splits(
+        train, val, test, num_classes, input_shape=tuple(shape), class_names=names,
+        preprocessing=array_record(shape, mean, std),
+    )  # fmt: skip
 
 
 @DATASETS.register("diabetes")
@@ -89,6 +108,7 @@ def diabetes(
         input_shape=(10,),
         target_kind="continuous",
         target_scale=target_scale,
+        preprocessing=features_record(bunch.feature_names, mean.tolist(), std.tolist()),
     )
 
 
@@ -151,4 +171,5 @@ def digit_strings(
         input_shape=(1, 8, 8 * max_length),
         class_names=names,
         target_kind="sequence",
+        preprocessing=image_record(1, (8, 8 * max_length), [mean.item()], [std.item()]),
     )

@@ -28,6 +28,40 @@ class Splits:
     # Continuous targets: the train split's (mean, std); regression models learn
     # (target - mean) / std, and predictions are mapped back.
     target_scale: tuple[float, float] | None = None
+    # How a raw sample becomes a model input, as plain data (trainkit.data.preprocess): what
+    # `trainkit predict` applies to new files. None: a data set that cannot say.
+    preprocessing: dict | None = None
+
+    def description(self) -> dict:
+        """What a model needs to know of its data, without the data: checkpoints keep it,
+        so that a model can be rebuilt and fed new inputs (``described``)."""
+        return {
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "class_names": list(self.class_names),
+            "target_kind": self.target_kind,
+            "vocab_size": self.vocab_size,
+            "target_scale": list(self.target_scale) if self.target_scale else None,
+            "preprocessing": self.preprocessing,
+        }
+
+    @classmethod
+    def described(cls, description: dict) -> Splits:
+        """Splits without samples, as ``description`` tells them."""
+        empty = TensorSplit(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+        scale = description.get("target_scale")
+        return cls(
+            empty,
+            empty,
+            empty,
+            num_classes=description["num_classes"],
+            input_shape=tuple(description["input_shape"]),
+            class_names=list(description["class_names"]),
+            target_kind=description["target_kind"],
+            vocab_size=description["vocab_size"],
+            target_scale=tuple(scale) if scale else None,
+            preprocessing=description.get("preprocessing"),
+        )
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -97,8 +131,9 @@ def stratified_split(
 
 def tensor_splits(
     inputs: np.ndarray, labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> tuple[TensorSplit, TensorSplit, TensorSplit]:
-    """Split, then normalize every split with the train split's mean and std per channel."""
+) -> tuple[tuple[TensorSplit, TensorSplit, TensorSplit], tuple[list[float], list[float]]]:
+    """Split, then normalize every split with the train split's mean and std per channel
+    (per feature, for rows of features); returns the splits and that (mean, std)."""
     train_idx, val_idx, test_idx = stratified_split(labels, val_fraction, test_fraction, seed)
     x = torch.as_tensor(inputs, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
@@ -106,10 +141,11 @@ def tensor_splits(
     mean = x[train_idx].mean(dim=channel_dims, keepdim=True)
     std = x[train_idx].std(dim=channel_dims, keepdim=True).clamp_min(1e-6)
     x = (x - mean) / std
-    return tuple(
+    splits = tuple(
         TensorSplit(x[idx].contiguous(), y[idx], torch.as_tensor(idx))
         for idx in (train_idx, val_idx, test_idx)
     )
+    return splits, (mean.flatten().tolist(), std.flatten().tolist())
 
 
 def _class_labels(dataset: Dataset) -> torch.Tensor | None:

@@ -18,12 +18,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from trainkit.data.preprocess import PADDING, UNKNOWN, tokenizer, tokens_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveInt, Probability
 
-PADDING, UNKNOWN = 0, 1  # token ids; the vocabulary's words start at 2
-_WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation mark
 _INTEGER = re.compile(r"-?\d+")
 
 
@@ -83,7 +82,7 @@ def text_csv(
             f"column '{label_column}'; classification needs at least 2"
         )
     class_index = {name: i for i, name in enumerate(class_names)}
-    tokenize = _tokenizer(level, lowercase)
+    tokenize = tokenizer(level, lowercase)
     vocabulary = _vocabulary((tokenize(text) for text in train_texts), min_freq, max_vocab)
 
     def encode(split_name: str) -> TensorSplit:
@@ -109,6 +108,7 @@ def text_csv(
         input_shape=(max_len,),
         class_names=class_names,
         vocab_size=len(vocabulary) + 2,
+        preprocessing=tokens_record(vocabulary, level, lowercase, max_len, text_column),
     )
 
 
@@ -202,14 +202,6 @@ def _sorted_labels(labels: set[str]) -> list[str]:
     if all(_INTEGER.fullmatch(label) for label in labels):
         return sorted(labels, key=int)
     return sorted(labels)
-
-
-def _tokenizer(level: str, lowercase: bool):
-    def tokenize(text: str) -> list[str]:
-        text = text.lower() if lowercase else text
-        return _WORD.findall(text) if level == "word" else list(text)
-
-    return tokenize
 
 
 def _vocabulary(token_lists, min_freq: int, max_vocab: int | None) -> dict[str, int]:

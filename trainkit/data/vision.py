@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from trainkit.data.preprocess import image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
@@ -226,6 +227,7 @@ def _in_memory_splits(loaded, val_fraction: float, seed: int) -> Splits:
         inputs = images[rows].float().sub_(mean).div_(std)
         return TensorSplit(inputs, labels[rows], rows)
 
+    channels, *size = train_x.shape[1:]
     return Splits(
         split(train_x, train_y, train_idx),
         split(train_x, train_y, val_idx),
@@ -233,6 +235,8 @@ def _in_memory_splits(loaded, val_fraction: float, seed: int) -> Splits:
         num_classes=len(class_names),
         input_shape=tuple(train_x.shape[1:]),
         class_names=[str(c) for c in class_names],
+        # Pixels 0..255 as they are, normalized with the train split's statistics.
+        preprocessing=image_record(channels, size, mean.flatten(), std.flatten(), scale=1),
     )
 
 
@@ -551,4 +555,5 @@ def imagefolder(
         num_classes=len(classes),
         input_shape=(3, image_size, image_size),
         class_names=classes,
+        preprocessing=image_record(3, (image_size, image_size), mean, std, resize=resize),
     )

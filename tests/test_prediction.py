@@ -1,0 +1,215 @@
+"""`trainkit predict`: a trained model on new files, prepared as its run prepared its data.
+
+The proof: the test split written out as files the way a user would have them (PNGs, a CSV
+of named features, a CSV of texts) gives the predictions `trainkit eval` gives for the same
+samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainkit import config
+from trainkit.cli import main
+from trainkit.evaluation import evaluate_checkpoint
+from trainkit.runner import Runner
+
+QUIET = ["logger.progress_bar=false", "logger.tensorboard=false"]
+
+
+def trained(run_dir: Path, *overrides: str) -> Path:
+    """A run trained in this process; returns its best.pt."""
+    cfg = config.resolve(config.compose(config.prepare([*QUIET, *overrides])))
+    Runner(cfg, run_dir).fit()
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def evaluated(checkpoint: Path, out: Path) -> dict[int, dict]:
+    """eval's predictions.csv rows by sample index."""
+    out.mkdir()
+    evaluate_checkpoint(checkpoint, [], out, plugins=[])
+    return {int(row["index"]): row for row in csv.DictReader(open(out / "predictions.csv"))}
+
+
+def predict(tmp_path, monkeypatch, capsys, *args: str) -> tuple[list[dict], str]:
+    monkeypatch.chdir(tmp_path)
+    main(["predict", *args])
+    out = capsys.readouterr()
+    output = next(a.partition("=")[2] for a in args if a.startswith("output="))
+    with open(tmp_path / output) as handle:
+        rows = list(csv.DictReader(handle)) if output.endswith(".csv") else []
+    return rows, out.err + out.out  # what was skipped (stderr), then what was written
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("digits") / "run", "trainer.max_epochs=3")
+
+
+def test_predict_on_pngs_of_the_test_split_gives_evals_predictions(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    from sklearn.datasets import load_digits
+
+    rows = evaluated(digits_run, tmp_path / "eval")
+    images = load_digits().images  # 0..16: as 8-bit grey, 255 * v / 16
+    folder = tmp_path / "pngs" / "nested"
+    folder.mkdir(parents=True)
+    for index in rows:
+        pixels = np.round(images[index] / 16 * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=pngs",
+        "output=out.csv", "topk=3",
+    )  # fmt: skip
+    assert said.strip() == "wrote 270 predictions to out.csv"
+    assert len(predicted) == len(rows) == 270
+    for row in predicted:
+        index = int(Path(row["input"]).stem)
+        expected = rows[index]
+        assert row["prediction"] == expected["prediction"], index
+        # The same probability up to the 8-bit rounding of the pixels.
+        assert float(row["probability"]) == pytest.approx(
+            float(expected[f"prob_{expected['prediction']}"]), abs=0.02
+        )
+    assert set(predicted[0]) == {"input", "prediction", "probability", "top_2",
+                                 "probability_2", "top_3", "probability_3"}  # fmt: skip
+
+
+def test_any_image_mode_and_size_and_an_npy_array_are_read(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    from sklearn.datasets import load_digits
+
+    digit = np.round(load_digits().images[0] / 16 * 255).astype(np.uint8)  # a 0
+    Image.fromarray(digit, mode="L").convert("RGB").resize((32, 32)).save(tmp_path / "big.jpg")
+    np.save(tmp_path / "many.npy", np.stack([digit, digit]))
+    predicted, _ = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=big.jpg",
+        "input=many.npy", "output=out.csv", "tta=hflip",
+    )  # fmt: skip
+    assert [row["input"] for row in predicted] == ["big.jpg", "many.npy:0", "many.npy:1"]
+    assert predicted[1]["prediction"] == predicted[2]["prediction"] == "0"
+
+
+def test_bad_inputs_are_listed_once_and_skipped_or_stop_under_error(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    Image.new("L", (8, 8), 128).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("hello")
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=good.png",
+        "input=broken.png", "input=notes.txt", "output=out.jsonl",
+    )  # fmt: skip
+    lines = said.strip().splitlines()
+    assert lines[0] == "skipped 2 inputs that could not be used:"
+    assert lines[1].startswith("  broken.png: not an image this machine can decode")
+    assert lines[2].startswith("  notes.txt: a .txt file is not an input of this model")
+    written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["input"] for row in written] == ["good.png"]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", f"checkpoint={digits_run}", "input=broken.png", "on_bad_input=error"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("trainkit: error: broken.png: not an image") and "fix or remove" in line
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_features_in_a_csv_by_name_give_evals_predictions(tmp_path, monkeypatch, capsys):
+    from sklearn.datasets import load_breast_cancer
+
+    best = trained(tmp_path / "run", "recipe=breast_cancer_mlp", "trainer.max_epochs=3")
+    rows = evaluated(best, tmp_path / "eval")
+    bunch = load_breast_cancer()
+    names = list(bunch.feature_names)
+    with open(tmp_path / "patients.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", *reversed(names)])  # any order, extra columns ignored
+        for index in rows:
+            writer.writerow([index, *reversed(bunch.data[index].tolist())])
+    predicted, _ = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=patients.csv",
+        "output=out.csv", "topk=1",
+    )  # fmt: skip
+    assert len(predicted) == len(rows)
+    for row, index in zip(predicted, rows, strict=True):
+        assert row["input"].endswith(f"patients.csv:{list(rows).index(index)}")
+        expected = bunch.target_names[int(rows[index]["prediction"])]
+        assert row["prediction"] == expected
+
+
+def test_regression_predicts_in_the_targets_units(tmp_path, monkeypatch, capsys):
+    from sklearn.datasets import load_diabetes
+
+    best = trained(tmp_path / "run", "data=diabetes", "trainer.max_epochs=3")
+    rows = evaluated(best, tmp_path / "eval")
+    bunch = load_diabetes()
+    indices = sorted(rows)[:20]
+    np.save(tmp_path / "x.npy", bunch.data[indices])
+    predicted, _ = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=x.npy", "output=y.csv"
+    )
+    for row, index in zip(predicted, indices, strict=True):
+        assert float(row["prediction"]) == pytest.approx(float(rows[index]["prediction"]), rel=1e-4)
+
+
+def test_texts_use_the_runs_vocabulary(tmp_path, monkeypatch, capsys):
+    from tests.fake_text import make_text_csv
+
+    data = make_text_csv(tmp_path / "texts.csv", n=120)
+    best = trained(
+        tmp_path / "run", "recipe=text_transformer", f"data.path={data}", "trainer.max_epochs=4",
+        "debug=limit",
+    )  # fmt: skip
+    texts = list(csv.DictReader(open(data)))[:10]
+    with open(tmp_path / "new.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text"])
+        writer.writeheader()
+        writer.writerows({"text": row["text"]} for row in texts)
+        writer.writerow({"text": ""})
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=new.csv", "output=out.csv"
+    )
+    assert len(predicted) == 10 and "new.csv:10: the text is empty" in said
+    classes = {row["label"] for row in csv.DictReader(open(data))}
+    assert {row["prediction"] for row in predicted} <= classes
+
+
+def test_metric_learning_writes_the_embeddings(tmp_path, monkeypatch, capsys):
+    best = trained(
+        tmp_path / "run", "data=synthetic", "data.num_samples=200", "task=metric_learning",
+        "model=mlp", "trainer.max_epochs=1",
+    )  # fmt: skip
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(5, 1, 8, 8)))
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=x.npy", "output=e.csv"
+    )
+    assert "and e_embeddings.npy" in said
+    embeddings = np.load(tmp_path / "e_embeddings.npy")
+    assert embeddings.shape == (5, 64)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, rtol=1e-4)
+    assert float(predicted[0]["e0"]) == pytest.approx(embeddings[0, 0], abs=1e-5)
+
+
+def test_a_checkpoint_without_its_datas_description_is_one_line(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    state = torch.load(digits_run, weights_only=True)
+    del state["data"]  # as runs saved before predict existed
+    torch.save(state, tmp_path / "old.pt")
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["predict", "checkpoint=old.pt", "input=a.png"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "does not say how its data was prepared" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "old.pt"]

@@ -1,0 +1,143 @@
+"""``trainkit predict``: a trained model on new files.
+
+The model is rebuilt through the assembly from the checkpoint's config and its description
+of the data (shapes, class names, how a raw input becomes a model input), without the data;
+new inputs are made into model inputs exactly as the run's evaluation made its own
+(``trainkit.data.preprocess``), and the weights are those validation used (the EMA's, when
+the run kept one).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainkit import checkpoint, config
+from trainkit.build import build
+from trainkit.data import Splits
+from trainkit.data.preprocess import read_inputs
+from trainkit.errors import UserError
+from trainkit.reporting import is_terminal
+from trainkit.rundir import write_new_file
+
+
+def predict(
+    path: Path,
+    inputs: list[Path],
+    output: Path,
+    plugins: list[str],
+    topk: int = 5,
+    batch_size: int = 256,
+    tta: str = "none",
+    on_bad_input: str = "skip",
+) -> dict[str, Any]:
+    """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file);
+    returns what was done (rows written, inputs skipped and why)."""
+    state = checkpoint.load(path)
+    description = state.get("data")
+    if not description or not description.get("preprocessing"):
+        raise UserError(
+            f"checkpoint {path} does not say how its data was prepared (it was saved before "
+            "trainkit kept that, or its data set cannot say): predict needs a checkpoint "
+            "of a run trained with this version"
+        )
+    cfg = config.resolve(checkpoint.config_of(state, path, plugins))
+    parts = build(cfg, "evaluate", splits=Splits.described(description))
+    checkpoint.load_weights(
+        parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
+    )
+    record = description["preprocessing"]
+    if tta == "hflip" and record["kind"] != "image":
+        raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
+
+    samples, bad = read_inputs(inputs, record, on_bad_input)
+    if not samples:
+        first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
+    rows = []
+    model, device = parts.model.eval(), parts.device
+    with _progress(len(samples)) as advance, torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            x = torch.stack([sample.tensor for sample in batch]).to(device)
+            outputs = model(x).float()
+            if tta == "hflip":
+                outputs = _average_with_flipped(model, x, outputs, parts.task)
+            for sample, row in zip(batch, parts.task.predictions(outputs.cpu(), topk), strict=True):
+                rows.append({"input": sample.source, **row})
+            advance(len(batch))
+    _write(rows, output)
+    embeddings = None
+    if rows and "e0" in rows[0]:  # metric learning: the embeddings as an array too
+        embeddings = output.with_name(f"{output.stem}_embeddings.npy")
+        matrix = np.asarray([[row[f"e{i}"] for i in range(len(row) - 1)] for row in rows])
+        buffer = io.BytesIO()
+        np.save(buffer, matrix.astype(np.float32))
+        write_new_file(embeddings, buffer.getvalue(), "output")
+    return {"rows": len(rows), "skipped": bad, "output": output, "embeddings": embeddings}
+
+
+def _average_with_flipped(model, x: torch.Tensor, outputs: torch.Tensor, task) -> torch.Tensor:
+    """Test-time augmentation: the mean of the model's class probabilities (or outputs) on
+    the images and on their mirror images, returned as logits of that mean."""
+    flipped = model(torch.flip(x, dims=[-1])).float()
+    if outputs.ndim == 2 and getattr(task, "tracks_accuracy", False):
+        mean = (outputs.softmax(dim=1) + flipped.softmax(dim=1)) / 2
+        return mean.clamp_min(1e-12).log()
+    return (outputs + flipped) / 2
+
+
+def _write(rows: list[dict[str, Any]], output: Path) -> None:
+    """``rows`` as CSV or JSONL (by ``output``'s suffix), into a file that must be new."""
+    if output.suffix.lower() == ".jsonl":
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(
+            {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows
+        )
+        text = buffer.getvalue()
+    write_new_file(output, text.encode("utf-8"), "output")
+
+
+class _progress:
+    """A progress bar in a terminal for long inputs; nothing elsewhere."""
+
+    def __init__(self, total: int):
+        self.total, self.bar = total, None
+
+    def __enter__(self):
+        if is_terminal() and self.total > 1000:
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True, console=None)
+            self.bar.start()
+            task = self.bar.add_task("predicting", total=self.total)
+            return lambda done: self.bar.update(task, advance=done)
+        return lambda done: None
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+def report_skipped(skipped: list[tuple[str, str]], limit: int = 10) -> None:
+    """The inputs left out, each once with the reason (on stderr: they are not results)."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} inputs that could not be used:", file=sys.stderr)
+    for source, reason in skipped[:limit]:
+        print(f"  {source}: {reason}", file=sys.stderr)
+    if len(skipped) > limit:
+        print(f"  ... and {len(skipped) - limit} more", file=sys.stderr)
