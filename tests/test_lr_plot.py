@@ -163,8 +163,8 @@ def used(overrides: list[str], run_dir, monkeypatch) -> list[float]:
     real = RunLogger.log_step
 
     def record(self, step, values):
-        if "lr" in values:
-            seen[step] = values["lr"]
+        if "train/lr" in values:
+            seen[step] = values["train/lr"]
         return real(self, step, values)
 
     monkeypatch.setattr(RunLogger, "log_step", record)

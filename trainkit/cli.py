@@ -29,6 +29,8 @@ commands:
         [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error]
                                 the model on new files (images, folders, CSV/TSV/JSONL,
                                 .npy), prepared as its run prepared its data
+  export checkpoint=PATH format=onnx|torch_export [output=FILE] [opset=N]
+                                the model as a file for serving, checked against PyTorch
   ls [GROUP ...]                every component of each config group, with its
                                 parameters, types, ranges and defaults
   lr-plot [OVERRIDES] [output=PATH.png] [scale=linear|log]
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "lr-plot": lr_plot,
         "compare": compare_runs,
         "predict": predict,
+        "export": export,
     }
     command, args = argv[0], argv[1:]
     try:
@@ -563,8 +566,9 @@ def evaluate(args: list[str]) -> None:
 # --- predict -------------------------------------------------------------------------------
 
 _PREDICT_USAGE = (
-    "predict checkpoint=PATH input=PATH [input=PATH ...] [output=FILE.csv|.jsonl] [topk=5] "
-    "[batch_size=256] [tta=none|hflip] [on_bad_input=skip|error] [plugins=[MODULE]]"
+    "predict checkpoint=PATH (or model=FILE.onnx) input=PATH [input=PATH ...] "
+    "[output=FILE.csv|.jsonl] [topk=5] [batch_size=256] [tta=none|hflip] "
+    "[on_bad_input=skip|error] [plugins=[MODULE]]"
 )
 
 
@@ -572,7 +576,9 @@ def predict(args: list[str]) -> None:
     """``trainkit predict checkpoint=PATH input=PATH ...``: the model on new files."""
     options: dict[str, str] = {}
     inputs: list[Path] = []
-    known = ("checkpoint", "output", "topk", "batch_size", "tta", "on_bad_input", "plugins")
+    known = (
+        "checkpoint", "model", "output", "topk", "batch_size", "tta", "on_bad_input", "plugins"
+    )  # fmt: skip
     for arg in args:
         key, sep, value = arg.partition("=")
         if key == "input" and sep:
@@ -583,8 +589,12 @@ def predict(args: list[str]) -> None:
             hint = difflib.get_close_matches(key, [*known, "input"], n=1)
             did_you_mean = f"did you mean {hint[0]}=...? " if hint and sep else ""
             raise UserError(f"predict: {arg!r} is not an option; {did_you_mean}{_PREDICT_USAGE}")
-    if "checkpoint" not in options or not inputs:
-        raise UserError(f"predict needs checkpoint=PATH and input=PATH; {_PREDICT_USAGE}")
+    if ("checkpoint" in options) == ("model" in options) or not inputs:
+        raise UserError(
+            f"predict needs checkpoint=PATH (or model=FILE.onnx) and input=PATH; {_PREDICT_USAGE}"
+        )
+    if "model" in options and not options["model"].lower().endswith(".onnx"):
+        raise UserError(f"model={options['model']}: predict runs .onnx files that export wrote")
     topk = _positive_int(options, "topk", 5)
     batch_size = _positive_int(options, "batch_size", 256)
     tta, on_bad = options.get("tta", "none"), options.get("on_bad_input", "skip")
@@ -601,7 +611,10 @@ def predict(args: list[str]) -> None:
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
 
-    checkpoint_path = checkpoint.find(Path(options["checkpoint"]).expanduser())
+    if "model" in options:
+        source = Path(options["model"]).expanduser()
+    else:
+        source = checkpoint.find(Path(options["checkpoint"]).expanduser())
     plugins = _plugins_option(options.get("plugins"))
     load_components(plugins)
     output = output or rundir.free_file_name("predictions.csv")
@@ -609,10 +622,55 @@ def predict(args: list[str]) -> None:
     from trainkit.prediction import predict as predict_inputs
     from trainkit.prediction import report_skipped
 
-    done = predict_inputs(checkpoint_path, inputs, output, plugins, topk, batch_size, tta, on_bad)
+    done = predict_inputs(source, inputs, output, plugins, topk, batch_size, tta, on_bad)
     report_skipped(done["skipped"])
     extra = f" and {done['embeddings']}" if done["embeddings"] else ""
     print(f"wrote {done['rows']} predictions to {output}{extra}")
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def export(args: list[str]) -> None:
+    """``trainkit export checkpoint=PATH format=onnx|torch_export [output=FILE] [opset=N]``."""
+    options: dict[str, str] = {}
+    known = ("checkpoint", "format", "output", "opset", "plugins")
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in known:
+            raise UserError(
+                f"export: {arg!r} is not an option; export checkpoint=PATH "
+                "format=onnx|torch_export [output=FILE] [opset=N] [plugins=[MODULE]]"
+            )
+        options[key] = value
+    if "checkpoint" not in options:
+        raise UserError("export needs checkpoint=PATH (a .pt file or a run directory)")
+    fmt = options.get("format", "onnx")
+    suffix = {"onnx": ".onnx", "torch_export": ".pt2"}.get(fmt)
+    if suffix is None:
+        raise UserError(f"format={fmt}: use format=onnx or format=torch_export")
+    opset = _positive_int(options, "opset", 18) if "opset" in options else None
+    output = Path(options["output"]).expanduser() if "output" in options else None
+    if output is not None and output.suffix.lower() != suffix:
+        raise UserError(f"output={output}: format={fmt} writes a {suffix} file")
+    if output is not None and output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+
+    from trainkit import checkpoint, rundir
+    from trainkit.registry import load_components
+
+    checkpoint_path = checkpoint.find(Path(options["checkpoint"]).expanduser())
+    plugins = _plugins_option(options.get("plugins"))
+    load_components(plugins)
+    output = output or rundir.free_file_name(f"model{suffix}")
+
+    from trainkit.export import export_checkpoint
+
+    done = export_checkpoint(checkpoint_path, fmt, output, plugins, opset)
+    print(
+        f"wrote {output}: the largest difference from the PyTorch model on {done['inputs']} "
+        f"is {done['difference']:.2e} (at most {done['tolerance']:.2e} allowed)"
+    )
 
 
 def _positive_int(options: dict[str, str], key: str, default: int) -> int:

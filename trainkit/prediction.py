@@ -38,21 +38,14 @@ def predict(
     tta: str = "none",
     on_bad_input: str = "skip",
 ) -> dict[str, Any]:
-    """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file);
-    returns what was done (rows written, inputs skipped and why)."""
-    state = checkpoint.load(path)
-    description = state.get("data")
-    if not description or not description.get("preprocessing"):
-        raise UserError(
-            f"checkpoint {path} does not say how its data was prepared (it was saved before "
-            "trainkit kept that, or its data set cannot say): predict needs a checkpoint "
-            "of a run trained with this version"
-        )
-    cfg = config.resolve(checkpoint.config_of(state, path, plugins))
-    parts = build(cfg, "evaluate", splits=Splits.described(description))
-    checkpoint.load_weights(
-        parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
-    )
+    """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file),
+    with the model of a checkpoint, or of an ONNX file ``trainkit export`` wrote (``path``
+    ending in .onnx, run by onnxruntime); returns what was done (rows written, inputs
+    skipped and why)."""
+    if path.suffix.lower() == ".onnx":
+        forward, task, description = _from_onnx(path)
+    else:
+        forward, task, description = _from_checkpoint(path, plugins)
     record = description["preprocessing"]
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
@@ -62,15 +55,14 @@ def predict(
         first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
         raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
     rows = []
-    model, device = parts.model.eval(), parts.device
     with _progress(len(samples)) as advance, torch.no_grad():
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            x = torch.stack([sample.tensor for sample in batch]).to(device)
-            outputs = model(x).float()
+            x = torch.stack([sample.tensor for sample in batch])
+            outputs = forward(x)
             if tta == "hflip":
-                outputs = _average_with_flipped(model, x, outputs, parts.task)
-            for sample, row in zip(batch, parts.task.predictions(outputs.cpu(), topk), strict=True):
+                outputs = _average_with_flipped(forward, x, outputs, task)
+            for sample, row in zip(batch, task.predictions(outputs, topk), strict=True):
                 rows.append({"input": sample.source, **row})
             advance(len(batch))
     _write(rows, output)
@@ -84,10 +76,60 @@ def predict(
     return {"rows": len(rows), "skipped": bad, "output": output, "embeddings": embeddings}
 
 
-def _average_with_flipped(model, x: torch.Tensor, outputs: torch.Tensor, task) -> torch.Tensor:
+def _from_checkpoint(path: Path, plugins: list[str]):
+    """The model's forward function (CPU tensors in and out), its task, and the data's
+    description, from a checkpoint: through the assembly, without the data."""
+    state = checkpoint.load(path)
+    description = state.get("data")
+    if not description or not description.get("preprocessing"):
+        raise UserError(
+            f"checkpoint {path} does not say how its data was prepared (it was saved before "
+            "trainkit kept that, or its data set cannot say): predict needs a checkpoint "
+            "of a run trained with this version"
+        )
+    cfg = config.resolve(checkpoint.config_of(state, path, plugins))
+    parts = build(cfg, "evaluate", splits=Splits.described(description))
+    checkpoint.load_weights(
+        parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
+    )
+    model, device = parts.model.eval(), parts.device
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(device)).float().cpu()
+
+    return forward, parts.task, description
+
+
+def _from_onnx(path: Path):
+    """The same from an ONNX file ``trainkit export`` wrote: run by onnxruntime, its task
+    and data's description read from the file's metadata."""
+    from trainkit.export import INSTALL_HINT, read_metadata
+    from trainkit.registry import TASKS
+
+    if not path.is_file():
+        raise UserError(f"model={path}: no such file")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"model={path} needs onnx and onnxruntime: {INSTALL_HINT}") from None
+    meta = read_metadata(path)
+    description = meta["data"]
+    task = TASKS.build(
+        meta["task"], "task", splits=Splits.described(description), loss=meta["loss"]
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(None, {"input": x.numpy()})
+        return torch.as_tensor(out).float()
+
+    return forward, task, description
+
+
+def _average_with_flipped(forward, x: torch.Tensor, outputs: torch.Tensor, task) -> torch.Tensor:
     """Test-time augmentation: the mean of the model's class probabilities (or outputs) on
     the images and on their mirror images, returned as logits of that mean."""
-    flipped = model(torch.flip(x, dims=[-1])).float()
+    flipped = forward(torch.flip(x, dims=[-1]))
     if outputs.ndim == 2 and getattr(task, "tracks_accuracy", False):
         mean = (outputs.softmax(dim=1) + flipped.softmax(dim=1)) / 2
         return mean.clamp_min(1e-12).log()
