@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -661,6 +662,174 @@ def _(cwd, run):
     copy_run(run, cwd / "run")
     write(cwd / "out", "a file")
     return ["eval", "checkpoint=run", "output_dir=out/eval"]
+
+
+# --- after training: predict, export, fine-tuning ---
+
+
+def arrays(path: Path, *shape: int) -> Path:
+    """An .npy file of ``shape`` (the finished run's model takes (1, 8, 8))."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.zeros(shape, dtype=np.float32))
+    return path
+
+
+mistake("predict-no-input", ["predict", "checkpoint=run"],
+        "predict needs checkpoint=PATH (or model=FILE.onnx) and input=PATH")  # fmt: skip
+mistake("predict-both-models", ["predict", "checkpoint=run", "model=m.onnx", "input=x.npy"],
+        "predict needs checkpoint=PATH (or model=FILE.onnx)")  # fmt: skip
+mistake("predict-unknown-option", ["predict", "checkpoint=run", "input=x", "topk5"],
+        "predict: 'topk5' is not an option")  # fmt: skip
+mistake("predict-no-checkpoint", ["predict", "checkpoint=nowhere", "input=x.npy"],
+        "checkpoint nowhere does not exist")  # fmt: skip
+mistake("predict-no-onnx-file", ["predict", "model=nowhere.onnx", "input=x.npy"],
+        "model=nowhere.onnx: no such file")  # fmt: skip
+
+
+@case("predict-no-such-input", "input=nothing.png: no such file or directory")
+def _(cwd, run):
+    return ["predict", f"checkpoint={run}", "input=nothing.png"]
+
+
+@case("predict-empty-folder", "input=empty holds no files this model reads (.npy)")
+def _(cwd, run):
+    (cwd / "empty").mkdir()
+    write(cwd / "empty" / "notes.txt", "not an array")
+    return ["predict", f"checkpoint={run}", "input=empty"]
+
+
+@case("predict-nothing-readable", "no input could be read, 3 tried (first: bad.npy:0: an array")
+def _(cwd, run):
+    arrays(cwd / "bad.npy", 3, 5)
+    return ["predict", f"checkpoint={run}", "input=bad.npy"]
+
+
+@case("predict-bad-input-error", "bad.npy:0: an array of shape (5,); the model takes (1, 8, 8)")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    arrays(cwd / "bad.npy", 3, 5)
+    return ["predict", f"checkpoint={run}", "input=ok.npy", "input=bad.npy", "on_bad_input=error"]
+
+
+@case("predict-output-suffix", "output=mine.txt must end in .csv or .jsonl")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    write(cwd / "mine.txt", "mine")
+    return ["predict", f"checkpoint={run}", "input=ok.npy", "output=mine.txt"]
+
+
+for _id, _option, _expect in (
+    ("predict-topk-zero", "topk=0", "topk=0 must be a whole number >= 1"),
+    ("predict-batch-negative", "batch_size=-1", "batch_size=-1 must be a whole number >= 1"),
+    ("predict-tta-unknown", "tta=vflip", "tta=vflip: use tta=none or tta=hflip"),
+    ("predict-tta-not-images", "tta=hflip", "tta=hflip flips images; this model reads array"),
+    ("predict-on-bad-input", "on_bad_input=ignore", "on_bad_input=ignore"),
+):
+
+    @case(_id, _expect)
+    def _(cwd, run, option=_option):
+        arrays(cwd / "ok.npy", 2, 1, 8, 8)
+        return ["predict", f"checkpoint={run}", "input=ok.npy", option]
+
+
+@case("predict-onnx-not-onnx", "model=model.png: predict runs .onnx files that export wrote")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    write(cwd / "model.png", b"not a model")
+    return ["predict", "model=model.png", "input=ok.npy"]
+
+
+@case("predict-onnx-not-ours", "is not an ONNX file that trainkit export wrote")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    write(cwd / "model.onnx", b"\x08\x07")  # a valid ONNX header and nothing else
+    return ["predict", "model=model.onnx", "input=ok.npy"]
+
+
+mistake("export-unknown-format", ["export", "checkpoint=run", "format=tflite"],
+        "format=tflite: use format=onnx or format=torch_export")  # fmt: skip
+mistake("export-no-checkpoint", ["export", "checkpoint=nowhere", "format=onnx"],
+        "checkpoint nowhere does not exist")  # fmt: skip
+
+
+@case("export-output-suffix", "output=mine.json: format=onnx writes a .onnx file")
+def _(cwd, run):
+    write(cwd / "mine.json", "{}")
+    return ["export", f"checkpoint={run}", "format=onnx", "output=mine.json"]
+
+
+@case("export-opset-unavailable", "opset=3: torch's ONNX exporter could not write model mlp")
+def _(cwd, run):
+    return ["export", f"checkpoint={run}", "format=onnx", "opset=3", "output=m.onnx"]
+
+
+@case("export-opset-not-a-number", "opset=")
+def _(cwd, run):
+    return ["export", f"checkpoint={run}", "format=onnx", "opset=new"]
+
+
+@case("export-objects", "holds objects other than tensors and plain data")
+def _(cwd, run):
+    torch.save({"model": {}, "config": {}, "payload": Payload()}, cwd / "best.pt")
+    return ["export", "checkpoint=best.pt", "format=torch_export"]
+
+
+mistake("init-from-nowhere", train("init_from=nowhere"),
+        "init_from=nowhere: no such file or run directory")  # fmt: skip
+mistake("finetune-unknown-key", train("finetune.freez=[1.*]"), "unknown key finetune.freez")
+mistake("finetune-freeze-not-a-list", train("finetune.freeze=1.*"),
+        "finetune.freeze='1.*' has the wrong type: it must be a list")  # fmt: skip
+mistake("finetune-freeze-matches-nothing", train("finetune.freeze=[stem.*]"),
+        "finetune.freeze: pattern 'stem.*' matches no parameter")  # fmt: skip
+mistake("finetune-unfreeze-negative", train("finetune.unfreeze_at_epoch=-1"),
+        "finetune.unfreeze_at_epoch=-1 is out of range: it must be >= 0")  # fmt: skip
+mistake("finetune-unfreeze-nothing", train("finetune.unfreeze_at_epoch=2"),
+        "finetune.unfreeze_at_epoch=2 unfreezes nothing: finetune.freeze is empty")  # fmt: skip
+mistake("layer-decay-zero", train("optimizer.layer_decay=0"),
+        "optimizer.layer_decay=0 is out of range: it must be > 0 and <= 1")  # fmt: skip
+mistake("class-weights-count", train("loss.class_weights=[1,2]"),
+        "loss.class_weights has 2 entries but the data has 10 classes")  # fmt: skip
+mistake("class-weights-word", train("loss.class_weights=heavy"),
+        "loss.class_weights='heavy' has the wrong type")  # fmt: skip
+mistake("class-weights-negative", train("loss.class_weights=[1,1,1,1,1,1,1,1,1,-1]"),
+        "loss.class_weights[9]=-1 is out of range: it must be >= 0")  # fmt: skip
+mistake("sampler-unknown", train("data.sampler=random"),
+        "data.sampler='random' has the wrong type: it must be one of 'shuffle'")  # fmt: skip
+mistake("sampler-balanced-regression", train_mlp_on("data=diabetes", "data.sampler=balanced"),
+        "data.sampler=balanced draws each class equally often, and this data's")  # fmt: skip
+
+
+@case("init-from-garbage", "init_from=weights.pt is truncated or corrupt")
+def _(cwd, run):
+    write(cwd / "weights.pt", b"garbage" * 10)
+    return train("init_from=weights.pt")
+
+
+@case("init-from-objects", "init_from=weights.pt holds objects other than tensors and plain data")
+def _(cwd, run):
+    torch.save({"evaluation_model": Payload()}, cwd / "weights.pt")
+    return train("init_from=weights.pt")
+
+
+@case("init-from-no-state-dict", "init_from=weights.pt holds no state dict")
+def _(cwd, run):
+    torch.save({"lr": 0.1}, cwd / "weights.pt")
+    return train("init_from=weights.pt")
+
+
+@case("init-from-another-model", "none of its 4 tensors fits this model (1.weight is (16, 64)")
+def _(cwd, run):
+    return train("model.hidden=[8,8]", f"init_from={run}")
+
+
+@case("init-from-plugin-in-checkpoint", "none of its")
+def _(cwd, run):
+    """init_from reads tensors only: a plugin its checkpoint names is never imported."""
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["plugins"] = ["helpers"]
+    torch.save(state, cwd / "best.pt")
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    return train("model.hidden=[4]", "data.num_classes=3", "init_from=best.pt")
 
 
 # --- resume: checked against its run before anything of it is touched ---

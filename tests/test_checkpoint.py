@@ -212,7 +212,7 @@ def test_arbitrary_objects_are_refused(tmp_path):
         checkpoint.load(path)
     assert str(error.value) == (
         f"checkpoint {path} holds objects other than tensors and plain data; trainkit never "
-        "runs code from a checkpoint, so it does not load it"
+        "runs code from a file, so it does not load it"
     )
 
 

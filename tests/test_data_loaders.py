@@ -103,6 +103,55 @@ def test_skip_resumes_an_epoch_after_its_first_batches():
         assert all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
 
 
+def imbalanced_splits(n: int = 120) -> Splits:
+    """Class 0: 100 samples, class 1: 15, class 2: 5."""
+    labels = torch.tensor([0] * 100 + [1] * 15 + [2] * 5)[:n]
+    split = TensorSplit(torch.randn(n, 1, 4, 4), labels, torch.arange(n))
+    return Splits(split, split, split, num_classes=3, input_shape=(1, 4, 4))
+
+
+def test_the_balanced_sampler_draws_each_class_equally_often():
+    splits = imbalanced_splits()
+    loader = build_loaders(splits, LoaderSettings(batch_size=10, sampler="balanced"), seed=1)
+    drawn = []
+    for epoch in range(20):
+        loader["train"].sampler.set_epoch(epoch)
+        epoch_labels = torch.cat([targets for _, targets, _ in loader["train"]])
+        assert len(epoch_labels) == 120  # an epoch as long as the split
+        drawn.append(epoch_labels)
+    shares = torch.bincount(torch.cat(drawn), minlength=3) / (20 * 120)
+    assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.03)  # 100:15:5 in the data
+    loader["train"].sampler.set_epoch(0)
+    again = torch.cat([targets for _, targets, _ in loader["train"]])
+    assert torch.equal(again, drawn[0])  # an epoch's draw depends on the seed and epoch only
+
+
+def test_the_balanced_sampler_shards_a_global_order_and_resumes_mid_epoch():
+    splits = imbalanced_splits()
+    settings = LoaderSettings(batch_size=6, sampler="balanced")
+    single = build_loaders(splits, LoaderSettings(batch_size=12, sampler="balanced"), seed=2)
+    ranks = [build_loaders(splits, settings, seed=2, world_size=2, rank=r) for r in range(2)]
+    for loader in (single, *ranks):
+        loader["train"].sampler.set_epoch(3)
+    for batch, *parts in zip(single["train"], *(r["train"] for r in ranks), strict=True):
+        together = torch.cat([part[2] for part in parts]).tolist()
+        assert sorted(batch[2].tolist()) == sorted(together)  # one global batch
+    sampler = ranks[1]["train"].sampler
+    whole = list(sampler)
+    sampler.skip = 2 * 6
+    assert list(sampler) == whole[12:] and len(sampler) == len(whole) - 12
+
+
+def test_a_balanced_sampler_needs_class_labels():
+    splits = image_splits()
+    regression = Splits(
+        splits.train, splits.val, splits.test, num_classes=1, input_shape=(1, 4, 4),
+        target_kind="regression",
+    )  # fmt: skip
+    with pytest.raises(UserError, match="data.sampler=balanced .* no class labels"):
+        build_loaders(regression, LoaderSettings(batch_size=8, sampler="balanced"), seed=0)
+
+
 def test_a_subset_of_a_split_is_batched_with_its_augmentation():
     splits = image_splits()
     splits.train.transform = torch.nn.Identity()  # no step of crops and flips: refused

@@ -125,7 +125,7 @@ def test_cross_entropy_weight_is_a_weighted_mean():
     weight = torch.tensor([1.0, 2.0, 0.5])
     w = weight[TARGETS]
     expected = (w * -log_softmax(LOGITS)[torch.arange(4), TARGETS]).sum() / w.sum()
-    loss = build("cross_entropy", weight=[1.0, 2.0, 0.5])(LOGITS, TARGETS)
+    loss = build("cross_entropy", class_weights=[1.0, 2.0, 0.5])(LOGITS, TARGETS)
     assert loss.item() == pytest.approx(expected.item())
 
 
@@ -267,8 +267,8 @@ def test_bad_values_fail_validation(node, message):
             "loss.alpha has 2 entries but the data has 3 classes",
         ),
         (
-            {"name": "cross_entropy", "weight": [1.0]},
-            "loss.weight has 1 entries but the data has 3 classes",
+            {"name": "cross_entropy", "class_weights": [1.0]},
+            "loss.class_weights has 1 entries but the data has 3 classes",
         ),
     ],
 )

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_score,
@@ -59,6 +60,20 @@ def test_accuracy(computed):
     expected = accuracy_score(targets.numpy(), logits.argmax(1).numpy())
     assert 0.3 < expected < 0.9  # the data is neither trivial nor random
     assert values["test/acc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_balanced_accuracy_on_imbalanced_classes():
+    logits, targets = random_predictions(seed=3, num_classes=4, n=400)
+    targets[:300] = 0  # three quarters of the samples are class 0, which the model gets right
+    logits[:300] = torch.randn(300, 4, generator=torch.Generator().manual_seed(4))
+    logits[:300, 0] += 3.0
+    metrics = ClassificationMetrics(4)
+    feed(metrics, logits, targets, batches=(150, 250))
+    values = metrics.compute("val")
+    predicted = logits.argmax(1).numpy()
+    expected = balanced_accuracy_score(targets.numpy(), predicted)
+    assert expected < accuracy_score(targets.numpy(), predicted) - 0.1  # they differ here
+    assert values["val/balanced_acc"] == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -122,6 +137,7 @@ def test_keys_without_per_class():
     assert set(metrics.compute("val")) == {
         "val/loss",
         "val/acc",
+        "val/balanced_acc",
         "val/acc_top5",
         "val/precision",
         "val/recall",

@@ -12,7 +12,7 @@ from torch import nn
 
 from trainkit import paths
 from trainkit.errors import UserError
-from trainkit.optim import parameter_groups
+from trainkit.optim import layers, parameter_groups
 from trainkit.registry import OPTIMIZERS, load_components
 
 load_components()
@@ -48,15 +48,25 @@ def test_parameter_groups_split_by_dimension():
     assert all(p.ndim <= 1 for p in no_decay["params"])
 
 
-def test_parameter_groups_cover_every_trainable_parameter_once():
+def test_parameter_groups_cover_every_parameter_once():
     model = small_convnet()
-    model[1].weight.requires_grad_(False)  # a frozen parameter is left out
+    model[1].weight.requires_grad_(False)  # frozen: grouped too, to train once unfrozen
     groups = parameter_groups(model, weight_decay=0.1)
     grouped = [p for group in groups for p in group["params"]]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert len(grouped) == len(ids(grouped)) == len(trainable)
-    assert ids(grouped) == ids(trainable)
-    assert id(model[1].weight) not in ids(grouped)
+    assert len(grouped) == len(ids(grouped)) == len(list(model.parameters()))
+    assert ids(grouped) == ids(model.parameters())
+
+
+def test_a_frozen_parameter_is_neither_stepped_nor_decayed_until_unfrozen():
+    model = small_convnet()
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.detach().clone()
+    optimizer = OPTIMIZERS.build({"name": "adamw", "lr": 0.1, "weight_decay": 0.5}, model=model)
+    train_three_steps(model, optimizer)
+    assert torch.equal(model[0].weight, frozen)
+    model[0].requires_grad_(True)
+    train_three_steps(model, optimizer)
+    assert not torch.equal(model[0].weight, frozen)
 
 
 def test_parameter_groups_with_shared_parameters():
@@ -194,7 +204,7 @@ TORCH_CLASSES = {
 BUILTIN_NAMES = [
     name for name in OPTIMIZERS.names() if OPTIMIZERS.get(name).__module__ == "trainkit.optim"
 ]
-GROUPING_KEYS = ("weight_decay", "decay_norm_and_bias", "lr_multipliers")
+GROUPING_KEYS = ("weight_decay", "decay_norm_and_bias", "lr_multipliers", "layer_decay")
 
 
 def test_every_builtin_optimizer_has_a_torch_class_to_compare_with():
@@ -281,7 +291,6 @@ def test_decay_norm_and_bias_puts_everything_in_the_decayed_group(name):
 @pytest.mark.parametrize("name", BUILTIN_NAMES)
 def test_lr_multipliers_set_the_lr_of_matching_parameters(name):
     model = small_convnet()
-    model[3].weight.requires_grad_(False)  # frozen: in no group
     base = 0.004
     multipliers = {"5.*": 10.0, "0.*": 0.1, "*.bias": 2.0}  # "0.bias" takes 0.1: first wins
     node = {"name": name, "lr": base, "weight_decay": 0.01, "lr_multipliers": multipliers}
@@ -293,12 +302,14 @@ def test_lr_multipliers_set_the_lr_of_matching_parameters(name):
         "0.bias": base * 0.1,
         "1.weight": base,
         "1.bias": base * 2.0,
+        "3.weight": base,
+        "3.bias": base * 2.0,
         "5.weight": base * 10.0,
         "5.bias": base * 10.0,
     }
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert set(groups) == ids(trainable.values())  # every trainable parameter exactly once
-    for key, p in trainable.items():
+    named = dict(model.named_parameters())
+    assert set(groups) == ids(named.values())  # every parameter exactly once
+    for key, p in named.items():
         assert groups[id(p)]["lr"] == pytest.approx(expected_lr[key], rel=1e-12), key
         assert groups[id(p)]["weight_decay"] == (0.01 if p.ndim > 1 else 0.0), key
 
@@ -319,8 +330,44 @@ def test_lr_multiplier_pattern_may_match_only_frozen_parameters():
     model = small_convnet()
     model[0].requires_grad_(False)
     optimizer = sgd(model, lr=0.1, lr_multipliers={"0.*": 0.1})
-    assert all(g["lr"] == 0.1 for g in optimizer.param_groups)
-    assert len(groups_by_parameter(optimizer)) == 5  # 7 parameters, 2 frozen
+    groups = groups_by_parameter(optimizer)
+    assert len(groups) == 7  # every parameter, the frozen ones at their own lr
+    assert groups[id(model[0].weight)]["lr"] == pytest.approx(0.01)
+
+
+def test_layer_decay_multiplies_each_layer_down_from_the_head():
+    # small_convnet's parameter-holding parts, input to head: 0 (conv), 1 (bn), 3 (conv), 5.
+    model = small_convnet()
+    node = {"name": "sgd", "lr": 0.1, "layer_decay": 0.5, "lr_multipliers": {"1.*": 2.0}}
+    groups = groups_by_parameter(OPTIMIZERS.build(node, model=model))
+    expected = {"5": 0.1, "3": 0.1 * 0.5, "1": 0.1 * 0.25 * 2.0, "0": 0.1 * 0.125}
+    for name, p in model.named_parameters():
+        assert groups[id(p)]["lr"] == pytest.approx(expected[name.split(".")[0]]), name
+
+
+def test_layers_count_the_parts_of_a_wrapped_model_and_put_its_own_tensors_first():
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = small_convnet()
+
+    assert set(layers(Wrapped()).values()) == {1, 2, 3, 4}
+
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(3))
+            self.body = nn.Linear(3, 3)
+            self.head = nn.Linear(3, 2)
+
+    assert layers(WithToken()) == {
+        "token": 0, "body.weight": 1, "body.bias": 1, "head.weight": 2, "head.bias": 2,
+    }  # fmt: skip
+
+
+def test_layer_decay_out_of_range_is_one_line():
+    with pytest.raises(UserError, match=r"optimizer.layer_decay=1.5 is out of range"):
+        OPTIMIZERS.build({"name": "adam", "layer_decay": 1.5}, model=small_convnet())
 
 
 def test_unmatched_lr_multiplier_pattern_names_real_parameters():

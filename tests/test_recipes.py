@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import run_dirs, run_trainkit
 from tests.fake_images import make_imagefolder
@@ -25,9 +26,27 @@ def small_data(recipe: str, root) -> list[str]:
             "data.val_fraction=0.2",
             "data.num_workers=0",
         ]
+    if recipe == "finetune_imagefolder":
+        return [*small_images(root / "images"), f"model.weights={imagenet_weights(root)}"]
     if recipe == "text_transformer":
         return [f"data.path={make_text_csv(root / 'texts.csv', n=90)}"]
     return []
+
+
+def small_images(root, classes: int = 3) -> list[str]:
+    make_imagefolder(root, classes=classes, per_class=10, size=(80, 72))
+    return [f"data.root={root}", "data.image_size=64", "data.resize=72", "data.num_workers=0"]
+
+
+def imagenet_weights(root) -> str:
+    """A state dict of torchvision's ResNet-18 for ImageNet's 1,000 classes (random weights:
+    the real file is never downloaded here)."""
+    from torchvision import models
+
+    path = root / "resnet18-imagenet.pth"
+    if not path.exists():
+        torch.save(models.resnet18(num_classes=1000).state_dict(), path)
+    return str(path)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -129,3 +148,26 @@ def test_digit_strings_ctc_reads_strings_far_better_than_chance(tmp_path):
     rows = read_predictions(run_dir)
     right = sum(r["target"] == r["prediction"] for r in rows) / len(rows)
     assert right == pytest.approx(summary["test/seq_acc"], abs=1e-6)
+
+
+def test_finetune_imagefolder_starts_from_a_run_and_unfreezes_its_stem(tmp_path):
+    """The recipe from a trainkit run of 5 classes, on a folder of 3: the stem and layer1
+    stay frozen for two epochs, the head starts fresh."""
+    source = tmp_path / "source"
+    source.mkdir()
+    run_recipe(
+        source, "recipe=finetune_imagefolder", "model.weights=null", "debug=fast",
+        *small_images(source / "images", classes=5),
+    )  # fmt: skip
+    (source_run,) = run_dirs(source)
+    target = tmp_path / "target"
+    target.mkdir()
+    run_dir, summary = run_recipe(
+        target, "recipe=finetune_imagefolder", "model.weights=null", f"init_from={source_run}",
+        "trainer.max_epochs=3", *small_images(target / "images"),
+    )  # fmt: skip
+    log = (run_dir / "train.log").read_text()
+    assert "started fresh (another shape): fc.weight, fc.bias" in log
+    assert "finetune: froze 15 tensors" in log  # conv1, bn1 and layer1 (2 blocks of 6)
+    assert "epoch 3: unfroze conv1.*, bn1.*, layer1.*; 11,178,051 of 11,178,051" in log
+    assert summary["epochs"] == 3 and "test/balanced_acc" in summary

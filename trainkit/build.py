@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Subset
 
-from trainkit import config, distributed
+from trainkit import config, distributed, finetune
 from trainkit.data import Splits, build_loaders
 from trainkit.data.splits import check_labels
 from trainkit.errors import UserError
@@ -34,7 +34,13 @@ from trainkit.registry import (
 )
 from trainkit.reporting import log
 from trainkit.schedulers import Schedule, build_schedule, lr_curve
-from trainkit.settings import TrainerSettings, split_data_node, trainer_settings
+from trainkit.settings import (
+    FinetuneSettings,
+    TrainerSettings,
+    finetune_settings,
+    split_data_node,
+    trainer_settings,
+)
 from trainkit.speed import Speed
 from trainkit.tasks import Task, lower_is_better
 
@@ -48,6 +54,7 @@ class Parts:
 
     cfg: DictConfig
     settings: TrainerSettings
+    finetune: FinetuneSettings
     device: torch.device
     speed: Speed
     regularizers: list
@@ -81,6 +88,7 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     """
     cfg = config.effective(cfg)
     settings = trainer_settings(cfg.trainer)
+    tune = finetune_settings(cfg.get("finetune"))
     planning = purpose == "plan"
     device = torch.device("cpu") if planning else distributed.resolve_device(settings.device)
     world, rank = (
@@ -116,16 +124,24 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
         vocab_size=splits.vocab_size,
     ).to(device)
     if purpose == "train":
+        # Trained weights to start from (a resumed run has its own, from its checkpoint).
+        if cfg.get("init_from") and not cfg.get("resume"):
+            finetune.init_from(model, cfg.init_from)
+        frozen = finetune.freeze(model, tune.freeze) if tune.freeze else 0
+        if frozen:
+            log.info(f"finetune: froze {frozen} tensors; {finetune.trainable_summary(model)}")
         model = speed.prepare(model)
         if settings.sync_batchnorm and world > 1:
             if device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:  # torch's SyncBatchNorm runs on GPUs only
                 log.info("note: trainer.sync_batchnorm applies to CUDA only; ignored on CPU")
-    loss_fn = LOSSES.build(cfg.loss, "loss", num_classes=splits.num_classes).to(device)
+    loss_fn = LOSSES.build(
+        cfg.loss, "loss", num_classes=splits.num_classes, class_counts=class_counts(splits)
+    ).to(device)
     parts = Parts(
-        cfg, settings, device, speed, regularizers, splits, loaders, task, model, loss_fn,
-        monitor, mode,
+        cfg, settings, tune, device, speed, regularizers, splits, loaders, task, model,
+        loss_fn, monitor, mode,
     )  # fmt: skip
     if purpose == "evaluate":
         return parts
@@ -201,6 +217,19 @@ def build_data(
         splits = dataclasses.replace(splits, train=few, val=few)
     loaders = build_loaders(splits, loader_settings, seed, world_size, rank, device)
     return splits, loaders
+
+
+def class_counts(splits: Splits) -> list[int] | None:
+    """How many train samples each class has (for ``class_weights=balanced``); None without
+    class labels or without samples (a checkpoint's description of its data)."""
+    from trainkit.data.splits import class_labels
+
+    if splits.target_kind != "class" or len(splits.train) == 0:
+        return None
+    labels = class_labels(splits.train)
+    if labels is None:
+        return None
+    return torch.bincount(labels, minlength=splits.num_classes).tolist()
 
 
 def resolve_monitor(settings: TrainerSettings, task: type[Task]) -> tuple[str, str]:

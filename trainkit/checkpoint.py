@@ -94,22 +94,48 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     """Load a checkpoint as data only (``weights_only=True``: tensors and plain Python values,
     never code); UserError if it is unreadable or holds anything else."""
     path = find(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about old pickle protocols: not our line
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        if "Weights only load failed" in str(error) and _holds_objects(str(error)):
-            raise UserError(
-                f"checkpoint {path} holds objects other than tensors and plain data; trainkit "
-                "never runs code from a checkpoint, so it does not load it"
-            ) from None
-        if isinstance(error, MemoryError):
-            raise
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({_reason(error)})") from None
+    state = read(path, f"checkpoint {path}", map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a trainkit checkpoint (no model or config)")
     return state
+
+
+def read(path: Path, named: str, map_location: str | torch.device = "cpu") -> Any:
+    """What a torch file holds, loaded as data only; UserError, in which the file is
+    ``named``, when it is unreadable or holds anything but tensors and plain values."""
+    try:
+        with warnings.catch_warnings():  # torch warns about old pickle protocols: not our line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        if "Weights only load failed" in str(error) and _holds_objects(str(error)):
+            raise UserError(
+                f"{named} holds objects other than tensors and plain data; trainkit never "
+                "runs code from a file, so it does not load it"
+            ) from None
+        if isinstance(error, MemoryError):
+            raise
+        raise UserError(f"{named} is truncated or corrupt ({_reason(error)})") from None
+
+
+def load_matching(module: torch.nn.Module, weights: dict[str, Any]) -> dict[str, list[str]]:
+    """Start ``module`` from ``weights`` where they fit: every tensor whose name and shape
+    match is loaded; one of another shape (a head for another number of classes) keeps its
+    fresh initialization. Returns the names ``loaded``, ``reinitialized`` (another shape)
+    and ``left_out`` (the module's tensors the weights lack, and the weights' it lacks)."""
+    own = module.state_dict()
+    fits = {
+        key: value
+        for key, value in weights.items()
+        if key in own and isinstance(value, torch.Tensor) and value.shape == own[key].shape
+    }
+    module.load_state_dict(fits, strict=False)
+    return {
+        "loaded": list(fits),
+        "reinitialized": [key for key in own if key in weights and key not in fits],
+        "left_out": [key for key in own if key not in weights]
+        + [key for key in weights if key not in own],
+    }
 
 
 def config_of(state: dict[str, Any], path: Path, plugins: list[str]):

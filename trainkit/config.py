@@ -34,13 +34,23 @@ from trainkit.registry import (
     load_components,
 )
 from trainkit.settings import (
+    FinetuneSettings,
     LoggerSettings,
     TrainerSettings,
     split_data_node,
     split_scheduler_node,
 )
 
-TOP_LEVEL_KEYS = {*GROUP_REGISTRIES, *MULTI_GROUPS, "trainer", "logger", "plugins", "resume"}
+TOP_LEVEL_KEYS = {
+    *GROUP_REGISTRIES,
+    *MULTI_GROUPS,
+    "trainer",
+    "finetune",
+    "logger",
+    "plugins",
+    "resume",
+    "init_from",
+}
 
 
 # --- before composing: plugins, recipes ----------------------------------------------------
@@ -516,6 +526,17 @@ def validate(cfg: DictConfig) -> None:
     check_devices(trainer.get("device", "auto"), trainer.get("devices", 1))
     _check_fractions(container["data"])
     check_params("logger", _mapping(container, "logger"), LoggerSettings)
+    tune = FinetuneSettings(
+        **check_params("finetune", container.get("finetune") or {}, FinetuneSettings)
+    )
+    if tune.unfreeze_at_epoch and not tune.freeze:
+        raise UserError(
+            f"finetune.unfreeze_at_epoch={tune.unfreeze_at_epoch} unfreezes nothing: "
+            "finetune.freeze is empty; name what to freeze until then, e.g. "
+            "'finetune.freeze=[conv1.*,layer1.*]'"
+        )
+    if container.get("init_from") is not None and not isinstance(container["init_from"], str):
+        raise UserError(f"init_from={container['init_from']!r} must be a path")
 
 
 def _check_fractions(data: Mapping[str, Any]) -> None:

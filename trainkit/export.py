@@ -115,6 +115,14 @@ def _onnx(model, inputs, metadata: str, opset: int | None, name: str):
             )
     except Exception as error:
         raise UserError(f"model {name} cannot be exported to ONNX: {_reason(error)}") from None
+    wrote = next(o.version for o in program.model_proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and wrote != opset:
+        # torch's exporter writes its own opset and converts it, warning (hidden here) when
+        # it cannot: a file of another opset than asked for is not what the user serves.
+        raise UserError(
+            f"opset={opset}: torch's ONNX exporter could not write model {name} in opset "
+            f"{opset} (it wrote {wrote}); use opset={wrote}, or leave opset out"
+        )
     program.model.metadata_props[METADATA_KEY] = metadata
     data = program.model_proto.SerializeToString()
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,20 +63,43 @@ def _per_class(key: str, values: list[float], num_classes: int) -> torch.Tensor:
 # --- classification: logits and class indices ---------------------------------------------
 
 
+ClassWeights = Literal["balanced"] | list[NonNegativeFloat] | None
+
+
+def _class_weight_tensor(
+    weights: ClassWeights, num_classes: int, class_counts: list[int] | None
+) -> torch.Tensor | None:
+    """Per-class loss weights: one number per class, or ``balanced``: each class weighted by
+    n_samples / (n_classes * its count) in the train split (scikit-learn's balanced), so
+    that a rare class counts as much as a common one."""
+    if weights is None:
+        return None
+    if weights == "balanced":
+        if class_counts is None:  # (a model rebuilt without its data: the loss is not used)
+            return None
+        counts = torch.tensor(class_counts, dtype=torch.float32)
+        if (counts == 0).any():
+            missing = int((counts == 0).nonzero()[0])
+            raise UserError(
+                f"loss.class_weights=balanced: class {missing} has no train sample; give "
+                "the weights as a list"
+            )
+        return counts.sum() / (len(counts) * counts)
+    return _per_class("class_weights", weights, num_classes)
+
+
 @LOSSES.register("cross_entropy")
 @fits("classification", CLASS_INDICES, soft_targets=True)
 def cross_entropy(
     num_classes: int,
+    class_counts: list[int] | None = None,
     label_smoothing: Probability = 0.0,
-    weight: list[NonNegativeFloat] | None = None,
+    class_weights: ClassWeights = None,
 ) -> nn.Module:
-    """Softmax cross-entropy on logits and class indices; optional per-class weights."""
-    if weight is not None and len(weight) != num_classes:
-        raise UserError(
-            f"loss.weight has {len(weight)} entries but the data has {num_classes} classes"
-        )
-    weight_tensor = None if weight is None else torch.tensor(list(weight), dtype=torch.float32)
-    return nn.CrossEntropyLoss(weight=weight_tensor, label_smoothing=label_smoothing)
+    """Softmax cross-entropy on logits and class indices; per-class weights: a list, or
+    balanced (by the train split's class counts)."""
+    weight = _class_weight_tensor(class_weights, num_classes, class_counts)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
 class NLLFromLogits(nn.Module):

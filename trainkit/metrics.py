@@ -64,7 +64,8 @@ class _LossAndScores:
 
 
 class ClassificationMetrics(_LossAndScores):
-    """Loss, accuracy, top-5 accuracy (with 5+ classes), macro precision, recall and F1;
+    """Loss, accuracy, balanced accuracy, top-5 accuracy (with 5+ classes), macro precision,
+    recall and F1;
     with two classes also ROC-AUC and average precision of class 1's probability.
 
     With ``per_class=True`` (the test split), also each class's precision, recall and F1
@@ -77,6 +78,8 @@ class ClassificationMetrics(_LossAndScores):
         scores = {
             # average="micro": the fraction of samples right (torchmetrics defaults to macro).
             "acc": MulticlassAccuracy(num_classes, average="micro"),
+            # The mean of the classes' recalls: what accuracy says when classes are imbalanced.
+            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from trainkit.registry import (
     NonNegativeFloat,
     PositiveFloat,
     Probability,
+    Range,
     check_value,
 )
 
@@ -38,18 +39,24 @@ def parameter_groups(
     lr: float | None = None,
     decay_norm_and_bias: bool = False,
     lr_multipliers: Mapping[str, float] | None = None,
+    layer_decay: float | None = None,
 ) -> list[dict]:
-    """Parameter groups for a torch.optim optimizer; every trainable parameter is in one.
+    """Parameter groups for a torch.optim optimizer; every parameter is in one (a frozen one
+    too: it gets no gradient, so the optimizer neither steps nor decays it, and it trains
+    once unfrozen).
 
     Biases and normalization weights (1-d) get no weight decay unless ``decay_norm_and_bias``:
     decaying a bias or a BatchNorm scale only shrinks it towards zero without regularizing
     anything useful, so common practice (and torchvision's recipes) exempts them.
 
     ``lr_multipliers`` maps a glob pattern on ``model.named_parameters()`` names (``"stem.*"``)
-    to a factor > 0: matching parameters get their own groups with lr ``lr * factor`` (the
-    first matching pattern wins), again split into decayed and not. The first group always
-    holds the base lr's decayed weights (possibly none), so ``param_groups[0]["lr"]`` is the
-    base lr. Raises UserError for a factor that is not > 0 or a pattern that matches nothing.
+    to a factor > 0 on the lr of the parameters it matches (the first matching pattern wins).
+    ``layer_decay`` (layer-wise lr decay, for fine-tuning) multiplies the lr of the model's
+    k-th layer from the top (its head is the first) by ``layer_decay ** k`` (see ``layers``).
+    Parameters of one lr factor share groups, split into decayed and not. The first group
+    always holds the base lr's decayed weights (possibly none), so ``param_groups[0]["lr"]``
+    is the base lr. Raises UserError for a factor that is not > 0 or a pattern that matches
+    nothing.
     """
     patterns = dict(lr_multipliers or {})
     named = list(model.named_parameters())
@@ -63,32 +70,55 @@ def parameter_groups(
                 f"optimizer.lr_multipliers: pattern '{pattern}' matches no parameter; "
                 f"parameter names look like: {examples} ..."
             )
-    if patterns and lr is None:
-        raise ValueError("parameter_groups needs the base lr to apply lr_multipliers")
+    if (patterns or layer_decay) and lr is None:
+        raise ValueError("parameter_groups needs the base lr to apply lr factors")
+    depth = layers(model) if layer_decay else {}
+    top = max(depth.values(), default=0)
 
-    # One (decay, no_decay) pair per pattern; None is the base lr.
-    buckets: dict[str | None, tuple[list, list]] = {None: ([], [])}
-    buckets.update({pattern: ([], []) for pattern in patterns})
+    # One (decay, no_decay) pair per lr factor; 1.0 (the base lr) first.
+    buckets: dict[float, tuple[list, list]] = {1.0: ([], [])}
     for name, parameter in named:
-        if not parameter.requires_grad:
-            continue
         pattern = next((p for p in patterns if fnmatchcase(name, p)), None)
-        decay, no_decay = buckets[pattern]
+        factor = patterns[pattern] if pattern is not None else 1.0
+        if layer_decay:
+            factor *= layer_decay ** (top - depth[name])
+        decay, no_decay = buckets.setdefault(factor, ([], []))
         decays = decay_norm_and_bias or parameter.ndim > 1
         (decay if decays else no_decay).append(parameter)
 
     groups = []
-    for pattern, (decay, no_decay) in buckets.items():
-        extra = {} if pattern is None else {"lr": lr * patterns[pattern]}
-        if decay or pattern is None:
+    for factor, (decay, no_decay) in buckets.items():
+        extra = {} if factor == 1.0 else {"lr": lr * factor}
+        if decay or factor == 1.0:
             groups.append({"params": decay, "weight_decay": weight_decay, **extra})
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return groups
 
 
+def layers(model: nn.Module) -> dict[str, int]:
+    """Each parameter's layer, counted from the input (0) to the head (the largest): the
+    model's top-level parts in the order it registers them (through a lone wrapper such as
+    a Sequential of everything, down to its parts); parameters of the model itself (a
+    class token, say) are in layer 0, with the input's."""
+    root, prefix = model, ""
+    while len(children := list(root.named_children())) == 1:
+        name, root = children[0]
+        prefix += f"{name}."
+    owners = [
+        name for name, child in root.named_children() if any(True for _ in child.parameters())
+    ]
+    depth = {}
+    for name, _ in model.named_parameters():
+        part = name[len(prefix) :].split(".")[0] if name.startswith(prefix) else ""
+        depth[name] = owners.index(part) + 1 if part in owners else 0
+    return depth
+
+
 def shared_options(
-    decay_norm_and_bias: bool = False, lr_multipliers: dict[str, float] | None = None
+    decay_norm_and_bias: bool = False,
+    lr_multipliers: dict[str, float] | None = None,
+    layer_decay: Annotated[float, Range(gt=0, le=1)] | None = None,
 ) -> None:
     """The options every optimizer has besides its own (see ``parameter_groups``)."""
 

@@ -317,7 +317,7 @@ class Registry:
 
 MODELS = Registry("model", runtime=("num_classes", "input_shape", "vocab_size"))
 DATASETS = Registry("dataset")
-LOSSES = Registry("loss", runtime=("num_classes",))
+LOSSES = Registry("loss", runtime=("num_classes", "class_counts"))
 OPTIMIZERS = Registry("optimizer", runtime=("model",))
 SCHEDULERS = Registry(
     "scheduler", runtime=("optimizer", "per_epoch", "total", "interval", "monitor_mode")

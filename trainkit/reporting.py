@@ -331,6 +331,7 @@ def setup_worker_logging(run_dir: Path, main: bool, sweep_job: str = "") -> None
 _SUMMARY_METRICS = (
     "loss",
     "acc",
+    "balanced_acc",
     "acc_top5",
     "precision",
     "recall",

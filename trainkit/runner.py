@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from trainkit import checkpoint, distributed
+from trainkit import checkpoint, distributed, finetune
 from trainkit.build import build
 from trainkit.errors import UserError
 from trainkit.reporting import RunLogger, chosen_hparams, log
@@ -133,14 +133,9 @@ class Runner:
         self.monitor, self.mode = parts.monitor, parts.mode  # what "best" means
         self.train_batches, self.steps_per_epoch = parts.train_batches, parts.steps_per_epoch
         self.planned_lrs = parts.planned_lrs
-
-        # DDP averages gradients across processes during backward; one process: the model.
-        self.train_model = self.model
-        if distributed.world_size() > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.model_ddp = self.train_model  # no_sync lives on the DDP wrapper, not the compiled one
-        self.train_model = self.speed.compiled(self.train_model)
+        self.finetune = parts.finetune
+        self.frozen = bool(self.finetune.freeze)
+        self._wrap_model()
 
         # --- state: everything `state_dict` saves ---
         self.epoch = 0  # epochs completed
@@ -169,10 +164,38 @@ class Runner:
             resume_step=self.step if self.resumed_from else None,
         )
 
+    def _wrap_model(self) -> None:
+        """``train_model``: what the loop calls. DDP averages gradients across processes
+        during backward (of the parameters that need one when it is made); one process: the
+        model."""
+        self.train_model = self.model
+        if distributed.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.model_ddp = self.train_model  # no_sync lives on the DDP wrapper, not the compiled one
+        self.train_model = self.speed.compiled(self.train_model)
+
+    def _unfreeze_if_due(self) -> None:
+        """``finetune.unfreeze_at_epoch``: the frozen parameters train from that epoch on
+        (a resumed run past it unfreezes before its first step)."""
+        due = self.finetune.unfreeze_at_epoch
+        if not (self.frozen and due and self.epoch + 1 >= due):
+            return
+        finetune.unfreeze(self.model)
+        self.frozen = False
+        self._wrap_model()  # DDP reduces only the parameters that needed a gradient when made
+        log.info(
+            f"epoch {self.epoch + 1}: unfroze {', '.join(self.finetune.freeze)}; "
+            f"{finetune.trainable_summary(self.model)}"
+        )
+
     # --- one epoch of training ---
 
     def train_epoch(self) -> dict[str, float]:
+        self._unfreeze_if_due()
         self.train_model.train()
+        if self.finetune.freeze_norm:
+            finetune.keep_norm_statistics(self.model)
         loader = self.loaders["train"]
         loader.sampler.set_epoch(self.epoch)  # a different shuffle each epoch
         # A run resumed from a checkpoint taken within this epoch goes on from its next batch.

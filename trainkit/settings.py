@@ -8,7 +8,7 @@ loaded, and before any directory exists.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from trainkit.errors import UserError
@@ -62,6 +62,16 @@ class TrainerSettings:
 
 
 @dataclass
+class FinetuneSettings:
+    """The ``finetune`` node: what of a model that starts from trained weights (``init_from``,
+    ``model.weights``) stays as it is, and for how long."""
+
+    freeze: list[str] = field(default_factory=list)  # parameter-name globs: "conv1.*"
+    unfreeze_at_epoch: NonNegativeInt = 0  # unfreeze them when this epoch starts; 0: never
+    freeze_norm: bool = False  # batch norm keeps its running statistics
+
+
+@dataclass
 class LoggerSettings:
     """The ``logger`` node: where a run's numbers go, and how often."""
 
@@ -80,6 +90,7 @@ class LoaderSettings:
     pin_memory: bool | Literal["auto"] = "auto"  # auto: when the run's device is CUDA
     prefetch_factor: PositiveInt | None = None  # per worker; None: torch's default (2)
     on_device: bool = False
+    sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: classes drawn equally
 
 
 @dataclass
@@ -94,6 +105,11 @@ class ScheduleSettings:
 def trainer_settings(node: Mapping[str, Any]) -> TrainerSettings:
     """The ``trainer`` node, checked."""
     return TrainerSettings(**check_params("trainer", node, TrainerSettings))
+
+
+def finetune_settings(node: Mapping[str, Any] | None) -> FinetuneSettings:
+    """The ``finetune`` node, checked (absent: nothing frozen)."""
+    return FinetuneSettings(**check_params("finetune", node or {}, FinetuneSettings))
 
 
 def logger_settings(node: Mapping[str, Any]) -> LoggerSettings:

@@ -192,7 +192,7 @@ class Classification(Task):
         return (outputs.argmax(dim=1) == targets).sum()
 
     def score_names(self) -> list[str]:
-        names = ["acc", "precision", "recall", "f1"]
+        names = ["acc", "balanced_acc", "precision", "recall", "f1"]
         if self.splits.num_classes >= 5:
             names.append("acc_top5")
         if self.splits.num_classes == 2:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from trainkit.augment import device_augmentation
-from trainkit.data.splits import Splits, TensorSplit
+from trainkit.data.splits import Splits, TensorSplit, class_labels
 from trainkit.errors import UserError
 from trainkit.reporting import log
 from trainkit.settings import LoaderSettings
@@ -54,11 +54,54 @@ class EpochSampler(DistributedSampler):
 
     skip = 0
 
+    def order(self) -> Iterator[int]:
+        """This process's samples of the epoch, from its first."""
+        return super().__iter__()
+
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        return itertools.islice(self.order(), self.skip, None)
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
+
+
+class BalancedSampler(EpochSampler):
+    """Samples drawn with replacement, each with the weight 1 / (its class's count): every
+    class comes up equally often, an epoch as long as the split. The draw of an epoch depends
+    on the seed and the epoch only, so every process draws the same global order and takes
+    every ``num_replicas``-th sample of it (shards exactly as the shuffled order does), and a
+    resumed run draws it again."""
+
+    def __init__(
+        self, dataset: Dataset, labels: torch.Tensor, world_size: int, rank: int, seed: int
+    ):
+        super().__init__(dataset, world_size, rank, shuffle=True, seed=seed)
+        counts = torch.bincount(labels).double()
+        self.weights = (1.0 / counts)[labels]
+
+    def order(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(
+            self.weights, self.total_size, replacement=True, generator=generator
+        )
+        return iter(drawn[self.rank : self.total_size : self.num_replicas].tolist())
+
+
+def train_sampler(
+    splits: Splits, settings: LoaderSettings, world_size: int, rank: int, seed: int
+) -> EpochSampler:
+    """The train split's sampler: shuffled, or with ``data.sampler=balanced`` balanced over
+    its classes (UserError for a split without class labels)."""
+    dataset = splits.train
+    if settings.sampler == "shuffle":
+        return EpochSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+    labels = class_labels(dataset) if splits.target_kind == "class" else None
+    if labels is None or labels.is_floating_point() or len(labels) == 0:
+        raise UserError(
+            "data.sampler=balanced draws each class equally often, and this data's train "
+            "split has no class labels to read; use data.sampler=shuffle"
+        )
+    return BalancedSampler(dataset, labels.long(), world_size, rank, seed)
 
 
 def _in_memory(dataset: Dataset) -> TensorSplit:
@@ -148,7 +191,7 @@ def build_loaders(
         dataset = getattr(splits, split_name)
         training = split_name == "train"
         if training:
-            sampler = EpochSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+            sampler = train_sampler(splits, settings, world_size, rank, seed)
         else:
             sampler = ShardSampler(len(dataset), world_size, rank)
         generator = torch.Generator().manual_seed(seed)

@@ -148,10 +148,10 @@ def tensor_splits(
     return splits, (mean.flatten().tolist(), std.flatten().tolist())
 
 
-def _class_labels(dataset: Dataset) -> torch.Tensor | None:
+def class_labels(dataset: Dataset) -> torch.Tensor | None:
     """A split's labels, read without loading its inputs; None when it does not expose them."""
     if isinstance(dataset, Subset):
-        labels = _class_labels(dataset.dataset)
+        labels = class_labels(dataset.dataset)
         rows = torch.as_tensor(dataset.indices, dtype=torch.long)
         return None if labels is None else labels[rows]
     targets = getattr(dataset, "targets", None)
@@ -180,7 +180,7 @@ def check_labels(splits: Splits) -> None:
         return
     last = splits.num_classes - 1
     for split_name in ("train", "val", "test"):
-        labels = _class_labels(getattr(splits, split_name))
+        labels = class_labels(getattr(splits, split_name))
         if labels is None:
             continue
         outside = (labels < 0) | (labels > last)

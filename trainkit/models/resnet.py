@@ -11,9 +11,11 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from trainkit import checkpoint
 from trainkit.errors import UserError
 from trainkit.models.layers import Init, Norm2d, initialize, norm2d
 from trainkit.registry import MODELS, PositiveInt, Probability
+from trainkit.reporting import log
 
 
 def _need_image(name: str, input_shape: tuple[int, ...]) -> None:
@@ -160,22 +162,25 @@ def _read_weights(name: str, weights: str) -> dict[str, Any]:
 
 def _load_weights(model: nn.Module, name: str, weights: str, state: dict[str, Any]) -> None:
     """Load ``state`` into ``model``, except a first conv or classifier whose shape differs
-    (another stem, channel count or number of classes): those layers keep their new weights."""
+    (another stem, channel count or number of classes): those layers keep their new weights
+    (the same loading as ``init_from``), and the run says so."""
     own = model.state_dict()
     reshaped = {key for key, value in state.items() if key in own and own[key].shape != value.shape}
     misfits = sorted(key for key in reshaped if key.split(".")[0] not in ("conv1", "fc"))
-    missing, unexpected = model.load_state_dict(
-        {key: value for key, value in state.items() if key not in reshaped}, strict=False
-    )
-    missing = [key for key in missing if key not in reshaped]
     problems = [f"{key} has another shape" for key in misfits]
-    problems += [f"{key} is missing" for key in missing]
-    problems += [f"{key} is not a {name} weight" for key in unexpected]
+    problems += [f"{key} is missing" for key in own if key not in state]
+    problems += [f"{key} is not a {name} weight" for key in state if key not in own]
     if problems:
         raise UserError(
             f"model.weights={weights}: not a {name} state dict ({problems[0]}); "
             f"use weights saved from torchvision's {name} or a trainkit {name} run"
         )
+    report = checkpoint.load_matching(model, state)
+    fresh = report["reinitialized"]
+    log.info(
+        f"model.weights={weights}: loaded {len(report['loaded'])} tensors"
+        + (f"; started fresh (another shape): {', '.join(fresh)}" if fresh else "")
+    )
 
 
 def _torchvision_resnet(name: str, summary: str):
