@@ -47,3 +47,16 @@ def test_startup_is_timed():
     summary = run_bench("--startup", "1", "--no-lightning")
     for key in ("help_s", "import_torch_s", "plain_first_step_s", "first_step_s"):
         assert summary[key] > 0, key
+
+
+def test_predict_bench_compares_like_with_like():
+    script = BENCH.with_name("bench_predict.py")
+    tiny = ["--images", "40", "--repeats", "1", "--batch-size", "16", "--json"]
+    result = subprocess.run(
+        [sys.executable, str(script), *tiny], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["same_predictions"]  # the same class for every file, both ways
+    assert summary["trainkit_images_per_s"] > 0 and summary["plain_images_per_s"] > 0
+    assert summary["trainkit_vs_plain"] > 0

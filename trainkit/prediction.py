@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 from trainkit import checkpoint, config
 from trainkit.build import build
 from trainkit.data import Splits
-from trainkit.data.preprocess import read_inputs
+from trainkit.data.preprocess import list_inputs, prepare
 from trainkit.errors import UserError
 from trainkit.reporting import is_terminal
 from trainkit.rundir import write_new_file
@@ -50,21 +51,36 @@ def predict(
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
 
-    samples, bad = read_inputs(inputs, record, on_bad_input)
-    if not samples:
-        first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
-        raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
-    rows = []
-    with _progress(len(samples)) as advance, torch.no_grad():
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
+    # Decoded a batch at a time (a folder of any size needs a batch's memory), the next batch
+    # in a thread while the model runs on this one: decoding and resizing release the GIL.
+    items, bad, rows = list_inputs(inputs, record), [], []
+    starts = range(0, len(items), batch_size)
+
+    def decode(start: int) -> list:
+        return prepare(items[start : start + batch_size], record, on_bad_input, bad)
+
+    with (
+        _progress(len(items)) as advance,
+        torch.no_grad(),
+        ThreadPoolExecutor(max_workers=1) as decoder,
+    ):
+        upcoming = decoder.submit(decode, 0)
+        for start in starts:
+            batch = upcoming.result()
+            if start + batch_size < len(items):
+                upcoming = decoder.submit(decode, start + batch_size)
+            advance(min(batch_size, len(items) - start))
+            if not batch:
+                continue
             x = torch.stack([sample.tensor for sample in batch])
             outputs = forward(x)
             if tta == "hflip":
                 outputs = _average_with_flipped(forward, x, outputs, task)
             for sample, row in zip(batch, task.predictions(outputs, topk), strict=True):
                 rows.append({"input": sample.source, **row})
-            advance(len(batch))
+    if not rows:
+        first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
+        raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
     _write(rows, output)
     embeddings = None
     if rows and "e0" in rows[0]:  # metric learning: the embeddings as an array too

@@ -10,13 +10,15 @@ Each data set leaves a record of how a raw sample becomes what the model saw (th
 - ``tokens``: texts split into the run's vocabulary's ids (CSV, TSV, JSONL);
 - ``array``: .npy arrays of the model's input shape, standardized per channel.
 
-``read_inputs`` reads files of the kind the record says, one sample at a time, and lists the
-ones it cannot use with the reason, rather than stopping (unless asked to).
+``list_inputs`` finds the inputs in files of the kind the record says (unread: an image's
+path, a table's row); ``prepare`` makes a batch of them into model inputs, and lists the ones
+it cannot use with the reason, rather than stopping (unless asked to).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -109,21 +111,31 @@ class Sample:
     tensor: torch.Tensor
 
 
-def read_inputs(
-    paths: Sequence[Path], record: dict[str, Any], on_bad_input: str = "skip"
-) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """The samples of ``paths`` (files; folders are searched recursively for the files the
-    record's kind reads), made into model inputs; and the inputs left out, with the reason
-    (UserError instead under ``on_bad_input="error"``)."""
-    samples, bad = [], []
-    for source, item in _items(paths, record):
+def list_inputs(paths: Sequence[Path], record: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The inputs of ``paths`` (files; folders are searched recursively for the files the
+    record's kind reads) as (source, raw input) pairs, not yet decoded: an image file's
+    path, a table's row, an array's row."""
+    return list(_items(paths, record))
+
+
+def prepare(
+    items: Sequence[tuple[str, Any]],
+    record: dict[str, Any],
+    on_bad_input: str = "skip",
+    bad: list[tuple[str, str]] | None = None,
+) -> list[Sample]:
+    """``items`` made into model inputs; the ones that cannot be are appended to ``bad``
+    with the reason (UserError instead under ``on_bad_input="error"``)."""
+    samples = []
+    for source, item in items:
         try:
             samples.append(Sample(source, _convert(item, record)))
         except _BadInput as error:
             if on_bad_input == "error":
                 raise UserError(f"{source}: {error}; fix or remove it") from None
-            bad.append((source, str(error)))
-    return samples, bad
+            if bad is not None:
+                bad.append((source, str(error)))
+    return samples
 
 
 class _BadInput(Exception):
@@ -229,10 +241,16 @@ def _convert(item: Any, record: dict[str, Any]) -> torch.Tensor:
 
 
 def _normalize(x: torch.Tensor, record: dict[str, Any]) -> torch.Tensor:
-    shape = [-1] + [1] * (x.ndim - 1)
-    mean = torch.tensor(record["mean"], dtype=torch.float32).view(shape)
-    std = torch.tensor(record["std"], dtype=torch.float32).view(shape)
+    mean, std = _mean_and_std(tuple(record["mean"]), tuple(record["std"]), x.ndim)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=8)
+def _mean_and_std(mean: tuple, std: tuple, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel tensors, made once per record (not once per sample)."""
+    shape = [-1] + [1] * (ndim - 1)
+    as_tensor = functools.partial(torch.tensor, dtype=torch.float32)
+    return as_tensor(mean).view(shape), as_tensor(std).view(shape)
 
 
 def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
