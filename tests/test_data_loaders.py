@@ -219,6 +219,16 @@ def test_prefetch_factor_reaches_the_workers():
     assert loader.prefetch_factor == 4 and loader.persistent_workers
 
 
+def test_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch, caplog):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with caplog.at_level(logging.INFO, logger="trainkit"):
+        loader = build_loaders(image_splits(), LoaderSettings(num_workers=5), seed=0)["train"]
+    assert loader.num_workers == 2
+    assert "data.num_workers=5 is more than the 2 CPUs" in caplog.text
+    loader = build_loaders(image_splits(), LoaderSettings(num_workers=2), seed=0)["train"]
+    assert loader.num_workers == 2
+
+
 @pytest.mark.parametrize(
     ("node", "message"),
     [

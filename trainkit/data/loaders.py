@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -166,6 +167,19 @@ class DeviceLoader:
             yield inputs, self.targets[rows], self.indices[order[start : start + self.batch_size]]
 
 
+def _workers(asked: int) -> int:
+    """``asked`` worker processes, or as many as this process may run on when that is fewer:
+    more only queue for the same cores (torch warns once per loader)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if available and asked > available:
+        log.info(
+            f"note: data.num_workers={asked} is more than the {available} CPUs this process "
+            f"may use; {available} workers load the data"
+        )
+        return available
+    return asked
+
+
 def build_loaders(
     splits: Splits,
     settings: LoaderSettings,
@@ -186,6 +200,7 @@ def build_loaders(
     pin_memory = device.type == "cuda" if settings.pin_memory == "auto" else settings.pin_memory
     if settings.on_device and settings.num_workers:
         log.info("note: data.on_device=true cuts batches on the device; data.num_workers unused")
+    workers = _workers(settings.num_workers)
     loaders = {}
     for split_name in ("train", "val", "test"):
         dataset = getattr(splits, split_name)
@@ -209,9 +224,9 @@ def build_loaders(
             batch_size=batch_size,
             sampler=sampler,
             generator=generator,
-            num_workers=settings.num_workers,
+            num_workers=workers,
             pin_memory=pin_memory,
-            persistent_workers=settings.num_workers > 0,
+            persistent_workers=workers > 0,
             prefetch_factor=settings.prefetch_factor,
             collate_fn=_keep_batch if batched else None,
         )
