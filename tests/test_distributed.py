@@ -53,16 +53,22 @@ def test_a_global_batch_holds_the_same_samples_for_one_or_two_processes():
             assert sorted(single[2].tolist()) == sorted(together.tolist())
 
 
+# The first layer frozen for epoch 1: DDP is built again around the model when it unfreezes,
+# or its gradients would never be averaged across the processes.
+UNFREEZING = ["finetune.freeze=[1.*]", "finetune.unfreeze_at_epoch=2"]
+
+
 @pytest.mark.distributed
-def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_path):
+@pytest.mark.parametrize("extra", [[], UNFREEZING], ids=["plain", "unfreezing"])
+def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_path, extra):
     two = tmp_path / "two"
     two.mkdir()
-    result = run_trainkit("train", *RUN, "trainer.devices=2", cwd=two, env=ONE_THREAD)
+    result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
     one = tmp_path / "one"
     one.mkdir()
-    result = run_trainkit("train", *RUN, "data.batch_size=128", cwd=one, env=ONE_THREAD)
+    result = run_trainkit("train", *RUN, *extra, "data.batch_size=128", cwd=one, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     # The reference has the global batch of two processes of 64 (the data's default).
     (single_dir,) = run_dirs(one)
