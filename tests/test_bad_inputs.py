@@ -154,6 +154,16 @@ mistake(
 mistake("ls-unknown-group", ["ls", "optimizr"], "unknown group 'optimizr'; did you mean")
 mistake("lr-plot-png", ["lr-plot", "output=lr.txt"], "output=lr.txt must end in .png")
 mistake("lr-plot-key", ["lr-plot", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+mistake("lr-find-png", ["lr-find", "output=lr.txt"], "output=lr.txt must end in .png")
+mistake("lr-find-key", ["lr-find", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+mistake("lr-find-min-lr", ["lr-find", "min_lr=abc"], "min_lr=abc must be a number > 0")
+mistake("lr-find-range", ["lr-find", "min_lr=1", "max_lr=0.1"], "min_lr=1 must be below max_lr")
+mistake("lr-find-steps", ["lr-find", "steps=3"], "steps=3: the range test needs at least 5")
+mistake(
+    "lr-find-diverges-at-once",
+    ["lr-find", *SMALL, "min_lr=1e12", "max_lr=1e14", "steps=10"],
+    "the range starts too high; lower min_lr=1e+12",
+)
 mistake("compare-nothing", ["compare"], "compare needs at least one run or sweep directory")
 mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end in .png")
 mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
@@ -270,6 +280,18 @@ def _(cwd, run):
 def _(cwd, run):
     write(cwd / "mine.png", b"my picture")
     return ["lr-plot", "output=mine.png"]
+
+
+@case("lr-find-existing-png", "output=mine.png exists, and trainkit does not overwrite files")
+def _(cwd, run):
+    write(cwd / "mine.png", b"my picture")
+    return ["lr-find", "output=mine.png"]
+
+
+@case("lr-find-png-under-a-file", "cannot write taken/lr.png (not a directory)")
+def _(cwd, run):
+    write(cwd / "taken", "a file")
+    return ["lr-find", "output=taken/lr.png"]  # said before the test runs, not after
 
 
 @case("compare-existing-png", "output=mine.png exists, and trainkit does not overwrite files")

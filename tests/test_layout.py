@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trainkit"
 # never above. (A layer's modules may import each other as long as there is no cycle.)
 LAYERS = [
     ["cli", "__main__"],
-    ["launch", "evaluation", "prediction", "export", "sweeps", "compare"],
+    ["launch", "evaluation", "prediction", "export", "lr_find", "sweeps", "compare"],
     ["runner"],
     ["build"],
     ["config"],

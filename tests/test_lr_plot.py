@@ -11,7 +11,7 @@ from PIL import Image
 
 from trainkit import paths
 from trainkit.cli import main
-from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_lr_plot
+from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_plot
 from trainkit.registry import load_components
 from trainkit.schedulers import lr_curve
 
@@ -67,7 +67,7 @@ def test_plateau_is_flat_even_past_its_patience(monitor_mode):
 
 def test_terminal_plot_has_the_rows_asked_for_and_the_max_top_left():
     lrs = [LR * 0.5 ** (t // 10) for t in range(50)]
-    text = terminal_lr_plot(lrs, width=40, height=8)
+    text = terminal_plot(lrs, width=40, height=8)
     lines = text.splitlines()
     plot_rows = [line for line in lines if "┤" in line or "│" in line]
     assert len(plot_rows) == 8 and len(lines) == 8 + 2  # then the axis and the step count
@@ -189,6 +189,26 @@ def test_the_plan_is_the_lr_the_run_uses_at_every_step(overrides, tmp_path, monk
     if overrides == ["scheduler=plateau"]:  # the plan assumes the metric improves: keep it so
         overrides = [*overrides, "scheduler.patience=100"]
     assert_close(planned(overrides), used(overrides, tmp_path / "run", monkeypatch))
+
+
+def test_a_very_long_run_is_not_planned_step_by_step_but_lr_plot_plans_it(monkeypatch):
+    from trainkit import build, config
+
+    cfg = config.resolve(config.compose(config.prepare([*RUN, "trainer.max_epochs=1000"])))
+    assert build.build(cfg, "train").planned_lrs is not None  # 9,000 steps: planned
+    monkeypatch.setattr(build, "PLANNED_STEPS_LIMIT", 8_999)
+    assert build.build(cfg, "train").planned_lrs is None  # nor logged, nor warned about
+    assert len(build.build(cfg, "plan").planned_lrs) == 9_000
+
+
+def test_a_run_without_a_plan_trains_and_logs_its_lr(tmp_path, monkeypatch):
+    from trainkit import build, config
+    from trainkit.runner import Runner
+
+    monkeypatch.setattr(build, "PLANNED_STEPS_LIMIT", 0)
+    cfg = config.resolve(config.compose(config.prepare([*RUN, "trainer.max_epochs=1"])))
+    summary = Runner(cfg, tmp_path / "run").fit()
+    assert math.isfinite(summary["train/loss"])
 
 
 @pytest.mark.distributed

@@ -44,7 +44,10 @@ from trainkit.settings import (
 from trainkit.speed import Speed
 from trainkit.tasks import Task, lower_is_better
 
-Purpose = Literal["train", "evaluate", "plan"]
+Purpose = Literal["train", "evaluate", "plan", "find_lr"]
+# A run's planned lr curve (train/lr_planned in TensorBoard) takes about 20 us a step to
+# compute; a longer run goes without it.
+PLANNED_STEPS_LIMIT = 50_000
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Parts:
     optimizer: torch.optim.Optimizer | None = None
     train_batches: int = 0  # per epoch and process, after trainer.limit_train_batches
     steps_per_epoch: int = 0  # optimizer steps: one per trainer.accumulate batches
-    planned_lrs: list[float] | None = None  # the lr of param group 0 at every step
+    planned_lrs: list[float] | None = None  # the lr of param group 0 at every step (planned)
     schedule: Schedule | None = None  # built to train only
 
 
@@ -81,7 +84,9 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
       checkpoint's description of its data, ``Splits.described``) no data is read and no
       loader made: the model for new inputs (``trainkit predict``, ``export``);
     - ``"plan"``: on the CPU, everything the lr depends on, as the run will have it with
-      ``trainer.devices`` processes (for ``lr-plot``).
+      ``trainer.devices`` processes (for ``lr-plot``);
+    - ``"find_lr"``: what ``"train"`` builds but the schedule, in one process (for
+      ``lr-find``, which sets the lr itself).
 
     Raises UserError for what only building can find (a data set too small to split, a
     monitored metric the task does not log, ...).
@@ -94,7 +99,8 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     world, rank = (
         (settings.devices, 0) if planning else (distributed.world_size(), distributed.rank())
     )
-    if purpose == "train" and settings.deterministic:
+    training = purpose in ("train", "find_lr")
+    if training and settings.deterministic:
         torch.use_deterministic_algorithms(True)
     # Each rank draws its own augmentation randomness; the split seed (data.seed) is shared.
     seed_everything(settings.seed + rank)
@@ -123,7 +129,7 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
         input_shape=splits.input_shape,
         vocab_size=splits.vocab_size,
     ).to(device)
-    if purpose == "train":
+    if training:
         # Trained weights to start from (a resumed run has its own, from its checkpoint).
         if cfg.get("init_from") and not cfg.get("resume"):
             finetune.init_from(model, cfg.init_from)
@@ -160,8 +166,12 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
         raise UserError("the train split has no batch; lower data.batch_size")
     parts.steps_per_epoch = math.ceil(parts.train_batches / settings.accumulate)
     plan = (parts.steps_per_epoch, settings.max_epochs, monitor, mode)
-    # Planned first: lr_curve reads the optimizer's lrs before a schedule changes them.
-    parts.planned_lrs = lr_curve(cfg.scheduler, parts.optimizer, *plan)
+    # Planned first: lr_curve reads the optimizer's lrs before a schedule changes them. A
+    # run plans its lr for TensorBoard only when that is quick (it steps a schedule through
+    # every step): lr-plot plans any length, being asked to.
+    steps = parts.steps_per_epoch * settings.max_epochs
+    if planning or (purpose == "train" and steps <= PLANNED_STEPS_LIMIT):
+        parts.planned_lrs = lr_curve(cfg.scheduler, parts.optimizer, *plan)
     if purpose == "train":
         parts.schedule = build_schedule(cfg.scheduler, parts.optimizer, *plan)
     return parts

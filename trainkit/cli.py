@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import gc
+import math
 import sys
 from pathlib import Path
 
@@ -37,6 +38,9 @@ commands:
                                 the lr at every step of the composed optimizer and
                                 schedule, in the terminal and as a new PNG
                                 (lr_schedule.png; never over an existing file)
+  lr-find [OVERRIDES] [min_lr=1e-7] [max_lr=10] [steps=100] [output=PATH.png]
+                                the lr range test: the loss as the lr grows each step,
+                                and the lr to train with (lr_find.png; no run directory)
   compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]
                                 runs side by side: a table of their metrics and their
                                 validation curves as a new PNG (compare.png)
@@ -48,6 +52,7 @@ examples:
   trainkit train -m hparams_search=tpe trainer.max_epochs=10
   trainkit compare outputs/multirun/2026-01-01/12-00-00-000000 metrics=val/acc,test/acc
   trainkit lr-plot optimizer=adamw scheduler=inverse_sqrt scheduler.warmup=100
+  trainkit lr-find optimizer=adam
   trainkit eval checkpoint=outputs/2026-01-01/12-00-00-000000/checkpoints/best.pt
 """
 
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         "eval": evaluate,
         "ls": list_components,
         "lr-plot": lr_plot,
+        "lr-find": lr_find,
         "compare": compare_runs,
         "predict": predict,
         "export": export,
@@ -781,7 +787,7 @@ def lr_plot(args: list[str]) -> None:
 
     from trainkit import config
     from trainkit.build import build
-    from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_lr_plot
+    from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_plot
     from trainkit.schedulers import idle_warning
 
     plan = build(config.resolve(config.compose(config.prepare(overrides))), "plan")
@@ -793,12 +799,93 @@ def lr_plot(args: list[str]) -> None:
     output = output or rundir.free_file_name("lr_schedule.png")
     rundir.write_new_file(output, png_bytes(lr_figure(lrs, title, log_scale)), "output")
     print(title)
-    print(terminal_lr_plot(lrs))
+    print(terminal_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
     warning = idle_warning(plan.cfg.scheduler, lrs, settings.max_epochs)
     if warning:
         print(f"warning: {warning}")
     print(f"wrote {output}")
+
+
+# --- lr-find -------------------------------------------------------------------------------
+
+
+def lr_find(args: list[str]) -> None:
+    """``trainkit lr-find [OVERRIDES] [min_lr=1e-7] [max_lr=10] [steps=100]
+    [output=PATH.png]``: the lr range test on a fresh build of the run the overrides
+    describe, in this process; prints the lr to train with as the override to paste, and
+    draws the curve. Makes no run directory and saves no model."""
+    from trainkit import rundir
+
+    own = ("min_lr=", "max_lr=", "steps=", "output=")
+    overrides = [arg for arg in args if not arg.startswith(own)]
+    options = dict(arg.partition("=")[::2] for arg in args if arg.startswith(own))
+    min_lr, max_lr = (
+        _positive_float(options, "min_lr", 1e-7),
+        _positive_float(options, "max_lr", 10.0),
+    )
+    if min_lr >= max_lr:
+        raise UserError(f"min_lr={min_lr:g} must be below max_lr={max_lr:g}")
+    steps = _positive_int(options, "steps", 100)
+    if steps < 5:
+        raise UserError(f"steps={steps}: the range test needs at least 5 steps (100 is usual)")
+    output = Path(options["output"]).expanduser() if "output" in options else None
+    if output is not None and output.suffix.lower() != ".png":
+        raise UserError(f"output={output} must end in .png")
+    if output is not None and output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    rundir.check_can_write(output or "lr_find.png", "output")  # before the test, not after
+
+    from trainkit import config
+    from trainkit.lr_find import find_lr
+    from trainkit.plotting import format_lr, lr_find_figure, png_bytes, terminal_plot
+
+    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    test, parts = find_lr(cfg, min_lr, max_lr, steps)
+    title = (
+        f"lr range test: optimizer={parts.cfg.optimizer.name} model={parts.cfg.model.name}, "
+        f"{len(test.lrs)} steps of batch {parts.loaders['train'].batch_size}"
+        + (f" x {parts.settings.accumulate}" if parts.settings.accumulate > 1 else "")
+    )
+    suggestion = test.suggestion
+    figure = lr_find_figure(test.lrs, test.losses, test.smoothed, suggestion, title)
+    output = output or rundir.free_file_name("lr_find.png")
+    rundir.write_new_file(output, png_bytes(figure), "output")
+    print(title)
+    print(terminal_plot(
+        test.smoothed,
+        x_ends=(f"lr {format_lr(test.lrs[0])}", f"{format_lr(test.lrs[-1])} (log scale)"),
+        label=lambda loss: f"{loss:.3g}",
+    ))  # fmt: skip
+    print(f"smoothed loss: lowest {min(test.smoothed):.4g} at lr {format_lr(test.minimum)}")
+    if test.stopped:
+        print(f"stopped: {test.stopped}")
+    elif test.minimum == test.lrs[-1]:
+        print(f"note: the loss was still falling at max_lr={max_lr:g}; raise max_lr to see it turn")
+    rule = (
+        "where the smoothed loss falls fastest, before its lowest point"
+        if test.steepest is not None
+        else "the lr of the lowest smoothed loss / 10 (the loss hardly fell before it)"
+    )
+    print(f"suggested: optimizer.lr={_short_float(suggestion)}  ({rule}; the lowest / 10: "
+          f"{_short_float(test.minimum / 10)})")  # fmt: skip
+    print(f"wrote {output}")
+
+
+def _positive_float(options: dict[str, str], key: str, default: float) -> float:
+    value = options.get(key, str(default))
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise UserError(f"{key}={value} must be a number > 0, like {key}={default:g}")
+    return number
+
+
+def _short_float(value: float) -> str:
+    """Two significant digits, to paste (``0.031``, ``3e-05``)."""
+    return f"{float(f'{value:.2g}'):g}"
 
 
 # --- compare -------------------------------------------------------------------------------

@@ -72,6 +72,35 @@ def lr_figure(lrs: Sequence[float], title: str, log_scale: bool = False):
     return figure
 
 
+def lr_find_figure(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggestion: float,
+    title: str,
+):
+    """The lr range test (800x400 pixels): each step's loss (faint) and the smoothed loss
+    against the lr on a log scale, the suggested lr marked with a dashed line."""
+    figure = _figure(8, 4)
+    axes = figure.add_subplot()
+    axes.plot(lrs, losses, color=COLOURS[0], alpha=0.25, linewidth=1, label="loss")
+    axes.plot(lrs, smoothed, color=COLOURS[0], linewidth=1.8, label="smoothed loss")
+    axes.axvline(suggestion, color=COLOURS[3], linestyle="--", linewidth=1.2,
+                 label=f"suggested lr {format_lr(suggestion)}")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("learning rate (log scale)")
+    axes.set_ylabel("training loss")
+    # The curve's end can jump far up as it diverges: show the range before that.
+    top = max(smoothed[: max(1, len(smoothed) - 1)]) * 1.1
+    bottom = min(min(smoothed), min(losses))
+    if math.isfinite(top) and top > bottom:
+        axes.set_ylim(bottom - 0.05 * (top - bottom), top)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8, loc="best")
+    return figure
+
+
 def curves_figure(
     curves: Sequence[tuple[str, Sequence[tuple[int, float]]]], title: str, ylabel: str
 ):
@@ -123,41 +152,48 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
     return figure
 
 
-def terminal_lr_plot(lrs: list[float], width: int = 70, height: int = 12) -> str:
-    """``lrs`` as text: ``height`` rows of ``width`` columns, the max lr labelled on the
-    top row and the min on the bottom one, then an axis line and the step count.
+def terminal_plot(
+    values: list[float],
+    width: int = 70,
+    height: int = 12,
+    x_ends: tuple[str, str] | None = None,
+    label=format_lr,
+) -> str:
+    """``values`` as text: ``height`` rows of ``width`` columns, the max labelled (by
+    ``label``) on the top row and the min on the bottom one, then an axis line and its two
+    ends (``x_ends``; by default 0 and the count of steps).
 
-    Each column shows the lr at its share of the run. Raises ValueError on an empty curve
-    or a plot smaller than 2x2.
+    Each column shows the value at its share of the curve. Raises ValueError on an empty
+    curve or a plot smaller than 2x2.
     """
-    if not lrs:
-        raise ValueError("no lr values to plot")
+    if not values:
+        raise ValueError("no values to plot")
     if width < 2 or height < 2:
         raise ValueError(f"a plot needs at least 2x2 characters; got {width}x{height}")
-    high, low = max(lrs), min(lrs)
-    last = len(lrs) - 1
+    high, low = max(values), min(values)
+    last = len(values) - 1
 
-    def to_row(lr: float) -> int:  # row 0 is the top
-        return 0 if high == low else round((high - lr) / (high - low) * (height - 1))
+    def to_row(value: float) -> int:  # row 0 is the top
+        return 0 if high == low else round((high - value) / (high - low) * (height - 1))
 
     grid = [[" "] * width for _ in range(height)]
     previous = None
     for column in range(width):
-        row = to_row(lrs[round(last * column / (width - 1))])
+        row = to_row(values[round(last * column / (width - 1))])
         # Fill a jump from the previous column, so a step down reads as a line.
         top, bottom = (row, row) if previous is None else sorted((previous, row))
         for filled in range(top, bottom + 1):
             grid[filled][column] = "•"
         previous = row
 
-    labels = [format_lr(high) if row == 0 else "" for row in range(height)]
-    labels[-1] = format_lr(low)
-    pad = max(len(label) for label in labels)
+    labels = [label(high) if row == 0 else "" for row in range(height)]
+    labels[-1] = label(low)
+    pad = max(len(text) for text in labels)
     lines = [
-        f"{label:>{pad}} {'┤' if label else '│'}{''.join(cells)}"
-        for label, cells in zip(labels, grid, strict=True)
+        f"{text:>{pad}} {'┤' if text else '│'}{''.join(cells)}"
+        for text, cells in zip(labels, grid, strict=True)
     ]
     lines.append(f"{'':>{pad}} └{'─' * width}")
-    steps = f"{len(lrs)} steps"
-    lines.append(f"{'':>{pad}}  0{steps:>{max(width - 1, len(steps))}}")
+    left, right = x_ends or ("0", f"{len(values)} steps")
+    lines.append(f"{'':>{pad}}  {left}{right:>{max(width - len(left), len(right))}}")
     return "\n".join(lines)

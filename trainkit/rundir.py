@@ -192,6 +192,19 @@ def write_new_file(path: str | Path, data: bytes, key: str) -> None:
         raise _cannot_make(path, key, error) from None
 
 
+def check_can_write(path: str | Path, key: str) -> None:
+    """Raise the UserError ``write_new_file`` would for ``path``'s directory (under a file,
+    or not writable), before a long computation whose result goes there."""
+    path = Path(path).expanduser()
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise _cannot_make(path, key, NotADirectoryError(errno.ENOTDIR, "Not a directory"))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise _cannot_make(path, key, PermissionError(errno.EACCES, "Permission denied"))
+
+
 def remove_made(made: list[Path]) -> None:
     """Remove the directories in ``made`` (outermost first) that are empty, innermost first."""
     for directory in reversed(made):

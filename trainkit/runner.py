@@ -359,11 +359,13 @@ class Runner:
     def fit(self) -> dict[str, Any]:
         """Train for ``trainer.max_epochs`` (or until early stopping), then test the best."""
         if self.step == 0:  # the schedule planned before the first step, for TensorBoard
-            self.logger.log_curve("train/lr_planned", self.planned_lrs)
             self.logger.log_layout(self.monitor)
-            warning = idle_warning(self.cfg.scheduler, self.planned_lrs, self.settings.max_epochs)
-            if warning:
-                log.warning(f"warning: {warning}")
+            if self.planned_lrs is not None:  # (not planned for a very long run)
+                self.logger.log_curve("train/lr_planned", self.planned_lrs)
+                lrs, epochs = self.planned_lrs, self.settings.max_epochs
+                warning = idle_warning(self.cfg.scheduler, lrs, epochs)
+                if warning:
+                    log.warning(f"warning: {warning}")
         if self.resumed_from:
             log.info(f"resumed from {self.resumed_from}: epoch {self.epoch + 1}, step {self.step}")
         log.info(

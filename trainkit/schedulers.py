@@ -318,10 +318,13 @@ def lr_curve(
         node, stand_in, steps_per_epoch, max_epochs, monitor=monitor, monitor_mode=monitor_mode
     )
     lrs = []
+    # Once, for torch's check that the optimizer steps before its schedule; a step of an
+    # optimizer without gradients changes nothing, and would cost two thirds of the time.
+    stand_in.step()
+    group = stand_in.param_groups[0]
     for epoch in range(max_epochs):
         for _ in range(steps_per_epoch):
-            lrs.append(float(stand_in.param_groups[0]["lr"]))
-            stand_in.step()  # no gradients: changes nothing, but keeps torch's order check happy
+            lrs.append(float(group["lr"]))
             schedule.step_batch()
         schedule.step_epoch({monitor: _improving_metric(epoch, monitor_mode)})
     return lrs
