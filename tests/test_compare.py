@@ -124,3 +124,35 @@ def test_damaged_run_files_are_read_with_care(tmp_path):
         assert (job.status, job.error) == ("failed", "summary.json is damaged")
     (run / "summary.json").write_bytes(b"\xff\xfe")
     assert read_job(run).status == "failed"
+
+
+def test_runs_repeated_over_seeds_are_compared_as_groups_with_a_band(tmp_path, capsys):
+    from tests.test_sweeps import fake_job
+
+    sweep = tmp_path / "sweep"
+    curves = {  # (optimizer, seed) -> val/acc per epoch
+        ("sgd", 0): [0.5, 0.7], ("sgd", 1): [0.7, 0.9],
+        ("adam", 0): [0.8, 0.9], ("adam", 1): [0.8, 0.95],
+    }  # fmt: skip
+    for number, ((optimizer, seed), values) in enumerate(curves.items()):
+        name = str(number)
+        summary = {"monitor": "val/acc", "val/acc": max(values), "test/acc": values[-1],
+                   "best_epoch": 2, "train_time_s": 1.0}  # fmt: skip
+        fake_job(sweep, name, [f"optimizer={optimizer}", f"trainer.seed={seed}"], summary)
+        lines = [json.dumps({"epoch": e, "val/acc": v}) for e, v in enumerate(values, start=1)]
+        (sweep / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    cli.main(["compare", str(sweep), f"output={tmp_path / 'c.png'}"])
+
+    out = capsys.readouterr().out
+    assert "2 configurations over trainer.seed" in out
+    assert "0.9250 ± 0.0354 (2)" in out  # adam: the mean and std of 0.9 and 0.95
+    assert Image.open(tmp_path / "c.png").size == (800, 450)
+
+
+def test_a_band_is_the_mean_and_std_per_epoch():
+    from trainkit.compare import _mean_and_std
+
+    rows = _mean_and_std([[(1, 0.5), (2, 0.7)], [(1, 0.7), (2, math.nan)], [(1, 0.6)]])
+    assert rows[0] == (1, pytest.approx(0.6), pytest.approx(0.1))
+    assert rows[1] == (2, 0.7, 0.0)  # one finite value: no spread

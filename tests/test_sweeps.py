@@ -164,6 +164,54 @@ def test_ranking_follows_the_direction_and_failed_jobs_come_last(tmp_path, mode,
     assert document["jobs"][4]["val/rmse"] is None and document["mode"] == mode
 
 
+def test_repeats_over_seeds_are_grouped_with_mean_std_and_count(tmp_path, capsys):
+    values = {  # (optimizer, seed) -> val/acc; adam's mean is higher
+        ("adam", 0): 0.90, ("adam", 1): 0.94, ("adam", 2): 0.92,
+        ("sgd", 0): 0.95, ("sgd", 1): 0.85, ("sgd", 2): None,  # a failed job
+    }  # fmt: skip
+    for number, ((optimizer, seed), value) in enumerate(values.items()):
+        overrides = [f"optimizer={optimizer}", f"trainer.seed={seed}"]
+        summary = {"monitor": "val/acc", "val/acc": value, "test/acc": value and value - 0.01}
+        if value is None:
+            fake_job(tmp_path, str(number), overrides, failed="diverged")
+        else:
+            fake_job(tmp_path, str(number), overrides, summary)
+
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max")
+    groups = sweeps.group_repeats(jobs, "val/acc", "max")
+
+    assert [g.overrides for g in groups] == [["optimizer=adam"], ["optimizer=sgd"]]
+    mean, std, count = groups[0].stats("val/acc")
+    assert (mean, std, count) == (pytest.approx(0.92), pytest.approx(0.02), 3)
+    assert groups[1].stats("val/acc") == (pytest.approx(0.90), pytest.approx(0.0707107), 2)
+    assert groups[1].failed == 1
+    document = json.loads((tmp_path / "sweep_summary.json").read_text())
+    first = document["groups"][0]
+    assert first["val/acc_mean"] == pytest.approx(0.92) and first["val/acc_n"] == 3
+    assert first["test/acc_std"] == pytest.approx(0.02) and first["jobs"] == ["0", "1", "2"]
+    with open(tmp_path / "sweep_summary.csv") as handle:
+        rows = {row["job"]: row for row in csv.DictReader(handle)}
+    assert rows["4"]["group_rank"] == "2" and rows["5"]["group_failed"] == "1"
+    assert float(rows["0"]["group_val/acc_std"]) == pytest.approx(0.02)
+
+    sweeps.print_table(jobs, "val/acc", "max", tmp_path)
+    out = capsys.readouterr().out
+    assert "over trainer.seed" in out and "0.9200 ± 0.0200 (3)" in out
+
+
+def test_a_sweep_without_repeats_has_no_groups(tmp_path):
+    for number, optimizer in enumerate(["adam", "sgd"]):
+        fake_job(
+            tmp_path,
+            str(number),
+            [f"optimizer={optimizer}"],
+            {"monitor": "val/acc", "val/acc": 0.9},
+        )
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max")
+    assert sweeps.group_repeats(jobs, "val/acc", "max") == []
+    assert "groups" not in json.loads((tmp_path / "sweep_summary.json").read_text())
+
+
 def test_a_crash_in_a_job_keeps_its_traceback(tmp_path):
     try:
         raise RuntimeError("loss is nan at step 12")

@@ -12,9 +12,16 @@ import math
 from pathlib import Path
 
 from trainkit.errors import UserError
-from trainkit.plotting import curves_figure, png_bytes
+from trainkit.plotting import band_figure, curves_figure, png_bytes
 from trainkit.rundir import write_new_file
-from trainkit.sweeps import Job, job_dirs, read_job, shared_overrides
+from trainkit.sweeps import (
+    Job,
+    group_repeats,
+    groups_table,
+    job_dirs,
+    read_job,
+    shared_overrides,
+)
 
 
 def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
@@ -43,13 +50,52 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     if shared:
         console.print(f"every run: {' '.join(o for o in runs[0].overrides if o in shared)}")
     console.print(_table(runs, labels, metrics))
-    curves = [(label, _curve(run.dir, monitor)) for run, label in zip(runs, labels, strict=True)]
-    if not any(points for _, points in curves):
+    from trainkit.tasks import lower_is_better
+
+    # Runs that repeat one configuration over seeds or folds: also as groups, mean ± std.
+    groups = group_repeats(runs, monitor, "min" if lower_is_better(monitor) else "max")
+    if groups:
+        console.print(groups_table(groups, monitor, shared))
+        curves = [
+            (" ".join(o for o in group.overrides if o not in shared) or "(the same)",
+             [_curve(run.dir, monitor) for run in group.jobs])
+            for group in groups
+        ]  # fmt: skip
+        title = f"{monitor} per epoch: mean ± std of {len(runs)} runs in {len(groups)} groups"
+        figure = band_figure([(label, _mean_and_std(c)) for label, c in curves], title, monitor)
+        drawn = any(points for _, runs_curves in curves for points in runs_curves)
+    else:
+        curves = [
+            (label, _curve(run.dir, monitor)) for run, label in zip(runs, labels, strict=True)
+        ]
+        figure = curves_figure(curves, f"{monitor} per epoch, {len(runs)} runs", monitor)
+        drawn = any(points for _, points in curves)
+    if not drawn:
         console.print(f"no run logged {monitor} per epoch (metrics.jsonl): no plot written")
         return
-    figure = curves_figure(curves, f"{monitor} per epoch, {len(runs)} runs", monitor)
     write_new_file(output, png_bytes(figure), "output")
     console.print(f"wrote {output}")
+
+
+def _mean_and_std(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float, float]]:
+    """Per epoch, the mean and sample standard deviation (0 for one value) of the finite
+    values the runs logged for it."""
+    by_epoch: dict[int, list[float]] = {}
+    for points in curves:
+        for epoch, value in points:
+            if math.isfinite(value):
+                by_epoch.setdefault(epoch, []).append(value)
+    rows = []
+    for epoch in sorted(by_epoch):
+        values = by_epoch[epoch]
+        mean = math.fsum(values) / len(values)
+        spread = (
+            math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else 0.0
+        )
+        rows.append((epoch, mean, spread))
+    return rows
 
 
 def expand(paths: list[Path]) -> list[Path]:

@@ -124,6 +124,38 @@ def curves_figure(
     return figure
 
 
+def band_figure(
+    groups: Sequence[tuple[str, Sequence[tuple[int, float, float]]]], title: str, ylabel: str
+):
+    """Each ``(label, [(epoch, mean, std), ...])`` as its mean line with a shaded band of
+    ± one standard deviation, in its own colour, with a legend (800 pixels wide)."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(8, 4.5)
+    axes = figure.add_subplot()
+    for index, (label, rows) in enumerate(groups):
+        colour = COLOURS[index % 10]
+        epochs = [epoch for epoch, _, _ in rows]
+        means = [mean for _, mean, _ in rows]
+        axes.plot(epochs, means, marker="o", markersize=3, color=colour, label=label)
+        axes.fill_between(
+            epochs,
+            [mean - std for _, mean, std in rows],
+            [mean + std for _, mean, std in rows],
+            color=colour,
+            alpha=0.2,
+            linewidth=0,
+        )
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(f"{ylabel} (mean ± std)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if groups:
+        axes.legend(fontsize=8, loc="best")
+    return figure
+
+
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]):
     """A confusion matrix (rows: true class, columns: predicted) as a matplotlib figure, at
     a size that reads (for TensorBoard's Images tab): cells shaded by their share of the

@@ -227,11 +227,85 @@ def _test_metrics(jobs: list[Job]) -> list[str]:
     return list(names)
 
 
+# --- repeats: one configuration run with several seeds (or on several folds) ---------------
+
+# Keys whose values repeat a configuration rather than change it: a sweep over them gives
+# each configuration a mean and a spread instead of one number.
+REPEAT_KEYS = ("trainer.seed", "data.fold")
+
+
+def _key_of(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def configuration(job: Job) -> tuple[str, ...]:
+    """A job's overrides but its seed and fold: what its repeats have in common."""
+    return tuple(o for o in job.overrides if _key_of(o) not in REPEAT_KEYS)
+
+
+@dataclass
+class Group:
+    """The jobs of one configuration, repeated over seeds or folds."""
+
+    overrides: list[str]
+    jobs: list[Job]
+
+    def stats(self, metric: str) -> tuple[float | None, float | None, int]:
+        """Mean, sample standard deviation (None for fewer than 2) and count of ``metric``
+        over the finished jobs that have it."""
+        values = [
+            job.summary[metric]
+            for job in self.jobs
+            if job.status == "ok" and _finite(job.summary.get(metric))
+        ]
+        if not values:
+            return None, None, 0
+        mean = math.fsum(values) / len(values)
+        if len(values) < 2:
+            return mean, None, 1
+        variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+        return mean, math.sqrt(variance), len(values)
+
+    @property
+    def failed(self) -> int:
+        return sum(job.status != "ok" for job in self.jobs)
+
+
+def group_repeats(jobs: list[Job], monitor: str, mode: str) -> list[Group]:
+    """The jobs grouped by configuration, ranked by the mean of ``monitor`` (groups without a
+    finished job last); empty unless some configuration ran more than once (a sweep over
+    ``trainer.seed`` or ``data.fold``)."""
+    groups: dict[tuple[str, ...], Group] = {}
+    for job in sorted(jobs, key=lambda j: (job_number(j.dir) is None, job_number(j.dir) or 0)):
+        groups.setdefault(configuration(job), Group(list(configuration(job)), [])).jobs.append(job)
+    if all(len(group.jobs) < 2 for group in groups.values()):
+        return []
+
+    def key(group: Group):
+        mean = group.stats(monitor)[0]
+        if mean is None:
+            return (1, 0.0)
+        return (0, -mean if mode == "max" else mean)
+
+    return sorted(groups.values(), key=key)
+
+
 def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     """Read every job of ``sweep_dir``, rank them, write sweep_summary.csv and .json there;
-    returns the ranked jobs."""
+    returns the ranked jobs. A sweep that repeats configurations (over seeds or folds) also
+    gets each configuration's mean, standard deviation and count, in the JSON's ``groups``
+    and in the CSV's ``group`` columns (the group's rank and statistics on each of its jobs)."""
     jobs = rank([read_job(d) for d in job_dirs(sweep_dir)], monitor, mode)
     tests = _test_metrics(jobs)
+    test_metric = monitor.replace("val/", "test/", 1)
+    groups = group_repeats(jobs, monitor, mode)
+    group_rows = [
+        _group_row(position, group, monitor, test_metric, sweep_dir)
+        for position, group in enumerate(groups, start=1)
+    ]
+    group_of = {
+        job.dir: row for group, row in zip(groups, group_rows, strict=True) for job in group.jobs
+    }
     rows = []
     for position, job in enumerate(jobs, start=1):
         row = {
@@ -246,6 +320,11 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
             "overrides": " ".join(job.overrides),
             "error": job.error,
         }
+        if groups:
+            group = group_of[job.dir]
+            row.update(
+                {f"group_{k}": v for k, v in group.items() if k not in ("overrides", "jobs")}
+            )
         rows.append({key: _nan_to_none(value) for key, value in row.items()})
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["rank", "job"])
@@ -254,8 +333,23 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     for row, job in zip(rows, jobs, strict=True):
         row["overrides"] = job.overrides  # a list in the JSON
     document = {"sweep_dir": str(sweep_dir), "monitor": monitor, "mode": mode, "jobs": rows}
+    if groups:
+        document["groups"] = group_rows
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(document, indent=2) + "\n")
     return jobs
+
+
+def _group_row(
+    position: int, group: Group, monitor: str, test_metric: str, sweep_dir: Path
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"rank": position if group.stats(monitor)[0] is not None else None}
+    for metric in dict.fromkeys([monitor, test_metric]):
+        mean, std, count = group.stats(metric)
+        row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_n": count})
+    row["failed"] = group.failed
+    row["overrides"] = group.overrides
+    row["jobs"] = [_job_label(job) for job in group.jobs]
+    return row
 
 
 def _job_label(job: Job) -> str:
@@ -306,8 +400,49 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     if shared:
         console.print(f"every job: {' '.join(o for o in jobs[0].overrides if o in shared)}")
     console.print(table)
+    groups = group_repeats(jobs, monitor, mode)
+    if groups:
+        console.print(groups_table(groups, monitor, shared))
     console.print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} (and .json)")
     console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
+
+
+def groups_table(groups: list[Group], monitor: str, shared: set[str] = frozenset()):
+    """Repeated configurations as a rich table: mean ± standard deviation (and count) of
+    the monitored metric and its test counterpart, best mean first."""
+    from rich.table import Table
+
+    test_metric = monitor.replace("val/", "test/", 1)
+    repeated = sorted(
+        {_key_of(o) for g in groups for j in g.jobs for o in j.overrides} & set(REPEAT_KEYS)
+    )
+    table = Table(
+        title=f"{len(groups)} configurations over {', '.join(repeated)}: mean ± std (n)",
+        title_justify="left",
+    )
+    table.add_column("rank", justify="right")
+    for metric in dict.fromkeys([monitor, test_metric]):
+        table.add_column(metric, justify="right")
+    table.add_column("configuration", overflow="fold")
+    table.add_column("jobs", overflow="fold")
+    for position, group in enumerate(groups, start=1):
+        ranked = group.stats(monitor)[0] is not None
+        cells = [str(position) if ranked else "-"]
+        for metric in dict.fromkeys([monitor, test_metric]):
+            cells.append(mean_and_std(*group.stats(metric)))
+        cells.append(" ".join(o for o in group.overrides if o not in shared) or "(the same)")
+        failed = f" ({group.failed} failed)" if group.failed else ""
+        cells.append(",".join(_job_label(job) for job in group.jobs) + failed)
+        table.add_row(*cells)
+    return table
+
+
+def mean_and_std(mean: float | None, std: float | None, count: int) -> str:
+    """``0.9712 ± 0.0031 (3)``; ``-`` with no value."""
+    if mean is None:
+        return "-"
+    spread = f" ± {std:.4f}" if std is not None else ""
+    return f"{mean:.4f}{spread} ({count})"
 
 
 def fail_if_jobs_failed(sweep_dir: Path, earlier: set[Path]) -> None:
