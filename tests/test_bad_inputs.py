@@ -154,6 +154,14 @@ mistake(
 mistake("ls-unknown-group", ["ls", "optimizr"], "unknown group 'optimizr'; did you mean")
 mistake("lr-plot-png", ["lr-plot", "output=lr.txt"], "output=lr.txt must end in .png")
 mistake("lr-plot-key", ["lr-plot", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+mistake("folds-one", train("data.folds=1"), "data.folds=1 is no cross-validation")
+mistake("fold-past-folds", train("data.folds=5", "data.fold=5"), "data.fold=5 must be below")
+mistake("fold-without-folds", train("data.fold=2"), "data.fold=2 needs data.folds=K")
+mistake(
+    "folds-more-than-a-class-has",
+    train("data.num_samples=40", "data.folds=30"),
+    "cannot split 40 samples of 10 classes into data.folds=30 stratified folds",
+)
 mistake("lr-find-png", ["lr-find", "output=lr.txt"], "output=lr.txt must end in .png")
 mistake("lr-find-key", ["lr-find", "optimizer.lrr=1"], "unknown key optimizer.lrr")
 mistake("lr-find-min-lr", ["lr-find", "min_lr=abc"], "min_lr=abc must be a number > 0")
@@ -567,6 +575,18 @@ def _(cwd, run):
     return train_mlp_on(
         "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36"
     )
+
+
+@case("folds-with-a-given-val-split", "data.folds=3: data=imagefolder does not carve its val")
+def _(cwd, run):
+    from tests.fake_images import make_imagefolder
+
+    # train/, val/ and test/: val is given, not carved (without test/, val/ would be test)
+    make_imagefolder(cwd / "images", classes=2, per_class=6, splits=("train", "val", "test"))
+    return train_mlp_on(
+        "data=imagefolder", "data.root=images", "data.image_size=32", "data.resize=36",
+        "data.folds=3", "data.num_workers=0",
+    )  # fmt: skip
 
 
 @case("images-no-classes", "images/train has no class folders")

@@ -390,3 +390,29 @@ def test_splits_without_class_labels_are_not_checked():
     splits.val = LabelledFiles(targets=["cat", "dog"])  # not class indices
     splits.test = LabelledFiles(samples=[("a.png",)])  # not pairs
     check_labels(splits)
+
+
+def test_k_fold_val_splits_are_disjoint_stratified_and_cover_all_but_test():
+    from trainkit.data.splits import k_fold
+
+    labels = np.arange(300) % 3
+    plain = stratified_split(labels, 0.15, 0.2, seed=4)
+    vals = []
+    for fold in range(5):
+        with k_fold(5, fold) as folding:
+            train, val, test = stratified_split(labels, 0.15, 0.2, seed=4)
+        assert folding[2]  # the builder carved val: the folds applied
+        assert np.array_equal(test, plain[2])  # the test split stays fixed
+        assert not set(train) & set(val) and len(train) + len(val) == 240
+        assert sorted(np.bincount(labels[val])) == [16, 16, 16]  # 48 = 240 / 5, by class
+        vals.append(val)
+    assert sorted(np.concatenate(vals)) == sorted(np.concatenate(plain[:2]))
+
+
+def test_a_fold_of_the_digits_through_the_config():
+    from trainkit import config
+    from trainkit.build import build_data
+
+    cfg = config.resolve(config.compose(config.prepare(["data.folds=4", "data.fold=3"])))
+    splits, _ = build_data(cfg, seed=0)
+    assert len(splits.test) == 270 and len(splits.val) in (381, 382)  # 1,527 / 4

@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 
 from trainkit import config, distributed, finetune
 from trainkit.data import Splits, build_loaders
-from trainkit.data.splits import check_labels
+from trainkit.data.splits import check_labels, k_fold
 from trainkit.errors import UserError
 from trainkit.registry import (
     AUGMENTATIONS,
@@ -209,8 +209,15 @@ def build_data(
     ``rank`` of ``world_size``; ``device`` is where ``data.on_device`` puts them and what
     ``data.pin_memory=auto`` pins for."""
     dataset_node, loader_settings = split_data_node(cfg.data)
-    with distributed.main_process_first():  # one process downloads; the others then read
-        splits = DATASETS.build(dataset_node, "data")
+    folds = loader_settings.folds
+    with distributed.main_process_first(), k_fold(folds, loader_settings.fold) as folding:
+        splits = DATASETS.build(dataset_node, "data")  # (one process downloads, then the rest)
+    if folds and not folding[2]:
+        raise UserError(
+            f"data.folds={folds}: data={cfg.data.name} does not carve its val split from "
+            "train here (it has a val split of its own, or data.val_fraction=0); folds are "
+            "cut from train, so use a data set whose val split is carved from it"
+        )
     check_labels(splits)
     for split_name in ("val", "test"):
         if len(getattr(splits, split_name)) == 0:

@@ -91,6 +91,10 @@ class LoaderSettings:
     prefetch_factor: PositiveInt | None = None  # per worker; None: torch's default (2)
     on_device: bool = False
     sampler: Literal["shuffle", "balanced"] = "shuffle"  # balanced: classes drawn equally
+    # k-fold cross-validation: train+val cut into `folds` stratified folds, fold `fold` the
+    # val split (the test split stays as it was). 0: no folds.
+    folds: NonNegativeInt = 0
+    fold: NonNegativeInt = 0
 
 
 @dataclass
@@ -123,6 +127,17 @@ def split_data_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], LoaderSett
     dataset_node = {k: v for k, v in node.items() if k not in loader_keys}
     loader = {k: v for k, v in node.items() if k in loader_keys}
     settings = LoaderSettings(**check_params("data", loader, LoaderSettings))
+    if settings.folds == 1:
+        raise UserError("data.folds=1 is no cross-validation: use data.folds=0, or 2 or more")
+    if settings.folds and settings.fold >= settings.folds:
+        raise UserError(
+            f"data.fold={settings.fold} must be below data.folds={settings.folds} "
+            f"(folds 0 to {settings.folds - 1})"
+        )
+    if settings.fold and not settings.folds:
+        raise UserError(
+            f"data.fold={settings.fold} needs data.folds=K, the number of folds (5, say)"
+        )
     if settings.prefetch_factor is not None and settings.num_workers == 0:
         raise UserError(
             f"data.prefetch_factor={settings.prefetch_factor} counts the batches each worker "

@@ -417,7 +417,8 @@ def groups_table(groups: list[Group], monitor: str, shared: set[str] = frozenset
         {_key_of(o) for g in groups for j in g.jobs for o in j.overrides} & set(REPEAT_KEYS)
     )
     table = Table(
-        title=f"{len(groups)} configurations over {', '.join(repeated)}: mean ± std (n)",
+        title=f"{len(groups)} configuration{'s' if len(groups) != 1 else ''} over "
+        f"{', '.join(repeated)}: mean ± std (n)",
         title_justify="left",
     )
     table.add_column("rank", justify="right")

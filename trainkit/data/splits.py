@@ -3,7 +3,9 @@ check that class labels fit the number of classes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,10 +97,31 @@ class TensorSplit(Dataset):
         return x, self.targets[rows], self.indices[rows]
 
 
+# data.folds and data.fold, set by the assembly around a data set's builder and read by
+# stratified_split, which every builder that carves its val split from train calls: one
+# place for k-fold cross-validation, whatever the data set. [folds, fold, used]
+_FOLDS: contextvars.ContextVar[list | None] = contextvars.ContextVar("folds", default=None)
+
+
+@contextlib.contextmanager
+def k_fold(folds: int, fold: int) -> Iterator[list]:
+    """While a data set is built: its carved val split is fold ``fold`` of ``folds``
+    (stratified) of what is not test. Yields ``[folds, fold, used]``; ``used`` is true after
+    if the builder carved a val split (folds=0: nothing changes)."""
+    state = [folds, fold, False]
+    token = _FOLDS.set(state if folds else None)
+    try:
+        yield state
+    finally:
+        _FOLDS.reset(token)
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of a seeded, stratified train/val/test split (fractions of the whole set)."""
+    """Indices of a seeded, stratified train/val/test split (fractions of the whole set).
+    Under ``k_fold``, val is one stratified fold of what is not test (``val_fraction`` is
+    then not used, but must be above 0: 0 means the caller carves no val split)."""
     from sklearn.model_selection import train_test_split
 
     if val_fraction + test_fraction >= 1:
@@ -116,17 +139,36 @@ def stratified_split(
                 everything, test_size=n_test, stratify=labels, random_state=seed
             )
         train, val = (rest, rest[:0])
-        if n_val:
+        folding = _FOLDS.get()
+        if folding and val_fraction > 0:
+            train, val = _fold_of(rest, labels[rest], *folding[:2], seed)
+            folding[2] = True
+        elif n_val:
             train, val = train_test_split(
                 rest, test_size=n_val, stratify=labels[rest], random_state=seed + 1
             )
     except ValueError as error:  # too few samples of some class for a stratified split
+        how = (
+            f"into data.folds={_FOLDS.get()[0]} stratified folds"
+            if _FOLDS.get()
+            else f"with val_fraction={val_fraction:g} and test_fraction={test_fraction:g}"
+        )
         raise UserError(
             f"data: cannot split {len(labels)} samples of {len(np.unique(labels))} classes "
-            f"with val_fraction={val_fraction:g} and test_fraction={test_fraction:g} "
-            f"and keep every class in each split ({error})"
+            f"{how} and keep every class in each split ({error})"
         ) from None
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _fold_of(
+    rows: np.ndarray, labels: np.ndarray, folds: int, fold: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` cut into ``folds`` stratified folds (seeded): all but fold ``fold``, and it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    cut = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + 1)
+    train, val = list(cut.split(rows, labels))[fold]
+    return rows[train], rows[val]
 
 
 def tensor_splits(
