@@ -1,80 +1,279 @@
-"""trainkit's Optuna sweeper: Hydra's own (hydra-optuna-sweeper), adjusted for trainkit runs.
+"""trainkit's Optuna sweeper: a Hydra sweeper on a current Optuna (4 or later), with pruning.
 
-Hydra loads sweepers only from the ``hydra_plugins`` package, so this small subclass lives
-here; conf/hparams_search/*.yaml select it. What it changes:
+Hydra loads sweepers only from the ``hydra_plugins`` package, so it lives here;
+conf/hydra/sweeper/optuna.yaml configures it and conf/hparams_search/*.yaml select it. It
+asks Optuna for trials, launches each as a job through Hydra's launcher (one at a time, or
+``n_jobs`` at once with the joblib launcher), and tells Optuna how each ended, reading the
+job's ``summary.json``:
 
-- the direction follows the monitored metric (trainer.monitor and trainer.monitor_mode);
-- rerunning with the same ``hydra.sweep.dir`` continues the study in its SQLite storage:
-  job directories are numbered after the trials already there (job N is trial N, nothing is
-  overwritten) and only the trials still missing of ``n_trials`` are run;
-- a study whose trials all failed ends with a warning, not a traceback, so the sweep
-  summary still lists them.
+- the search space is Hydra's sweep syntax (``choice(...)``, ``range(...)``,
+  ``interval(a, b)``, ``tag(log, interval(a, b))``); a plain value fixes a key;
+- the objective is the monitored metric in its direction (trainer.monitor and
+  trainer.monitor_mode), or several metrics (``objectives``: a Pareto front);
+- pruning: each job reports its monitored metric to its trial after every epoch and stops
+  when the pruner says so (``trainkit.sweeps.trial_pruner``); the trial is then recorded as
+  pruned, not failed;
+- the study lives in SQLite in the sweep directory: rerunning with the same
+  ``hydra.sweep.dir`` continues it (job N is trial N; only the missing trials run);
+- a job that failed or whose metric is not a finite number is a failed trial, and the
+  search goes on.
 
-Without the ``sweeps`` extra installed this module defines nothing.
+Without Optuna installed (the ``sweeps`` extra) asking for it is one line (trainkit.sweeps).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
-try:
-    from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper
-except ImportError:  # pragma: no cover - the optional extra is not installed
-    optuna_sweeper = None
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-if optuna_sweeper is not None:
 
-    class TrainkitOptunaSweeper(optuna_sweeper.OptunaSweeper):
-        """Hydra's Optuna sweeper, aimed at the monitored metric and able to continue."""
+class TrainkitOptunaSweeper(Sweeper):
+    """Hydra sweeper: an Optuna study over the sweep's search space (see the module)."""
 
-        def __init__(self, **config) -> None:
-            # Hydra's sweeper imports optuna, which imports alembic, which logs at INFO.
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            super().__init__(**config)
+    def __init__(
+        self,
+        sampler: str = "tpe",
+        seed: int | None = None,
+        n_startup_trials: int = 10,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        study_name: str = "trainkit",
+        storage: str | None = None,
+        pruner: str = "median",
+        pruner_startup_trials: int = 5,
+        pruner_warmup_epochs: int = 2,
+        objectives: list[str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        self.sampler_name, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
+        self.n_trials, self.n_jobs = n_trials, max(1, n_jobs)
+        self.study_name, self.storage = study_name, storage
+        self.pruner_name = pruner
+        self.pruner_startup_trials, self.pruner_warmup_epochs = (
+            pruner_startup_trials,
+            pruner_warmup_epochs,
+        )
+        self.objectives = list(objectives or [])
+        self.params = dict(params or {})
 
-        def setup(self, *, hydra_context, task_function, config) -> None:
-            from trainkit.build import monitored_metric
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
-            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-            _, mode = monitored_metric(config)
-            self.sweeper.direction = "maximize" if mode == "max" else "minimize"
+    # --- the search ---
 
-        def sweep(self, arguments: list[str]) -> None:
-            import optuna
-            from optuna.trial import TrialState
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
 
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # Hydra's sweeper logs the study
-            impl = self.sweeper  # Hydra's implementation, which runs the trials
-            Path(impl.sweep_dir).mkdir(parents=True, exist_ok=True)  # the storage is there
-            study = optuna.create_study(
-                study_name=impl.study_name,
-                storage=impl.storage,
-                direction=impl.direction,
-                load_if_exists=True,
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage, at INFO
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        space, fixed = self.search_space(arguments)
+        names, directions = self.objective_names()
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=self.storage,
+            sampler=self.make_sampler(space),
+            pruner=self.make_pruner(),
+            directions=directions,
+            load_if_exists=True,
+        )
+        study.set_user_attr("objectives", names)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(trial.state.is_finished() for trial in trials)
+        total = self.planned_trials(space)
+        if trials:
+            log.info(f"continuing study {self.study_name}: {finished} trials finished")
+        # Job N is trial N (an interrupted trial keeps its number and directory), except that
+        # a new job never goes into a directory that is there already.
+        from trainkit.sweeps import job_number
+
+        taken = [job_number(path) for path in sweep_dir.iterdir()]
+        job_idx = max([len(trials), *(n + 1 for n in taken if n is not None)])
+        remaining = max(total - finished, 0)
+        while remaining > 0:
+            batch = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
+            overrides = [
+                [
+                    *fixed,
+                    *(f"{key}={_hydra_value(value)}" for key, value in trial.params.items()),
+                    *self.trial_variables(trial),
+                ]
+                for trial in batch
+            ]
+            results = self.launcher.launch(overrides, initial_job_idx=job_idx)
+            for trial, result in zip(batch, results, strict=True):
+                self.tell(study, trial, Path(result.hydra_cfg.hydra.runtime.output_dir), names)
+            job_idx += len(batch)
+            remaining -= len(batch)
+
+    def trial_variables(self, trial) -> list[str]:
+        """Overrides that tell the job its trial (trainkit.sweeps.trial_pruner reads them)."""
+        from trainkit.overrides import quote_value
+        from trainkit.sweeps import TRIAL_VARIABLES
+
+        values = (self.storage or "", self.study_name, str(trial._trial_id))
+        return [
+            f"++hydra.job.env_set.{name}={quote_value(value)}"
+            for name, value in zip(TRIAL_VARIABLES, values, strict=True)
+        ]
+
+    def search_space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+        """Optuna distributions of the swept keys (``params``, then the command line's), and
+        the overrides that fix a key."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        merged: dict[str, Any] = {}
+        for override in parser.parse_overrides(
+            [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
+        ):
+            merged[override.get_key_element()] = override  # the command line wins
+        space, fixed = {}, []
+        for key, override in merged.items():
+            if override.is_sweep_override():
+                space[key] = _distribution(key, override)
+            else:
+                fixed.append(f"{key}={override.get_value_element_as_str()}")
+        if not space:
+            raise ValueError("the search has no key to search: give one in Hydra's sweep syntax")
+        return space, fixed
+
+    def objective_names(self) -> tuple[list[str], list[str]]:
+        """The metrics the study optimizes and their directions: ``objectives``, or the
+        monitored metric in trainer.monitor_mode's direction."""
+        from trainkit.build import monitored_metric
+        from trainkit.tasks import lower_is_better
+
+        if not self.objectives:
+            monitor, mode = monitored_metric(self.config)
+            return [monitor], ["maximize" if mode == "max" else "minimize"]
+        return self.objectives, [
+            "minimize" if lower_is_better(name) or name.endswith("time_s") else "maximize"
+            for name in self.objectives
+        ]
+
+    def planned_trials(self, space: dict[str, Any]) -> int:
+        """n_trials, or for a grid every point of it."""
+        if self.sampler_name != "grid":
+            return self.n_trials
+        return math.prod(len(distribution.choices) for distribution in space.values())
+
+    def make_sampler(self, space: dict[str, Any]):
+        import optuna
+
+        if self.sampler_name == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        if self.sampler_name == "grid":
+            grid = {}
+            for key, distribution in space.items():
+                if not isinstance(distribution, optuna.distributions.CategoricalDistribution):
+                    raise ValueError(
+                        f"hparams_search=grid needs a list of values for {key}: "
+                        f"choice(...) or range(...), not an interval"
+                    )
+                grid[key] = list(distribution.choices)
+            return _Grid(grid, seed=self.seed)
+        if self.sampler_name == "tpe":
+            return optuna.samplers.TPESampler(
+                seed=self.seed, n_startup_trials=self.n_startup_trials
             )
-            trials = study.get_trials(deepcopy=False)
-            finished = sum(trial.state.is_finished() for trial in trials)
-            if trials:
-                log.info(f"continuing study {study.study_name}: {finished} trials finished")
-            # Job N is trial N (an interrupted trial keeps its number and directory), except
-            # that a new job never goes into a directory that is there already.
-            from trainkit.sweeps import job_number
+        raise ValueError(f"hydra.sweeper.sampler={self.sampler_name}: use tpe, random or grid")
 
-            taken = [job_number(path) for path in Path(impl.sweep_dir).iterdir()]
-            impl.job_idx = max([len(trials), *(n + 1 for n in taken if n is not None)])
-            impl.n_trials = max(impl.n_trials - finished, 0)
-            expected = finished + impl.n_trials
-            try:
-                impl.sweep(arguments)
-            except ValueError:
-                # After the last trial Hydra's sweeper asks for the best one, and there is none
-                # when all failed; any other ValueError comes before the trials are done.
-                trials = study.get_trials(deepcopy=False)
-                if sum(t.state.is_finished() for t in trials) < expected or any(
-                    t.state == TrialState.COMPLETE for t in trials
-                ):
-                    raise
-                log.warning("every trial failed: no best trial")
+    def make_pruner(self):
+        import optuna
+
+        if self.pruner_name == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=self.pruner_startup_trials,
+                n_warmup_steps=self.pruner_warmup_epochs,
+            )
+        if self.pruner_name == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=max(1, self.pruner_warmup_epochs))
+        if self.pruner_name == "none":
+            return optuna.pruners.NopPruner()
+        raise ValueError(f"hydra.sweeper.pruner={self.pruner_name}: use median, hyperband or none")
+
+    def tell(self, study, trial, job_dir: Path, names: list[str]) -> None:
+        """Record how the trial's job ended, from its summary.json: complete with its
+        objective values, pruned, or failed (no summary, or a value that is not finite)."""
+        from optuna.trial import TrialState
+
+        try:
+            summary = json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = None
+        values = [summary.get(name) if isinstance(summary, dict) else None for name in names]
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        if isinstance(summary, dict) and summary.get("pruned_at_epoch"):
+            study.tell(trial, state=TrialState.PRUNED)
+        elif finite and summary is not None:
+            study.tell(trial, values)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+
+
+def _grid_sampler_class():
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """Optuna's grid sampler, without its ``study.stop()`` once the grid is done: that
+        works only inside ``study.optimize``, and the sweeper counts the points itself."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return Grid
+
+
+def _Grid(grid: dict[str, list], seed: int | None):  # noqa: N802 (a class, made when needed)
+    return _grid_sampler_class()(grid, seed=seed)
+
+
+def _distribution(key: str, override) -> Any:
+    """Hydra's sweep of ``key`` as an Optuna distribution."""
+    from hydra.core.override_parser.types import IntervalSweep, RangeSweep, Transformer
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    value = override.value()
+    if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
+        return CategoricalDistribution(
+            list(override.sweep_iterator(transformer=Transformer.encode))
+        )
+    if isinstance(value, RangeSweep):
+        values = list(override.sweep_iterator(transformer=Transformer.encode))
+        if all(isinstance(v, int) for v in values) and len(values) > 1:
+            step = values[1] - values[0]
+            return IntDistribution(values[0], values[-1], step=step)
+        return CategoricalDistribution(values)  # (Hydra's range stops before its end)
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(int(value.start), int(value.end), log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{key}: a sweep Optuna cannot search ({override.input_line})")
+
+
+def _hydra_value(value: Any) -> str:
+    """A sampled value as an override's value (Hydra's grammar: quoted where it must be)."""
+    from trainkit.overrides import quote_value
+
+    if isinstance(value, float):
+        return repr(value)
+    return quote_value(str(value)) if isinstance(value, str) else str(value)

@@ -242,7 +242,7 @@ def test_optuna_search_runs_its_trials_and_keeps_the_study_in_the_sweep_dir(tmp_
         "-m",
         f"hparams_search={search}",
         "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.seed=0",
         *TINY,
         cwd=tmp_path,
     )
@@ -300,16 +300,17 @@ def compose_with_hydra(overrides: list[str]):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
-@pytest.mark.parametrize("search", ["random", "tpe"])
+@pytest.mark.parametrize("search", ["random", "tpe", "grid"])
 def test_hparams_search_composes_and_adds_no_config_key(search):
     from trainkit import config
 
     cfg = compose_with_hydra([f"hparams_search={search}"])
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.trainkit_optuna_sweeper.TrainkitOptunaSweeper"
-    assert sweeper.sampler._target_.endswith("TPESampler" if search == "tpe" else "RandomSampler")
+    assert sweeper.sampler == search and sweeper.pruner == "median"
     assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
-    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    searched = {"optimizer.lr", "optimizer.weight_decay", "data.batch_size"}
+    assert set(sweeper.params) == ({"optimizer", "scheduler"} if search == "grid" else searched)
     # The run's own config (what `trainkit train` checks before Hydra) is unchanged.
     config.validate(config.compose(config.prepare([f"hparams_search={search}"])))
 
@@ -360,7 +361,7 @@ def test_submitit_runs_jobs_on_slurm(tmp_path):
 def test_a_missing_sweep_plugin_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(sweeps.importlib.util, "find_spec", lambda name: None)
     for override, needs in [
-        ("hparams_search=tpe", "the Optuna sweeper"),
+        ("hparams_search=tpe", "Optuna"),
         ("hydra/launcher=joblib", "the joblib launcher"),
         ("hydra/launcher=submitit_slurm", "the submitit launcher"),
     ]:
@@ -403,3 +404,76 @@ def test_a_job_directory_says_what_the_job_was(number, overrides, name):
 def test_a_long_job_name_is_cut_and_stays_unique():
     names = {sweeps.job_name(7, f"model.hidden=[{'64,' * 40}{i}]") for i in range(3)}
     assert len(names) == 3 and all(len(n) <= 80 and n.startswith("7_") for n in names)
+
+
+# --- pruning, grids, several objectives ----------------------------------------------------
+
+SHORT = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+
+
+@pytest.mark.slow
+def test_a_search_prunes_hopeless_trials_and_records_them_as_pruned(tmp_path):
+    # Random lrs from 1e-5 (hopeless in 6 epochs) to 0.3; the median pruner may stop a trial
+    # from its first epoch on, once two trials finished. Ranked by val/loss: accuracy on 18
+    # samples ties too often for "worse than the median" to happen.
+    result = run_trainkit(
+        "train", "-m", "hparams_search=random", "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.seed=1", "hydra.sweeper.pruner_startup_trials=2",
+        "hydra.sweeper.pruner_warmup_epochs=1", "optimizer.lr=tag(log, interval(1e-5, 0.3))",
+        "optimizer.weight_decay=0", "data.batch_size=64", "trainer.monitor=val/loss", *SHORT,
+        "trainer.max_epochs=6",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr  # pruned is not failed
+    sweep_dir = only_sweep_dir(tmp_path)
+    states = {t.number: t.state for t in load_study(sweep_dir).trials}
+    pruned = [n for n, state in states.items() if state == optuna.trial.TrialState.PRUNED]
+    assert pruned, states
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    jobs = {job["job"]: job for job in summary["jobs"]}
+    for number in pruned:
+        job = jobs[str(number)]
+        assert job["status"] == "pruned" and 1 <= job["pruned_at_epoch"] < 6
+        run = sweep_dir / job["dir"]  # its checkpoints and metrics up to where it stopped
+        epochs = (run / "metrics.jsonl").read_text().splitlines()
+        assert len(epochs) == job["pruned_at_epoch"] and (run / "checkpoints" / "best.pt").exists()
+    assert summary["totals"]["pruned"] == len(pruned) and summary["totals"]["failed"] == 0
+    assert summary["totals"]["epochs"] < 8 * 6
+    assert "pruned at epoch" in result.stdout
+
+
+def test_a_grid_search_runs_every_point_once_and_continues(tmp_path):
+    grid = ["-m", "hparams_search=grid", "optimizer=choice(sgd,adam)", "scheduler=constant",
+            "hydra.sweep.dir=grid", *SHORT, "trainer.max_epochs=1"]  # fmt: skip
+    result = run_trainkit("train", *grid, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load_study(tmp_path / "grid")
+    assert sorted(t.params["optimizer"] for t in study.trials) == ["adam", "sgd"]
+    again = run_trainkit("train", *grid, cwd=tmp_path)  # nothing is missing: no new trial
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(load_study(tmp_path / "grid").trials) == 2
+
+
+def test_the_pareto_front_keeps_the_jobs_nothing_beats_on_both(tmp_path):
+    points = {"0": (0.9, 10.0), "1": (0.95, 20.0), "2": (0.85, 15.0), "3": (0.95, 25.0)}
+    for name, (acc, seconds) in points.items():
+        summary = {"monitor": "val/acc", "val/acc": acc, "train_time_s": seconds}
+        fake_job(tmp_path, name, [f"x={name}"], summary)
+    objectives = ["val/acc", "train_time_s"]
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max", objectives)
+    assert sorted(job.name for job in sweeps.pareto_front(jobs, objectives)) == ["0", "1"]
+    document = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert sorted(document["pareto_front"]) == ["0", "1"]
+    assert {row["job"]: row["pareto"] for row in document["jobs"]}["2"] is False
+
+
+def test_the_sweeps_extra_pins_no_optuna_below_its_current_releases():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for requirement in extras["sweeps"]:
+        assert "<" not in requirement, requirement  # an environment's Optuna stays as it is
+    assert not any("hydra-optuna-sweeper" in r for r in extras["sweeps"])

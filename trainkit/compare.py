@@ -164,7 +164,13 @@ def _table(runs: list[Job], labels: list[str], metrics: list[str]):
             )
             cells.append(f"[bold]{text}[/bold]" if value == best.get(metric) else text)
         if failed:
-            cells.append("ok" if run.status == "ok" else f"failed: {run.error}")
+            cells.append(
+                "ok"
+                if run.status == "ok"
+                else f"pruned at epoch {run.summary.get('pruned_at_epoch')}"
+                if run.status == "pruned"
+                else f"failed: {run.error}"
+            )
         table.add_row(*cells)
     return table
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import distributed
+from trainkit import distributed, sweeps
 from trainkit.errors import UserError
 from trainkit.registry import load_components
 from trainkit.runner import Runner
@@ -35,6 +35,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Build a Runner from ``cfg`` and fit it; returns the run's summary."""
     try:
         runner = Runner(cfg, run_dir)
+        runner.prune = sweeps.trial_pruner()  # a trial of an Optuna search: its pruner
         if not gc.isenabled():  # the CLI's startup (see cli.train): what it built stays
             gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
             gc.enable()

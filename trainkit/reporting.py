@@ -373,7 +373,10 @@ def job_line(summary: dict[str, Any], output_dir: Path) -> str:
     test = monitor.replace("val/", "test/", 1)
     parts = [f"{name} {_format(summary[name])}" for name in (monitor, test) if name in summary]
     parts.append(f"{summary.get('train_time_s', 0):.1f}s")
-    return f"done: {', '.join(parts)} -> {output_dir}"
+    how = (
+        f"pruned at epoch {summary['pruned_at_epoch']}" if "pruned_at_epoch" in summary else "done"
+    )
+    return f"{how}: {', '.join(parts)} -> {output_dir}"
 
 
 def log_summary(summary: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,10 @@ class Runner:
         self.rollbacks = 0
         self.lr_scale = 1.0  # rollbacks multiply the planned lr by this
         self.earlier_train_time_s = 0.0  # of the run's earlier segments, when it was resumed
+        # A search's pruner, asked after each epoch whether to go on (launch sets it in a
+        # trial's job): (epoch, monitored value) -> stop now.
+        self.prune: Callable[[int, float], bool] | None = None
+        self.pruned_at_epoch: int | None = None
         self._segment_started = time.perf_counter()
         if self.cfg.get("resume"):
             self.resume(self.cfg.resume)
@@ -403,6 +408,13 @@ class Runner:
                 if stop:
                     log.info(f"early stopping: {self.monitor} has not improved for a while")
                     break
+                if self.prune is not None and self.prune(self.epoch, monitored):
+                    self.pruned_at_epoch = self.epoch
+                    log.info(
+                        f"pruned at epoch {self.epoch}: {self.monitor} {monitored:.4f} is behind "
+                        "the search's other trials at this epoch"
+                    )
+                    break
         return self.test(train_time_s=self.train_time_s)
 
     def _recover(self, error: NonFinite) -> None:
@@ -480,6 +492,8 @@ class Runner:
             **values,
             **self.task.summary_extras(),
         }
+        if self.pruned_at_epoch is not None:
+            summary["pruned_at_epoch"] = self.pruned_at_epoch
         if distributed.is_main_process():
             self.task.write_predictions(self.run_dir / "predictions.csv", outputs)
             self.task.log_test(self.logger, values, outputs, self.step)

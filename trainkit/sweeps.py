@@ -36,7 +36,7 @@ INSTALL_HINT = "pip install 'trainkit[sweeps]'"
 
 # The Hydra plugin each sweep option needs, all in the `sweeps` extra.
 _PLUGINS = {
-    "hparams_search": ("hydra_optuna_sweeper", "the Optuna sweeper"),
+    "hparams_search": ("optuna", "Optuna"),
     "hydra/launcher=joblib": ("hydra_joblib_launcher", "the joblib launcher"),
     "hydra/launcher=submitit": ("hydra_submitit_launcher", "the submitit launcher"),
 }
@@ -102,7 +102,8 @@ def check_overrides(overrides: list[str]) -> None:
 
 def _require_plugin(what: str, override: str) -> None:
     module, description = _PLUGINS[what]
-    if importlib.util.find_spec(f"hydra_plugins.{module}") is None:
+    module = module if module == "optuna" else f"hydra_plugins.{module}"
+    if importlib.util.find_spec(module) is None:
         raise UserError(f"{override} needs {description}: {INSTALL_HINT}")
 
 
@@ -121,6 +122,42 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     if not isinstance(error, UserError):  # a crash: the traceback is for whoever debugs it
         record["traceback"] = "".join(traceback.format_exception(error))
     (run_dir / FAILED_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+# How a job of an Optuna search finds its trial: environment variables the sweeper sets in
+# the job's process (hydra.job.env_set; DDP workers inherit them), not config keys, so the
+# run's config is the same as outside a search.
+TRIAL_VARIABLES = ("TRAINKIT_OPTUNA_STORAGE", "TRAINKIT_OPTUNA_STUDY", "TRAINKIT_OPTUNA_TRIAL")
+
+
+def trial_pruner():
+    """In a job of an Optuna search: a function ``(epoch, monitored value) -> stop`` that
+    reports the value to the job's trial and says whether the study's pruner stops it (the
+    main process asks; under DDP every process gets its answer). None outside a search."""
+    import os
+
+    storage, study_name, trial_id = (os.environ.get(name) for name in TRIAL_VARIABLES)
+    if not (storage and study_name and trial_id and trial_id.isdigit()):
+        return None
+    import optuna
+
+    from trainkit import distributed
+
+    trial = None
+    if distributed.is_main_process():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        if len(study.directions) == 1:  # Optuna prunes single-objective studies only
+            trial = optuna.trial.Trial(study, int(trial_id))
+
+    def prune(epoch: int, value: float) -> bool:
+        stop = False
+        if trial is not None and math.isfinite(value):
+            trial.report(value, epoch)
+            stop = trial.should_prune()
+        return bool(distributed.broadcast_from_main(stop))
+
+    return prune
 
 
 def objective(summary: dict[str, Any]) -> float | None:
@@ -147,7 +184,7 @@ class Job:
 
     dir: Path
     overrides: list[str]
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "pruned" (stopped early by a search) or "failed"
     summary: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -184,6 +221,8 @@ def read_job(run_dir: Path) -> Job:
     monitor = summary["monitor"]
     if not _finite(summary.get(monitor)):
         return Job(run_dir, overrides, "failed", summary, f"{monitor} is {summary.get(monitor)}")
+    if summary.get("pruned_at_epoch"):  # an Optuna search stopped it: its numbers are early
+        return Job(run_dir, overrides, "pruned", summary)
     return Job(run_dir, overrides, "ok", summary)
 
 
@@ -204,15 +243,17 @@ def _read(path: Path, kind: type) -> Any:
 
 def rank(jobs: list[Job], monitor: str, mode: str) -> list[Job]:
     """Finished jobs best first by ``monitor`` (``mode`` "max" or "min"), then those
-    without that metric, then the failed ones, each group in job order."""
+    without that metric, then the pruned ones (by their value when stopped), then the failed
+    ones, each group in job order."""
 
     def key(job: Job):
         value = job.summary.get(monitor)
-        if job.status != "ok":
-            return (2, 0.0)
+        if job.status == "failed":
+            return (3, 0.0)
         if not _finite(value):
             return (1, 0.0)
-        return (0, -value if mode == "max" else value)
+        group = 2 if job.status == "pruned" else 0
+        return (group, -value if mode == "max" else value)
 
     return sorted(jobs, key=key)  # sorted is stable: ties keep the job order
 
@@ -268,7 +309,7 @@ class Group:
 
     @property
     def failed(self) -> int:
-        return sum(job.status != "ok" for job in self.jobs)
+        return sum(job.status == "failed" for job in self.jobs)
 
 
 def group_repeats(jobs: list[Job], monitor: str, mode: str) -> list[Group]:
@@ -290,12 +331,41 @@ def group_repeats(jobs: list[Job], monitor: str, mode: str) -> list[Group]:
     return sorted(groups.values(), key=key)
 
 
-def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
+def pareto_front(jobs: list[Job], objectives: list[str]) -> list[Job]:
+    """The finished jobs no other finished job beats on every objective at once (and on one
+    strictly): losses and ``*_time_s`` lower, the rest higher."""
+    from trainkit.tasks import lower_is_better
+
+    signs = [-1 if lower_is_better(o) or o.endswith("time_s") else 1 for o in objectives]
+
+    def scores(job: Job) -> list[float] | None:
+        values = [job.summary.get(o) for o in objectives]
+        if job.status != "ok" or not all(_finite(v) for v in values):
+            return None
+        return [sign * value for sign, value in zip(signs, values, strict=True)]
+
+    scored = [(job, s) for job in jobs if (s := scores(job)) is not None]
+    return [
+        job
+        for job, mine in scored
+        if not any(
+            all(o >= m for o, m in zip(other, mine, strict=True)) and other != mine
+            for _, other in scored
+        )
+    ]
+
+
+def summarize(
+    sweep_dir: Path, monitor: str, mode: str, objectives: list[str] | None = None
+) -> list[Job]:
     """Read every job of ``sweep_dir``, rank them, write sweep_summary.csv and .json there;
     returns the ranked jobs. A sweep that repeats configurations (over seeds or folds) also
     gets each configuration's mean, standard deviation and count, in the JSON's ``groups``
-    and in the CSV's ``group`` columns (the group's rank and statistics on each of its jobs)."""
+    and in the CSV's ``group`` columns (the group's rank and statistics on each of its jobs).
+    With several ``objectives`` (a multi-objective search), the jobs on their Pareto front
+    are listed in the JSON's ``pareto_front`` and marked in the CSV's ``pareto`` column."""
     jobs = rank([read_job(d) for d in job_dirs(sweep_dir)], monitor, mode)
+    front = {job.dir for job in pareto_front(jobs, objectives)} if objectives else set()
     tests = _test_metrics(jobs)
     test_metric = monitor.replace("val/", "test/", 1)
     groups = group_repeats(jobs, monitor, mode)
@@ -317,9 +387,13 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
             "best_epoch": job.summary.get("best_epoch"),
             **{name: job.summary.get(name) for name in tests if name != monitor},
             "train_time_s": job.summary.get("train_time_s"),
+            "pruned_at_epoch": job.summary.get("pruned_at_epoch"),
             "overrides": " ".join(job.overrides),
             "error": job.error,
         }
+        if objectives:
+            row["pareto"] = job.dir in front
+            row.update({name: job.summary.get(name) for name in objectives if name not in row})
         if groups:
             group = group_of[job.dir]
             row.update(
@@ -335,8 +409,23 @@ def summarize(sweep_dir: Path, monitor: str, mode: str) -> list[Job]:
     document = {"sweep_dir": str(sweep_dir), "monitor": monitor, "mode": mode, "jobs": rows}
     if groups:
         document["groups"] = group_rows
+    if objectives:
+        document["objectives"] = objectives
+        document["pareto_front"] = [_job_label(job) for job in jobs if job.dir in front]
+    document["totals"] = totals(jobs)
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(document, indent=2) + "\n")
     return jobs
+
+
+def totals(jobs: list[Job]) -> dict[str, Any]:
+    """How the sweep's jobs ended, and the epochs and training time they took in all (a
+    pruned job counts the epochs it trained)."""
+    return {
+        status: sum(job.status == status for job in jobs) for status in ("ok", "pruned", "failed")
+    } | {
+        "epochs": sum(int(job.summary.get("epochs") or 0) for job in jobs),
+        "train_time_s": round(sum(float(job.summary.get("train_time_s") or 0) for job in jobs), 3),
+    }
 
 
 def _group_row(
@@ -365,7 +454,9 @@ def shared_overrides(jobs: list[Job]) -> set[str]:
     return set.intersection(*(set(job.overrides) for job in jobs))
 
 
-def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> None:
+def print_table(
+    jobs: list[Job], monitor: str, mode: str, sweep_dir: Path, objectives: list[str] | None = None
+) -> None:
     """The ranked jobs as a rich table; overrides shared by every job are said once above."""
     from rich.table import Table
 
@@ -382,12 +473,17 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     if test_metric != monitor:
         table.add_column(test_metric, justify="right")
     table.add_column("overrides", overflow="fold")
-    any_failed = any(job.status != "ok" for job in jobs)
+    any_failed = any(job.status == "failed" for job in jobs)
     if any_failed:
         table.add_column("why it failed")
     for position, job in enumerate(jobs, start=1):
         ok = job.status == "ok"
-        cells = [str(position) if ok else "-", _job_label(job), "ok" if ok else "[red]failed[/red]"]
+        status = {
+            "ok": "ok",
+            "pruned": f"pruned at epoch {job.summary.get('pruned_at_epoch')}",
+            "failed": "[red]failed[/red]",
+        }[job.status]
+        cells = [str(position) if ok else "-", _job_label(job), status]
         metrics = [monitor] + ([test_metric] if test_metric != monitor else [])
         cells += [_cell(job.summary.get(name)) for name in metrics]
         cells.append(" ".join(o for o in job.overrides if o not in shared))
@@ -400,6 +496,15 @@ def print_table(jobs: list[Job], monitor: str, mode: str, sweep_dir: Path) -> No
     if shared:
         console.print(f"every job: {' '.join(o for o in jobs[0].overrides if o in shared)}")
     console.print(table)
+    done = totals(jobs)
+    if done["pruned"]:
+        console.print(
+            f"{done['ok']} finished, {done['pruned']} pruned, {done['failed']} failed: "
+            f"{done['epochs']} epochs, {done['train_time_s']:.1f}s of training in all"
+        )
+    if objectives:
+        front = ", ".join(_job_label(job) for job in pareto_front(jobs, objectives))
+        console.print(f"Pareto front of {', '.join(objectives)}: jobs {front or '(none)'}")
     groups = group_repeats(jobs, monitor, mode)
     if groups:
         console.print(groups_table(groups, monitor, shared))
@@ -453,7 +558,7 @@ def fail_if_jobs_failed(sweep_dir: Path, earlier: set[Path]) -> None:
     import sys
 
     jobs = [read_job(d) for d in job_dirs(sweep_dir) if d not in earlier]
-    failed = [job for job in jobs if job.status != "ok"]
+    failed = [job for job in jobs if job.status == "failed"]
     if not failed:
         return
     files = [
@@ -497,5 +602,6 @@ class SweepCallback(Callback):
         from trainkit.build import monitored_metric
 
         monitor, mode = monitored_metric(config)
-        jobs = summarize(sweep_dir, monitor, mode)
-        print_table(jobs, monitor, mode, sweep_dir)
+        objectives = list(config.hydra.sweeper.get("objectives") or [])
+        jobs = summarize(sweep_dir, monitor, mode, objectives)
+        print_table(jobs, monitor, mode, sweep_dir, objectives)
