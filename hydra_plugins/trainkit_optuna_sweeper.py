@@ -77,6 +77,8 @@ class TrainkitOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
+        from trainkit.sweeps import make_pruner
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage, at INFO
         sweep_dir = Path(self.config.hydra.sweep.dir)
@@ -88,7 +90,7 @@ class TrainkitOptunaSweeper(Sweeper):
             study_name=self.study_name,
             storage=self.storage,
             sampler=self.make_sampler(space),
-            pruner=self.make_pruner(),
+            pruner=make_pruner(self.pruner_spec()),
             directions=directions,
             load_if_exists=True,
         )
@@ -126,7 +128,7 @@ class TrainkitOptunaSweeper(Sweeper):
         from trainkit.overrides import quote_value
         from trainkit.sweeps import TRIAL_VARIABLES
 
-        values = (self.storage or "", self.study_name, str(trial._trial_id))
+        values = (self.storage or "", self.study_name, str(trial._trial_id), self.pruner_spec())
         return [
             f"++hydra.job.env_set.{name}={quote_value(value)}"
             for name, value in zip(TRIAL_VARIABLES, values, strict=True)
@@ -192,19 +194,9 @@ class TrainkitOptunaSweeper(Sweeper):
             )
         raise ValueError(f"hydra.sweeper.sampler={self.sampler_name}: use tpe, random or grid")
 
-    def make_pruner(self):
-        import optuna
-
-        if self.pruner_name == "median":
-            return optuna.pruners.MedianPruner(
-                n_startup_trials=self.pruner_startup_trials,
-                n_warmup_steps=self.pruner_warmup_epochs,
-            )
-        if self.pruner_name == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=max(1, self.pruner_warmup_epochs))
-        if self.pruner_name == "none":
-            return optuna.pruners.NopPruner()
-        raise ValueError(f"hydra.sweeper.pruner={self.pruner_name}: use median, hyperband or none")
+    def pruner_spec(self) -> str:
+        """The pruner as trainkit.sweeps.make_pruner reads it (in the sweeper and each job)."""
+        return f"{self.pruner_name},{self.pruner_startup_trials},{self.pruner_warmup_epochs}"
 
     def tell(self, study, trial, job_dir: Path, names: list[str]) -> None:
         """Record how the trial's job ended, from its summary.json: complete with its

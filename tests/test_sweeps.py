@@ -409,6 +409,23 @@ def test_a_long_job_name_is_cut_and_stays_unique():
 # --- pruning, grids, several objectives ----------------------------------------------------
 
 SHORT = [o for o in TINY if not o.startswith("trainer.max_epochs=")]
+PRUNABLE = [
+    "-m", "hparams_search=random", "hydra.sweeper.n_trials=8",
+    "hydra.sweeper.seed=1", "hydra.sweeper.pruner_startup_trials=2",
+    "hydra.sweeper.pruner_warmup_epochs=1", "optimizer.lr=tag(log, interval(1e-5, 0.3))",
+    "optimizer.weight_decay=0", "data.batch_size=64", "trainer.monitor=val/loss", *SHORT,
+    "trainer.max_epochs=6",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_without_a_pruner_every_trial_trains_to_the_end(tmp_path):
+    # The settings under which the median pruner stops trials (below); each job builds the
+    # sweeper's pruner too, not Optuna's default one.
+    result = run_trainkit("train", *PRUNABLE, "hydra.sweeper.pruner=none", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    states = {t.state for t in load_study(only_sweep_dir(tmp_path)).trials}
+    assert states == {optuna.trial.TrialState.COMPLETE}
 
 
 @pytest.mark.slow
@@ -416,14 +433,7 @@ def test_a_search_prunes_hopeless_trials_and_records_them_as_pruned(tmp_path):
     # Random lrs from 1e-5 (hopeless in 6 epochs) to 0.3; the median pruner may stop a trial
     # from its first epoch on, once two trials finished. Ranked by val/loss: accuracy on 18
     # samples ties too often for "worse than the median" to happen.
-    result = run_trainkit(
-        "train", "-m", "hparams_search=random", "hydra.sweeper.n_trials=8",
-        "hydra.sweeper.seed=1", "hydra.sweeper.pruner_startup_trials=2",
-        "hydra.sweeper.pruner_warmup_epochs=1", "optimizer.lr=tag(log, interval(1e-5, 0.3))",
-        "optimizer.weight_decay=0", "data.batch_size=64", "trainer.monitor=val/loss", *SHORT,
-        "trainer.max_epochs=6",
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = run_trainkit("train", *PRUNABLE, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr  # pruned is not failed
     sweep_dir = only_sweep_dir(tmp_path)
     states = {t.number: t.state for t in load_study(sweep_dir).trials}

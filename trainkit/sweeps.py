@@ -127,7 +127,30 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
 # How a job of an Optuna search finds its trial: environment variables the sweeper sets in
 # the job's process (hydra.job.env_set; DDP workers inherit them), not config keys, so the
 # run's config is the same as outside a search.
-TRIAL_VARIABLES = ("TRAINKIT_OPTUNA_STORAGE", "TRAINKIT_OPTUNA_STUDY", "TRAINKIT_OPTUNA_TRIAL")
+TRIAL_VARIABLES = (
+    "TRAINKIT_OPTUNA_STORAGE",
+    "TRAINKIT_OPTUNA_STUDY",
+    "TRAINKIT_OPTUNA_TRIAL",
+    "TRAINKIT_OPTUNA_PRUNER",  # name,startup trials,warmup epochs: Optuna does not store it
+)
+
+
+def make_pruner(spec: str):
+    """The pruner ``spec`` names (``median,5,2``: the median pruner after 5 finished trials
+    and 2 epochs; ``hyperband,_,2``: at least 2 epochs; ``none``), as the sweeper and each
+    trial's job both build it."""
+    import optuna
+
+    name, startup, warmup = (spec.split(",") + ["5", "2"])[:3]
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(startup), n_warmup_steps=int(warmup)
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, int(warmup)))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"hydra.sweeper.pruner={name}: use median, hyperband or none")
 
 
 def trial_pruner():
@@ -136,8 +159,8 @@ def trial_pruner():
     main process asks; under DDP every process gets its answer). None outside a search."""
     import os
 
-    storage, study_name, trial_id = (os.environ.get(name) for name in TRIAL_VARIABLES)
-    if not (storage and study_name and trial_id and trial_id.isdigit()):
+    storage, study_name, trial_id, pruner = (os.environ.get(name) for name in TRIAL_VARIABLES)
+    if not (storage and study_name and trial_id and trial_id.isdigit() and pruner):
         return None
     import optuna
 
@@ -146,7 +169,9 @@ def trial_pruner():
     trial = None
     if distributed.is_main_process():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, pruner=make_pruner(pruner)
+        )
         if len(study.directions) == 1:  # Optuna prunes single-objective studies only
             trial = optuna.trial.Trial(study, int(trial_id))
 
