@@ -34,6 +34,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -150,7 +152,10 @@ class TrainkitOptunaSweeper(Sweeper):
             else:
                 fixed.append(f"{key}={override.get_value_element_as_str()}")
         if not space:
-            raise ValueError("the search has no key to search: give one in Hydra's sweep syntax")
+            raise UserError(
+                "the search has no key to search: give one in Hydra's sweep syntax, e.g. "
+                "'optimizer.lr=tag(log, interval(1e-4, 1e-1))'"
+            )
         return space, fixed
 
     def objective_names(self) -> tuple[list[str], list[str]]:
@@ -182,7 +187,7 @@ class TrainkitOptunaSweeper(Sweeper):
             grid = {}
             for key, distribution in space.items():
                 if not isinstance(distribution, optuna.distributions.CategoricalDistribution):
-                    raise ValueError(
+                    raise UserError(
                         f"hparams_search=grid needs a list of values for {key}: "
                         f"choice(...) or range(...), not an interval"
                     )
@@ -192,7 +197,7 @@ class TrainkitOptunaSweeper(Sweeper):
             return optuna.samplers.TPESampler(
                 seed=self.seed, n_startup_trials=self.n_startup_trials
             )
-        raise ValueError(f"hydra.sweeper.sampler={self.sampler_name}: use tpe, random or grid")
+        raise UserError(f"hydra.sweeper.sampler={self.sampler_name}: use tpe, random or grid")
 
     def pruner_spec(self) -> str:
         """The pruner as trainkit.sweeps.make_pruner reads it (in the sweeper and each job)."""
@@ -207,6 +212,13 @@ class TrainkitOptunaSweeper(Sweeper):
             summary = json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             summary = None
+        if isinstance(summary, dict) and any(name not in summary for name in names):
+            missing = next(name for name in names if name not in summary)
+            known = ", ".join(k for k, v in summary.items() if isinstance(v, (int, float)))
+            raise UserError(
+                f"hydra.sweeper.objectives: {missing} is not in a job's summary.json; "
+                f"its metrics: {known}"
+            )
         values = [summary.get(name) if isinstance(summary, dict) else None for name in names]
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         if isinstance(summary, dict) and summary.get("pruned_at_epoch"):
@@ -259,7 +271,7 @@ def _distribution(key: str, override) -> Any:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise ValueError(f"{key}: a sweep Optuna cannot search ({override.input_line})")
+    raise UserError(f"{key}: a sweep Optuna cannot search ({override.input_line})")
 
 
 def _hydra_value(value: Any) -> str:

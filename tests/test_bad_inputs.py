@@ -134,6 +134,28 @@ mistake("fractions", train("data.val_fraction=0.9", "data.test_fraction=0.2"), "
 mistake("fractions-at-one", train("data.val_fraction=0.5", "data.test_fraction=0.5"), "sum to")
 mistake("missing-plugin", train("plugins=[no_such_module_xyz]"), "cannot import 'no_such_module")
 mistake("unknown-search", ["train", "-m", "hparams_search=nope"], "unknown hparams_search 'nope'")
+SEARCH = ["train", "-m", *SMALL, "trainer.max_epochs=1", "hydra.sweeper.n_trials=1"]
+mistake(
+    "unknown-pruner",
+    [*SEARCH, "hparams_search=tpe", "hydra.sweeper.pruner=mediann"],
+    "hydra.sweeper.pruner=mediann: use median, hyperband or none",
+)
+mistake(
+    "unknown-sampler",
+    [*SEARCH, "hparams_search=tpe", "hydra.sweeper.sampler=cmaes"],
+    "hydra.sweeper.sampler=cmaes: use tpe, random or grid",
+)
+mistake(
+    "grid-of-an-interval",
+    [*SEARCH, "hparams_search=grid", "optimizer.lr=interval(0.01,0.1)"],
+    "hparams_search=grid needs a list of values for optimizer.lr",
+)
+mistake(
+    "unknown-objective",
+    [*SEARCH, "hparams_search=random", "hydra.sweeper.objectives=[val/acc,val/acuracy]"],
+    "hydra.sweeper.objectives: val/acuracy is not in a job's summary.json",
+    leaves_record=True,  # the job that ran is kept
+)
 mistake("resume-in-sweep", ["train", "-m", "resume=x"], "resume=PATH continues one run")
 mistake("resume-missing", ["train", "resume=no/such/run"], "checkpoint no/such/run")
 mistake(

@@ -150,7 +150,7 @@ def make_pruner(spec: str):
         return optuna.pruners.HyperbandPruner(min_resource=max(1, int(warmup)))
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"hydra.sweeper.pruner={name}: use median, hyperband or none")
+    raise UserError(f"hydra.sweeper.pruner={name}: use median, hyperband or none")
 
 
 def trial_pruner():
