@@ -487,3 +487,18 @@ def test_the_sweeps_extra_pins_no_optuna_below_its_current_releases():
     for requirement in extras["sweeps"]:
         assert "<" not in requirement, requirement  # an environment's Optuna stays as it is
     assert not any("hydra-optuna-sweeper" in r for r in extras["sweeps"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind"),
+    [
+        ("median,3,2", "MedianPruner"),
+        ("hyperband,5,2", "HyperbandPruner"),
+        ("none,5,2", "NopPruner"),
+    ],
+)
+def test_the_pruner_named_is_built_alike_in_the_sweeper_and_the_jobs(spec, kind):
+    pruner = sweeps.make_pruner(spec)
+    assert type(pruner).__name__ == kind
+    if kind == "MedianPruner":
+        assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (3, 2)
