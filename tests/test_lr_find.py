@@ -96,3 +96,14 @@ def test_the_suggested_lr_trains_where_max_lr_does_not(tmp_path):
     at_suggestion = short_run(suggested)
     assert at_suggestion > 0.8
     assert at_suggestion > short_run("10")
+
+
+def test_a_negative_loss_that_keeps_falling_is_not_divergence(tmp_path, monkeypatch):
+    # Poisson NLL (log input) goes below 0: "4x its best" must not read -1 > -4 as diverged.
+    import trainkit.lr_find as lr_find
+
+    losses = iter(-1.0 - 0.01 * step for step in range(1000))
+    monkeypatch.setattr(lr_find, "_step", lambda parts, batches: next(losses))
+    monkeypatch.chdir(tmp_path)
+    test, _ = find_lr(compose(*SMALL), 1e-4, 1.0, 20)
+    assert not test.stopped and len(test.lrs) == 20

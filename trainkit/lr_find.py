@@ -78,7 +78,8 @@ def find_lr(
         test.lrs.append(lr)
         test.losses.append(loss)
         best = min(best, running)
-        if running > diverge * best:
+        # "diverge times its best", for losses that may be negative too (Poisson NLL's).
+        if running > best + (diverge - 1) * abs(best):
             test.stopped = f"the loss passed {diverge:g}x its best at lr {lr:.3g}"
             break
     if test.stopped and len(test.lrs) <= max(2, steps // 10):
