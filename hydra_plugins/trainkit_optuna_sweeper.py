@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,16 @@ class TrainkitOptunaSweeper(Sweeper):
         params: dict[str, str] | None = None,
     ) -> None:
         self.sampler_name, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
-        self.n_trials, self.n_jobs = n_trials, max(1, n_jobs)
+        self.n_trials, self.requested_jobs = n_trials, n_jobs
+        self.n_jobs = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else 1
         self.study_name, self.storage = study_name, storage
         self.pruner_name = pruner
         self.pruner_startup_trials, self.pruner_warmup_epochs = (
             pruner_startup_trials,
             pruner_warmup_epochs,
         )
-        self.objectives = list(objectives or [])
+        # One name is one objective (not a list of its letters).
+        self.objectives = [objectives] if isinstance(objectives, str) else list(objectives or [])
         self.params = dict(params or {})
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -78,25 +81,43 @@ class TrainkitOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+        from optuna.trial import TrialState
 
         from trainkit.sweeps import make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage, at INFO
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        # Everything is checked before anything is written (a continued study included).
+        self.check_settings()
         space, fixed = self.search_space(arguments)
         names, directions = self.objective_names()
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self.make_sampler(space),
-            pruner=make_pruner(self.pruner_spec()),
-            directions=directions,
-            load_if_exists=True,
-        )
+        sampler, pruner = self.make_sampler(space), make_pruner(self.pruner_spec())
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        earlier = self.earlier_study(sweep_dir)
+        if earlier is not None:
+            _check_same_space(earlier, space)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        try:
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                sampler=sampler,
+                pruner=pruner,
+                directions=directions,
+                load_if_exists=True,
+            )
+        except Exception as error:  # the storage cannot be opened or written
+            first = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise UserError(f"hydra.sweeper.storage={self.storage}: {first}") from None
         study.set_user_attr("objectives", names)
+        trials = study.get_trials(deepcopy=False)
+        for trial in trials:  # a trial whose sweep was stopped: it will not report any more
+            if trial.state == TrialState.RUNNING:
+                study.tell(trial.number, state=TrialState.FAIL)
+                log.warning(f"trial {trial.number} was interrupted: counted as failed")
         trials = study.get_trials(deepcopy=False)
         finished = sum(trial.state.is_finished() for trial in trials)
         total = self.planned_trials(space)
@@ -124,6 +145,38 @@ class TrainkitOptunaSweeper(Sweeper):
                 self.tell(study, trial, Path(result.hydra_cfg.hydra.runtime.output_dir), names)
             job_idx += len(batch)
             remaining -= len(batch)
+
+    def check_settings(self) -> None:
+        """hydra.sweeper's values, as one line each (Hydra passes them on unchecked)."""
+        for name, least in (
+            ("n_trials", 1), ("n_jobs", 1), ("n_startup_trials", 0),
+            ("pruner_startup_trials", 0), ("pruner_warmup_epochs", 0),
+        ):  # fmt: skip
+            value = getattr(self, name if name != "n_jobs" else "requested_jobs")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"hydra.sweeper.{name}={value} must be a whole number >= {least}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise UserError(f"hydra.sweeper.seed={self.seed} must be a whole number or null")
+        if not all(isinstance(name, str) and name for name in self.objectives):
+            raise UserError(
+                f"hydra.sweeper.objectives={self.objectives}: metric names, e.g. "
+                "[val/acc,train_time_s]"
+            )
+
+    def earlier_study(self, sweep_dir: Path):
+        """The study a rerun continues (read, not written), or None."""
+        import optuna
+
+        if not (sweep_dir / "optuna.db").is_file():
+            return None
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self.storage)
+        except KeyError:  # no study of that name in it
+            return None
+        except Exception as error:  # a damaged or foreign file
+            raise UserError(f"cannot read {sweep_dir / 'optuna.db'}: {error}") from None
 
     def trial_variables(self, trial) -> list[str]:
         """Overrides that tell the job its trial (trainkit.sweeps.trial_pruner reads them)."""
@@ -176,7 +229,7 @@ class TrainkitOptunaSweeper(Sweeper):
         """n_trials, or for a grid every point of it."""
         if self.sampler_name != "grid":
             return self.n_trials
-        return math.prod(len(distribution.choices) for distribution in space.values())
+        return math.prod(len(values) for values in _grid_of(space).values())
 
     def make_sampler(self, space: dict[str, Any]):
         import optuna
@@ -184,14 +237,7 @@ class TrainkitOptunaSweeper(Sweeper):
         if self.sampler_name == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.sampler_name == "grid":
-            grid = {}
-            for key, distribution in space.items():
-                if not isinstance(distribution, optuna.distributions.CategoricalDistribution):
-                    raise UserError(
-                        f"hparams_search=grid needs a list of values for {key}: "
-                        f"choice(...) or range(...), not an interval"
-                    )
-                grid[key] = list(distribution.choices)
+            grid = _grid_of(space)
             return _Grid(grid, seed=self.seed)
         if self.sampler_name == "tpe":
             return optuna.samplers.TPESampler(
@@ -229,6 +275,44 @@ class TrainkitOptunaSweeper(Sweeper):
             study.tell(trial, state=TrialState.FAIL)
 
 
+def _grid_of(space: dict[str, Any]) -> dict[str, list]:
+    """The values of each key of a grid: its choice(...) or range(...)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    grid = {}
+    for key, distribution in space.items():
+        if isinstance(distribution, IntDistribution) and not distribution.log:  # range(...)
+            grid[key] = list(range(distribution.low, distribution.high + 1, distribution.step))
+        elif isinstance(distribution, CategoricalDistribution):
+            grid[key] = list(distribution.choices)
+        else:
+            raise UserError(
+                f"hparams_search=grid needs a list of values for {key}: "
+                "choice(...) or range(...), not an interval"
+            )
+    return grid
+
+
+def _check_same_space(study, space: dict[str, Any]) -> None:
+    """A continued study must search the space it searched: Optuna cannot mix two."""
+    for trial in study.get_trials(deepcopy=False):
+        for key, distribution in trial.distributions.items():
+            if key in space and space[key] != distribution:
+                raise UserError(
+                    f"{key}: the study in this sweep directory searched {_shown(distribution)}, "
+                    f"and this command asks {_shown(space[key])}; keep the search space to "
+                    "continue it, or use a new hydra.sweep.dir"
+                )
+
+
+def _shown(distribution) -> str:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return f"choice({', '.join(map(str, choices))})"
+    log_scale = " (log)" if getattr(distribution, "log", False) else ""
+    return f"[{distribution.low}, {distribution.high}]{log_scale}"
+
+
 def _grid_sampler_class():
     import optuna
 
@@ -247,7 +331,15 @@ def _Grid(grid: dict[str, list], seed: int | None):  # noqa: N802 (a class, made
 
 
 def _distribution(key: str, override) -> Any:
-    """Hydra's sweep of ``key`` as an Optuna distribution."""
+    """Hydra's sweep of ``key`` as an Optuna distribution; UserError for one Optuna refuses
+    (an interval whose low is above its high, a log scale from 0)."""
+    try:
+        return _optuna_distribution(key, override)
+    except ValueError as error:
+        raise UserError(f"{override.input_line}: {error}") from None
+
+
+def _optuna_distribution(key: str, override) -> Any:
     from hydra.core.override_parser.types import IntervalSweep, RangeSweep, Transformer
     from optuna.distributions import (
         CategoricalDistribution,
@@ -280,4 +372,6 @@ def _hydra_value(value: Any) -> str:
 
     if isinstance(value, float):
         return repr(value)
-    return quote_value(str(value)) if isinstance(value, str) else str(value)
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", value):
+        return quote_value(value)  # (a plain name, like an option, stays unquoted)
+    return str(value)

@@ -150,6 +150,53 @@ mistake(
     [*SEARCH, "hparams_search=grid", "optimizer.lr=interval(0.01,0.1)"],
     "hparams_search=grid needs a list of values for optimizer.lr",
 )
+SEARCH_ANY = ["train", "-m", *SMALL, "trainer.max_epochs=1"]
+mistake(
+    "search-no-trials",
+    [*SEARCH_ANY, "hparams_search=random", "hydra.sweeper.n_trials=0"],
+    "hydra.sweeper.n_trials=0 must be a whole number >= 1",
+)
+mistake(
+    "search-seed-not-a-number",
+    [*SEARCH, "hparams_search=tpe", "hydra.sweeper.seed=abc"],
+    "hydra.sweeper.seed=abc must be a whole number or null",
+)
+mistake(
+    "search-interval-backwards",
+    [*SEARCH, "hparams_search=random", "optimizer.lr=interval(1,0.1)"],
+    "optimizer.lr=interval(1,0.1): `low <= high` must hold",
+)
+mistake(
+    "search-choice-of-an-unknown-option",
+    [*SEARCH, "hparams_search=random", "optimizer=choice(sgd,adamm)"],
+    "optimizer=adamm (of optimizer=choice(sgd,adamm)): unknown optimizer 'adamm'",
+)
+mistake(
+    "search-storage-unwritable",
+    [*SEARCH, "hparams_search=random", "hydra.sweeper.storage=sqlite:////nonexistent/x.db"],
+    "hydra.sweeper.storage=sqlite:////nonexistent/x.db: (sqlite3.OperationalError)",
+)
+
+
+@case("search-space-changed", "optimizer.lr: the study in this sweep directory searched")
+def _(cwd, run):
+    import optuna
+
+    (cwd / "sweep").mkdir()
+    study = optuna.create_study(
+        study_name="trainkit", storage=f"sqlite:///{cwd}/sweep/optuna.db", direction="maximize"
+    )
+    study.enqueue_trial({"optimizer.lr": 0.1})
+    trial = study.ask({"optimizer.lr": optuna.distributions.CategoricalDistribution([0.01, 0.1])})
+    study.tell(trial, 0.5)
+    return [
+        *SEARCH,
+        "hparams_search=grid",
+        "optimizer.lr=choice(0.01,0.5)",
+        "hydra.sweep.dir=sweep",
+    ]
+
+
 mistake(
     "unknown-objective",
     [*SEARCH, "hparams_search=random", "hydra.sweeper.objectives=[val/acc,val/acuracy]"],

@@ -502,3 +502,30 @@ def test_the_pruner_named_is_built_alike_in_the_sweeper_and_the_jobs(spec, kind)
     assert type(pruner).__name__ == kind
     if kind == "MedianPruner":
         assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (3, 2)
+
+
+def test_a_grid_takes_ranges_as_lists_of_values():
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    from hydra_plugins.trainkit_optuna_sweeper import _grid_of
+
+    space = {"a": IntDistribution(16, 48, step=16), "b": CategoricalDistribution(["x", "y"])}
+    assert _grid_of(space) == {"a": [16, 32, 48], "b": ["x", "y"]}
+
+
+def test_a_trial_left_running_by_a_stopped_sweep_fails_when_the_study_continues(tmp_path):
+    space = {"optimizer.lr": optuna.distributions.CategoricalDistribution([0.01, 0.1])}
+    (tmp_path / "sweep").mkdir()
+    study = optuna.create_study(
+        study_name="trainkit", storage=f"sqlite:///{tmp_path}/sweep/optuna.db", direction="maximize"
+    )
+    study.ask(space)  # trial 0: its sweep was killed before it was told anything
+    result = run_trainkit(
+        "train", "-m", "hparams_search=random", "optimizer.lr=choice(0.01,0.1)",
+        "optimizer.weight_decay=0", "data.batch_size=32", "hydra.sweeper.n_trials=2",
+        "hydra.sweep.dir=sweep", *TINY, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    states = [t.state for t in load_study(tmp_path / "sweep").trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "trial 0 was interrupted: counted as failed" in result.stdout + result.stderr

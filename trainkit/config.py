@@ -218,8 +218,9 @@ def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
 def check_sweep(overrides: list[str], plugins: list[str]) -> None:
     """Every job of a grid sweep (``-m a=1,2 b=x,y``) composes and resolves: a mistake in
     any of them is one line before anything runs or any directory exists, not one failed
-    job after another. A search (``hparams_search=...``) is checked at its fixed values; its
-    trials' sampled values are checked as each trial runs.
+    job after another. A search (``hparams_search=...``) is checked at its fixed values and at
+    each value of its choice(...) and range(...) keys; values sampled from an interval are
+    checked as each trial runs.
 
     Jobs that choose the same config group options share one composition.
     """
@@ -232,9 +233,22 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
         if not override.key_or_group.startswith(("hydra.", "hydra/"))
     ]
     if any(o.key_or_group == "hparams_search" for o in parsed):
-        fixed = compose([o.input_line for o in parsed if not o.is_sweep_override()])
+        fixed_lines = [o.input_line for o in parsed if not o.is_sweep_override()]
+        fixed = compose(fixed_lines)
         check_plugins(fixed, plugins)
         resolve(fixed)
+        # Each value of a choice(...) or range(...) too: an unknown option is one line now,
+        # not a failed trial after others have run.
+        for override in parsed:
+            if override.is_sweep_override() and override.is_discrete_sweep():
+                key = override.get_key_element()
+                for value in override.sweep_string_iterator():
+                    try:
+                        resolve(compose([*fixed_lines, f"{key}={value}"]))
+                    except UserError as error:
+                        raise UserError(
+                            f"{key}={value} (of {override.input_line}): {error}"
+                        ) from None
         return
     try:
         (jobs,) = BasicSweeper.split_arguments(parsed, None)

@@ -627,6 +627,7 @@ class SweepCallback(Callback):
         from trainkit.build import monitored_metric
 
         monitor, mode = monitored_metric(config)
-        objectives = list(config.hydra.sweeper.get("objectives") or [])
+        objectives = config.hydra.sweeper.get("objectives") or []
+        objectives = [objectives] if isinstance(objectives, str) else list(objectives)
         jobs = summarize(sweep_dir, monitor, mode, objectives)
         print_table(jobs, monitor, mode, sweep_dir, objectives)
