@@ -236,10 +236,13 @@ mistake("lr-find-key", ["lr-find", "optimizer.lrr=1"], "unknown key optimizer.lr
 mistake("lr-find-min-lr", ["lr-find", "min_lr=abc"], "min_lr=abc must be a number > 0")
 mistake("lr-find-range", ["lr-find", "min_lr=1", "max_lr=0.1"], "min_lr=1 must be below max_lr")
 mistake("lr-find-steps", ["lr-find", "steps=3"], "steps=3: the range test needs at least 5")
+mistake("lr-find-sweep", ["lr-find", "-m"], "lr-find runs one range test; -m sweeps belong")
+mistake("lr-find-no-output-name", ["lr-find", "output="], "output= needs a file name")
+mistake("lr-find-resume", ["lr-find", "resume=somewhere"], "leave out resume=")
 mistake(
     "lr-find-diverges-at-once",
     ["lr-find", *SMALL, "min_lr=1e12", "max_lr=1e14", "steps=10"],
-    "the range starts too high; lower min_lr=1e+12",
+    "the range starts too high or climbs too fast; lower min_lr=1e+12 or max_lr=1e+14",
 )
 mistake("compare-nothing", ["compare"], "compare needs at least one run or sweep directory")
 mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end in .png")

@@ -818,8 +818,12 @@ def lr_find(args: list[str]) -> None:
     from trainkit import rundir
 
     own = ("min_lr=", "max_lr=", "steps=", "output=")
+    if {"-m", "--multirun"} & set(args):
+        raise UserError("lr-find runs one range test; -m sweeps belong to trainkit train -m")
     overrides = [arg for arg in args if not arg.startswith(own)]
     options = dict(arg.partition("=")[::2] for arg in args if arg.startswith(own))
+    if options.get("output") == "":
+        raise UserError("output= needs a file name, like output=lr_find.png")
     min_lr, max_lr = (
         _positive_float(options, "min_lr", 1e-7),
         _positive_float(options, "max_lr", 10.0),
@@ -841,6 +845,10 @@ def lr_find(args: list[str]) -> None:
     from trainkit.plotting import format_lr, lr_find_figure, png_bytes, terminal_plot
 
     cfg = config.resolve(config.compose(config.prepare(overrides)))
+    if cfg.get("resume"):
+        raise UserError("lr-find starts from a fresh build of the run; leave out resume=")
+    if cfg.trainer.devices > 1:
+        print(f"note: lr-find runs in one process; trainer.devices={cfg.trainer.devices} unused")
     test, parts = find_lr(cfg, min_lr, max_lr, steps)
     title = (
         f"lr range test: optimizer={parts.cfg.optimizer.name} model={parts.cfg.model.name}, "

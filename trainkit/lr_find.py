@@ -85,7 +85,8 @@ def find_lr(
     if test.stopped and len(test.lrs) <= max(2, steps // 10):
         raise UserError(
             f"the loss diverged within the first {len(test.lrs) + 1} steps ({test.stopped}): "
-            f"the range starts too high; lower min_lr={min_lr:g}"
+            f"the range starts too high or climbs too fast; lower min_lr={min_lr:g} or "
+            f"max_lr={max_lr:g}, or take more steps"
         )
     test.smoothed = _centred_mean(test.losses, max(3, steps // 10))
     test.minimum, test.steepest = _suggestions(test.lrs, test.smoothed)
