@@ -64,14 +64,14 @@ def test_predict_bench_compares_like_with_like():
 
 def test_pruning_bench_runs_both_searches():
     script = BENCH.with_name("bench_pruning.py")
-    tiny = ["--trials", "3", "--epochs", "3", "--json", "data=synthetic", "data.num_samples=120",
+    tiny = ["--trials", "2", "--epochs", "2", "--json", "data=synthetic", "data.num_samples=120",
             "model=mlp", "model.hidden=[8]"]  # fmt: skip
     result = subprocess.run(
         [sys.executable, str(script), *tiny], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["unpruned"]["pruned"] == 0 and report["unpruned"]["epochs"] == 9
+    assert report["unpruned"]["pruned"] == 0 and report["unpruned"]["epochs"] == 4
     assert (
-        report["pruned"]["epochs"] <= 9 and report["pruned"]["ok"] + report["pruned"]["pruned"] == 3
+        report["pruned"]["epochs"] <= 4 and report["pruned"]["ok"] + report["pruned"]["pruned"] == 2
     )
