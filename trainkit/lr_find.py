@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from trainkit import finetune
 from trainkit.build import Parts, build
 from trainkit.errors import UserError
+from trainkit.runner import apply_update, batch_loss
 
 RUNNING = 0.9  # the running average that decides when the loss diverged (bias-corrected)
 
@@ -112,26 +113,14 @@ def _step(parts: Parts, batches: Iterator) -> float:
         targets = targets.to(parts.device, non_blocking=True)
         for regularizer in parts.regularizers:
             inputs, targets = regularizer.mix_batch(inputs, targets, parts.splits.num_classes)
-        with speed.autocast():
-            outputs = parts.model(inputs)
-            loss = parts.task.compute_loss(parts.loss_fn, outputs, targets)
-            for regularizer in parts.regularizers:
-                penalty = regularizer.penalty(parts.model)
-                if penalty is not None:
-                    loss = loss + penalty
+        _, loss = batch_loss(parts, parts.model, inputs, targets)
         speed.scaler.scale(loss / accumulate).backward()
         total += loss.item() / accumulate
     if not math.isfinite(total):
         parts.optimizer.zero_grad(set_to_none=True)
         return total
     speed.scaler.unscale_(parts.optimizer)
-    for regularizer in parts.regularizers:
-        regularizer.before_optimizer_step(parts.model)
-    speed.scaler.step(parts.optimizer)
-    speed.scaler.update()
-    parts.optimizer.zero_grad(set_to_none=True)
-    for regularizer in parts.regularizers:
-        regularizer.after_optimizer_step(parts.model)
+    apply_update(parts)
     return total
 
 

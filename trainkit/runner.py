@@ -113,6 +113,36 @@ def stop_on_signals(runner: Runner):
             signal.signal(signal_number, handler)
 
 
+# --- one batch and one update, as training (and lr-find) takes them ------------------------
+# ``run``: a Runner, or the assembly's Parts (the same names: model, task, loss_fn,
+# regularizers, speed, optimizer).
+
+
+def batch_loss(run, forward, inputs: torch.Tensor, targets: torch.Tensor):
+    """The batch's outputs and loss (with the regularizers' penalties), in the run's
+    precision; ``forward``: the model, or what wraps it (DDP, compiled)."""
+    with run.speed.autocast():
+        outputs = forward(inputs)
+        loss = run.task.compute_loss(run.loss_fn, outputs, targets)
+        for regularizer in run.regularizers:
+            penalty = regularizer.penalty(run.model)
+            if penalty is not None:
+                loss = loss + penalty
+    return outputs, loss
+
+
+def apply_update(run) -> None:
+    """The optimizer's step from the accumulated (unscaled) gradients, between the
+    regularizers' hooks (clipping before, EMA after); the gradients are cleared."""
+    for regularizer in run.regularizers:
+        regularizer.before_optimizer_step(run.model)
+    run.speed.scaler.step(run.optimizer)
+    run.speed.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    for regularizer in run.regularizers:
+        regularizer.after_optimizer_step(run.model)
+
+
 # --- the runner ----------------------------------------------------------------------------
 
 
@@ -230,13 +260,7 @@ class Runner:
                 # Between the optimizer steps of accumulation, DDP need not average gradients.
                 no_sync = not steps_now and isinstance(self.model_ddp, DistributedDataParallel)
                 with self.model_ddp.no_sync() if no_sync else contextlib.nullcontext():
-                    with self.speed.autocast():
-                        outputs = self.train_model(inputs)
-                        loss = self.task.compute_loss(self.loss_fn, outputs, targets)
-                        for regularizer in self.regularizers:
-                            penalty = regularizer.penalty(self.model)
-                            if penalty is not None:
-                                loss = loss + penalty
+                    outputs, loss = batch_loss(self, self.train_model, inputs, targets)
                     self.speed.scaler.scale(loss / accumulate).backward()
                 if self.settings.nonfinite != "error" and not torch.isfinite(loss.detach()):
                     if self.settings.nonfinite == "rollback":
@@ -312,13 +336,7 @@ class Runner:
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
-        for regularizer in self.regularizers:
-            regularizer.before_optimizer_step(self.model)
-        self.speed.scaler.step(self.optimizer)
-        self.speed.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        for regularizer in self.regularizers:
-            regularizer.after_optimizer_step(self.model)
+        apply_update(self)
         self.step += 1
         if self.logger.should_log_step(self.step):
             self.logger.log_step(self.step, {"train/lr": self.lr})  # the lr this step used
