@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.test_resume import crash_at_step
 from trainkit import checkpoint, config, finetune
 from trainkit.errors import UserError
 from trainkit.runner import Runner
@@ -91,10 +92,6 @@ def test_a_frozen_part_stays_until_its_epoch_and_the_log_counts_what_trains(
     assert lrs[id(runner.model[7].weight)] == 2 * lrs[id(runner.model[4].weight)]
 
 
-class Crash(Exception):
-    pass
-
-
 def test_a_run_resumed_after_its_unfreezing_epoch_trains_as_one_that_ran_through(
     source_run, tmp_path, monkeypatch
 ):
@@ -107,18 +104,8 @@ def test_a_run_resumed_after_its_unfreezing_epoch_trains_as_one_that_ran_through
     straight = make_runner(tmp_path / "straight", *tune)
     straight.fit()
     crashing = make_runner(tmp_path / "crashed", *tune)
-    real_step = Runner._optimizer_step
-
-    def step_then_crash(self, *args):
-        stepped = real_step(self, *args)
-        if self.step == 10:  # mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8
-            raise Crash
-        return stepped
-
-    monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
-    with pytest.raises(Crash):
-        crashing.fit()
-    monkeypatch.undo()
+    # Mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8.
+    crash_at_step(crashing, 10, monkeypatch)
     resumed = make_runner(tmp_path / "crashed", *tune, f"resume={tmp_path / 'crashed'}")
     assert resumed.epoch == 1 and resumed.frozen  # unfrozen when its next epoch starts
     resumed.fit()

@@ -57,6 +57,23 @@ class Crash(Exception):
     pass
 
 
+def crash_at_step(runner, step: int, monkeypatch) -> None:
+    """Fit ``runner`` until its optimizer step ``step``, then crash as a killed run would
+    (after that step, before any checkpoint of it)."""
+    real_step = Runner._optimizer_step
+
+    def step_then_crash(self, *args):
+        stepped = real_step(self, *args)
+        if self.step == step:
+            raise Crash
+        return stepped
+
+    monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
+    with pytest.raises(Crash):
+        runner.fit()
+    monkeypatch.undo()
+
+
 # On the device, batches are cut and augmented (crops and flips only) by trainkit itself.
 ON_DEVICE = ["data.on_device=true", "augmentation=basic"]
 
@@ -67,18 +84,8 @@ def test_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeyp
     straight.fit()
 
     crashing = make_runner(tmp_path / "crashed", "trainer.max_epochs=3", *loader)
-    real_step = Runner._optimizer_step
-
-    def step_then_crash(self, *args):
-        stepped = real_step(self, *args)
-        if self.step == 10:  # mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8
-            raise Crash
-        return stepped
-
-    monkeypatch.setattr(Runner, "_optimizer_step", step_then_crash)
-    with pytest.raises(Crash):
-        crashing.fit()
-    monkeypatch.undo()
+    # Mid-epoch 2 (5 steps an epoch), after the checkpoint at step 8.
+    crash_at_step(crashing, 10, monkeypatch)
     saved = checkpoint.load(tmp_path / "crashed" / "checkpoints" / "last.pt")
     assert saved["step"] == 8 and saved["epoch_progress"]["batches"] == 3
 
