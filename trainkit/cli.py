@@ -608,11 +608,8 @@ def predict(args: list[str]) -> None:
         raise UserError(f"tta={tta}: use tta=none or tta=hflip")
     if on_bad not in ("skip", "error"):
         raise UserError(f"on_bad_input={on_bad}: use on_bad_input=skip or on_bad_input=error")
-    output = Path(options["output"]).expanduser() if "output" in options else None
-    if output is not None and output.suffix.lower() not in (".csv", ".jsonl"):
-        raise UserError(f"output={output} must end in .csv or .jsonl")
-    if output is not None and output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    suffixes = (".csv", ".jsonl")
+    output = _new_output(options.get("output"), suffixes, " must end in .csv or .jsonl")
 
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
@@ -656,11 +653,8 @@ def export(args: list[str]) -> None:
     if suffix is None:
         raise UserError(f"format={fmt}: use format=onnx or format=torch_export")
     opset = _positive_int(options, "opset", 18) if "opset" in options else None
-    output = Path(options["output"]).expanduser() if "output" in options else None
-    if output is not None and output.suffix.lower() != suffix:
-        raise UserError(f"output={output}: format={fmt} writes a {suffix} file")
-    if output is not None and output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    wrong = f": format={fmt} writes a {suffix} file"
+    output = _new_output(options.get("output"), (suffix,), wrong)
 
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
@@ -677,6 +671,20 @@ def export(args: list[str]) -> None:
         f"wrote {output}: the largest difference from the PyTorch model on {done['inputs']} "
         f"is {done['difference']:.2e} (at most {done['tolerance']:.2e} allowed)"
     )
+
+
+def _new_output(value: str | None, suffixes: tuple[str, ...], wrong: str) -> Path | None:
+    """``output=value`` as a path for a new file, or None when not given. UserError when its
+    suffix is none of ``suffixes`` (``wrong`` follows ``output=PATH`` in the message) or
+    when it exists: trainkit writes no file over another."""
+    if value is None:
+        return None
+    output = Path(value).expanduser()
+    if output.suffix.lower() not in suffixes:
+        raise UserError(f"output={output}{wrong}")
+    if output.exists():
+        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    return output
 
 
 def _positive_int(options: dict[str, str], key: str, default: int) -> int:
@@ -779,11 +787,7 @@ def lr_plot(args: list[str]) -> None:
     if options.get("scale", "linear") not in ("linear", "log"):
         raise UserError(f"scale={options['scale']}: use scale=linear or scale=log")
     log_scale = options.get("scale") == "log"
-    output = Path(options["output"]).expanduser() if "output" in options else None
-    if output is not None and output.suffix.lower() != ".png":
-        raise UserError(f"output={output} must end in .png")
-    if output is not None and output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    output = _new_output(options.get("output"), (".png",), " must end in .png")
 
     from trainkit import config
     from trainkit.build import build
@@ -833,11 +837,7 @@ def lr_find(args: list[str]) -> None:
     steps = _positive_int(options, "steps", 100)
     if steps < 5:
         raise UserError(f"steps={steps}: the range test needs at least 5 steps (100 is usual)")
-    output = Path(options["output"]).expanduser() if "output" in options else None
-    if output is not None and output.suffix.lower() != ".png":
-        raise UserError(f"output={output} must end in .png")
-    if output is not None and output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    output = _new_output(options.get("output"), (".png",), " must end in .png")
     rundir.check_can_write(output or "lr_find.png", "output")  # before the test, not after
 
     from trainkit import config
@@ -917,11 +917,7 @@ def compare_runs(args: list[str]) -> None:
         raise UserError("compare needs at least one run or sweep directory")
     from trainkit import rundir
 
-    output = Path(options["output"]).expanduser() if options["output"] else None
-    if output is not None and output.suffix.lower() != ".png":
-        raise UserError(f"output={output} must end in .png")
-    if output is not None and output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    output = _new_output(options["output"] or None, (".png",), " must end in .png")
     output = output or rundir.free_file_name("compare.png")
 
     from trainkit.compare import compare
