@@ -21,6 +21,7 @@ from trainkit.sweeps import (
     job_dirs,
     read_job,
     shared_overrides,
+    spread,
 )
 
 
@@ -87,14 +88,8 @@ def _mean_and_std(curves: list[list[tuple[int, float]]]) -> list[tuple[int, floa
                 by_epoch.setdefault(epoch, []).append(value)
     rows = []
     for epoch in sorted(by_epoch):
-        values = by_epoch[epoch]
-        mean = math.fsum(values) / len(values)
-        spread = (
-            math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-            if len(values) > 1
-            else 0.0
-        )
-        rows.append((epoch, mean, spread))
+        mean, std = spread(by_epoch[epoch])
+        rows.append((epoch, mean, std or 0.0))
     return rows
 
 

@@ -309,6 +309,15 @@ def configuration(job: Job) -> tuple[str, ...]:
     return tuple(o for o in job.overrides if _key_of(o) not in REPEAT_KEYS)
 
 
+def spread(values: list[float]) -> tuple[float, float | None]:
+    """The mean of ``values`` (at least one) and their sample standard deviation (None for
+    one value)."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 @dataclass
 class Group:
     """The jobs of one configuration, repeated over seeds or folds."""
@@ -326,11 +335,7 @@ class Group:
         ]
         if not values:
             return None, None, 0
-        mean = math.fsum(values) / len(values)
-        if len(values) < 2:
-            return mean, None, 1
-        variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
-        return mean, math.sqrt(variance), len(values)
+        return (*spread(values), len(values))
 
     @property
     def failed(self) -> int:
