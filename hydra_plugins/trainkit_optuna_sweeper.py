@@ -238,7 +238,7 @@ class TrainkitOptunaSweeper(Sweeper):
             return optuna.samplers.RandomSampler(seed=self.seed)
         if self.sampler_name == "grid":
             grid = _grid_of(space)
-            return _Grid(grid, seed=self.seed)
+            return _grid_sampler(grid, self.seed)
         if self.sampler_name == "tpe":
             return optuna.samplers.TPESampler(
                 seed=self.seed, n_startup_trials=self.n_startup_trials
@@ -313,21 +313,17 @@ def _shown(distribution) -> str:
     return f"[{distribution.low}, {distribution.high}]{log_scale}"
 
 
-def _grid_sampler_class():
+def _grid_sampler(grid: dict[str, list], seed: int | None):
+    """Optuna's grid sampler, without its ``study.stop()`` once the grid is done: that works
+    only inside ``study.optimize``, and the sweeper counts the points itself. (Made here:
+    this module is imported for every run, Optuna only for a search.)"""
     import optuna
 
     class Grid(optuna.samplers.GridSampler):
-        """Optuna's grid sampler, without its ``study.stop()`` once the grid is done: that
-        works only inside ``study.optimize``, and the sweeper counts the points itself."""
-
         def after_trial(self, study, trial, state, values) -> None:
             pass
 
-    return Grid
-
-
-def _Grid(grid: dict[str, list], seed: int | None):  # noqa: N802 (a class, made when needed)
-    return _grid_sampler_class()(grid, seed=seed)
+    return Grid(grid, seed=seed)
 
 
 def _distribution(key: str, override) -> Any:
