@@ -121,6 +121,7 @@ mistake("log-every", train("logger.log_every_n_steps=-3"), "logger.log_every_n_s
 mistake("prefetch", train("data.prefetch_factor=4"), "data.prefetch_factor=4 counts the batches")
 mistake("devices-zero", train("trainer.devices=0"), "trainer.devices=0 is out of range")
 mistake("not-a-device", train("trainer.device=tpu"), "trainer.device='tpu' is not a device")
+mistake("meta-device", train("trainer.device=meta"), "trainer.device='meta' is not a device")
 mistake("tuple-length", train("optimizer=adam", "optimizer.betas=[0.9]"), "must have 2 items")
 mistake("unknown-model", train("model=resnet_cifr"), "unknown model 'resnet_cifr'; did you mean")
 mistake("unknown-regularizer", train("regularization=[grad_clp]"), "unknown regularizer")
@@ -838,6 +839,9 @@ for _id, _option, _expect in (
     ("predict-tta-unknown", "tta=vflip", "tta=vflip: use tta=none or tta=hflip"),
     ("predict-tta-not-images", "tta=hflip", "tta=hflip flips images; this model reads array"),
     ("predict-on-bad-input", "on_bad_input=ignore", "on_bad_input=ignore"),
+    ("predict-not-a-device", "device=gpu", "device='gpu' is not a device; use auto, cpu or cuda"),
+    ("predict-meta-device", "device=meta", "device='meta' is not a device trainkit runs on"),
+    ("predict-gpu-number", "device=cuda:64", "device=cuda:64 but"),
 ):
 
     @case(_id, _expect)
@@ -851,6 +855,13 @@ def _(cwd, run):
     arrays(cwd / "ok.npy", 2, 1, 8, 8)
     write(cwd / "model.png", b"not a model")
     return ["predict", "model=model.png", "input=ok.npy"]
+
+
+@case("predict-onnx-device", "device=cuda: an .onnx model runs on the CPU; leave device out")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    write(cwd / "model.onnx", b"\x08\x07")
+    return ["predict", "model=model.onnx", "input=ok.npy", "device=cuda"]
 
 
 @case("predict-onnx-not-ours", "is not an ONNX file that trainkit export wrote")

@@ -213,3 +213,28 @@ def test_a_checkpoint_without_its_datas_description_is_one_line(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "does not say how its data was prepared" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "old.pt"]
+
+
+def test_a_model_trained_on_a_gpu_is_used_where_there_is_none(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    """A run with trainer.device=cuda wrote its checkpoint; predict, eval and export use it
+    on this machine's device (predict: device=auto, eval: trainer.device=auto unless given,
+    export: the CPU), not the device the run trained on."""
+    state = torch.load(digits_run, weights_only=True)
+    state["config"]["trainer"]["device"] = "cuda:0"
+    torch.save(state, tmp_path / "gpu.pt")
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.float32))
+    from_gpu, _ = predict(
+        tmp_path, monkeypatch, capsys, "checkpoint=gpu.pt", "input=x.npy", "output=gpu.csv"
+    )
+    as_trained, _ = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=x.npy", "output=cpu.csv"
+    )
+    assert from_gpu == as_trained
+
+    assert evaluate_checkpoint(tmp_path / "gpu.pt", [], tmp_path, [])["test/acc"] > 0.5
+    main(["export", "checkpoint=gpu.pt", "format=torch_export"])
+    assert "wrote model.pt2" in capsys.readouterr().out
+    program = torch.export.load(tmp_path / "model.pt2")
+    assert all(p.device.type == "cpu" for p in program.state_dict.values())

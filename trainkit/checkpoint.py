@@ -138,13 +138,16 @@ def load_matching(module: torch.nn.Module, weights: dict[str, Any]) -> dict[str,
     }
 
 
-def config_of(state: dict[str, Any], path: Path, plugins: list[str]):
-    """A checkpoint's config, as an OmegaConf config; UserError when its run used plugins
+def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str = "auto"):
+    """A checkpoint's config, as an OmegaConf config, to run its model on ``device`` (the
+    device the run trained on says nothing about this machine: a model trained with
+    ``trainer.device=cuda`` is used on laptops too). UserError when its run used plugins
     that ``plugins`` (the modules this command line named) lacks: a file never decides what
     code is imported."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(state["config"])
+    cfg.trainer.device = device
     needed = [str(module) for module in cfg.get("plugins") or []]
     if any(module not in plugins for module in needed):
         listed = "[" + ",".join(needed) + "]"

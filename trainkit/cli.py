@@ -27,7 +27,7 @@ commands:
   eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR] [plugins=[MODULE,...]]
                                 evaluate a checkpoint on its run's test split
   predict checkpoint=PATH input=PATH [input=PATH ...] [output=FILE.csv|.jsonl] [topk=5]
-        [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error]
+        [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error] [device=auto|cpu|cuda]
                                 the model on new files (images, folders, CSV/TSV/JSONL,
                                 .npy), prepared as its run prepared its data
   export checkpoint=PATH format=onnx|torch_export [output=FILE] [opset=N]
@@ -574,7 +574,7 @@ def evaluate(args: list[str]) -> None:
 _PREDICT_USAGE = (
     "predict checkpoint=PATH (or model=FILE.onnx) input=PATH [input=PATH ...] "
     "[output=FILE.csv|.jsonl] [topk=5] [batch_size=256] [tta=none|hflip] "
-    "[on_bad_input=skip|error] [plugins=[MODULE]]"
+    "[on_bad_input=skip|error] [device=auto|cpu|cuda] [plugins=[MODULE]]"
 )
 
 
@@ -583,7 +583,8 @@ def predict(args: list[str]) -> None:
     options: dict[str, str] = {}
     inputs: list[Path] = []
     known = (
-        "checkpoint", "model", "output", "topk", "batch_size", "tta", "on_bad_input", "plugins"
+        "checkpoint", "model", "output", "topk", "batch_size", "tta", "on_bad_input", "device",
+        "plugins",
     )  # fmt: skip
     for arg in args:
         key, sep, value = arg.partition("=")
@@ -608,6 +609,12 @@ def predict(args: list[str]) -> None:
         raise UserError(f"tta={tta}: use tta=none or tta=hflip")
     if on_bad not in ("skip", "error"):
         raise UserError(f"on_bad_input={on_bad}: use on_bad_input=skip or on_bad_input=error")
+    device = options.get("device", "auto")
+    if "model" in options and device != "auto":
+        raise UserError(f"device={device}: an .onnx model runs on the CPU; leave device out")
+    from trainkit.distributed import resolve_device
+
+    resolve_device(device, "device")  # here, before anything is read or written
     suffixes = (".csv", ".jsonl")
     output = _new_output(options.get("output"), suffixes, " must end in .csv or .jsonl")
 
@@ -625,7 +632,7 @@ def predict(args: list[str]) -> None:
     from trainkit.prediction import predict as predict_inputs
     from trainkit.prediction import report_skipped
 
-    done = predict_inputs(source, inputs, output, plugins, topk, batch_size, tta, on_bad)
+    done = predict_inputs(source, inputs, output, plugins, topk, batch_size, tta, on_bad, device)
     report_skipped(done["skipped"])
     extra = f" and {done['embeddings']}" if done["embeddings"] else ""
     print(f"wrote {done['rows']} predictions to {output}{extra}")

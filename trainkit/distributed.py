@@ -45,17 +45,26 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """``trainer.device`` as this process's device; under DDP on GPUs, its local rank's GPU.
-    UserError for a device that is not one, or not here."""
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """``trainer.device`` (or what ``key`` names) as this process's device; under DDP on
+    GPUs, its local rank's GPU. UserError for a device that is not one, or not here."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"trainer.device={name!r} is not a device; use auto, cpu or cuda") from None
+        raise UserError(f"{key}={name!r} is not a device; use auto, cpu or cuda") from None
+    usable = device.type in ("cpu", "cuda") or (
+        device.type == "mps" and torch.backends.mps.is_available()
+    )
+    if not usable:
+        raise UserError(f"{key}={name!r} is not a device trainkit runs on; use auto, cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name} but no CUDA GPU is visible; use trainer.device=cpu")
+        raise UserError(f"{key}={name} but no CUDA GPU is visible; use {key}=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(
+            f"{key}={name} but {torch.cuda.device_count()} GPU(s) are visible; use {key}=cuda"
+        )
     if device.type == "cuda" and device.index is None and launched():
         device = torch.device("cuda", local_rank())  # one GPU per process
     return device

@@ -43,9 +43,10 @@ def export_checkpoint(
             f"checkpoint {path} does not describe its data (it was saved before trainkit kept "
             "that): export needs a checkpoint of a run trained with this version"
         )
-    cfg = config.resolve(checkpoint.config_of(state, path, plugins))
+    # On the CPU: the file holds no GPU tensors, and onnxruntime checks it there.
+    cfg = config.resolve(checkpoint.config_of(state, path, plugins, device="cpu"))
     parts = build(cfg, "evaluate", splits=Splits.described(description))
-    model = parts.model.cpu().eval()
+    model = parts.model.eval()
     checkpoint.load_weights(model, state["evaluation_model"], path, f"model {cfg.model.name}")
     inputs, where = _test_batch(cfg, description)
     metadata = json.dumps(

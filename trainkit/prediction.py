@@ -38,15 +38,16 @@ def predict(
     batch_size: int = 256,
     tta: str = "none",
     on_bad_input: str = "skip",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file),
-    with the model of a checkpoint, or of an ONNX file ``trainkit export`` wrote (``path``
-    ending in .onnx, run by onnxruntime); returns what was done (rows written, inputs
-    skipped and why)."""
+    with the model of a checkpoint (on ``device``), or of an ONNX file ``trainkit export``
+    wrote (``path`` ending in .onnx, run by onnxruntime); returns what was done (rows
+    written, inputs skipped and why)."""
     if path.suffix.lower() == ".onnx":
         forward, task, description = _from_onnx(path)
     else:
-        forward, task, description = _from_checkpoint(path, plugins)
+        forward, task, description = _from_checkpoint(path, plugins, device)
     record = description["preprocessing"]
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
@@ -92,7 +93,7 @@ def predict(
     return {"rows": len(rows), "skipped": bad, "output": output, "embeddings": embeddings}
 
 
-def _from_checkpoint(path: Path, plugins: list[str]):
+def _from_checkpoint(path: Path, plugins: list[str], device: str):
     """The model's forward function (CPU tensors in and out), its task, and the data's
     description, from a checkpoint: through the assembly, without the data."""
     state = checkpoint.load(path)
@@ -103,7 +104,7 @@ def _from_checkpoint(path: Path, plugins: list[str]):
             "trainkit kept that, or its data set cannot say): predict needs a checkpoint "
             "of a run trained with this version"
         )
-    cfg = config.resolve(checkpoint.config_of(state, path, plugins))
+    cfg = config.resolve(checkpoint.config_of(state, path, plugins, device))
     parts = build(cfg, "evaluate", splits=Splits.described(description))
     checkpoint.load_weights(
         parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
