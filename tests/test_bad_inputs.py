@@ -260,6 +260,41 @@ def _(cwd, run):
     return train("plugins=[raising_xyz]")
 
 
+OUT_OF_MEMORY_MODEL = """
+import torch
+from trainkit.registry import MODELS
+
+class Greedy(torch.nn.Linear):
+    def forward(self, x):  # torch's words when a GPU's memory runs out
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+            "79.19 GiB of which 1.25 GiB is free. Including non-PyTorch memory, ..."
+        )
+
+@MODELS.register("greedy")
+def greedy(num_classes: int, input_shape: tuple) -> torch.nn.Module:
+    return Greedy(1, num_classes)
+"""
+
+
+@case(
+    "out-of-memory",
+    "out of memory on the GPU (asked for 20.00 GiB; 1.25 GiB of 79.19 GiB free); lower "
+    "data.batch_size=64 (trainer.accumulate=K keeps the batch an update sees), or use "
+    "trainer.precision=bf16",
+)
+def _(cwd, run):
+    write(cwd / "greedy_xyz.py", OUT_OF_MEMORY_MODEL)
+    return ["train", *QUIET, "data=synthetic", "plugins=[greedy_xyz]", "model=greedy"]
+
+
+@case("out-of-memory-ddp", "out of memory on the GPU (asked for 20.00 GiB;", process=True)
+def _(cwd, run):
+    write(cwd / "greedy_xyz.py", OUT_OF_MEMORY_MODEL)
+    return ["train", *QUIET, "data=synthetic", "plugins=[greedy_xyz]", "model=greedy",
+            "trainer.devices=2"]  # fmt: skip
+
+
 @case("plugin-imports-missing", "plugins: 'needs_xyz' imports 'absent_xyz', which is not")
 def _(cwd, run):
     write(cwd / "needs_xyz.py", "import absent_xyz\n")

@@ -171,3 +171,32 @@ def test_an_unwritable_output_directory_is_one_line(tmp_path, monkeypatch, capsy
     assert line.startswith("trainkit: error: cannot write run directories under outputs")
     assert line.endswith("set hydra.run.dir=SOMEWHERE_WRITABLE or run from a writable directory")
     assert (tmp_path / "outputs").read_text().startswith("a file")  # nothing lost
+
+
+@pytest.mark.parametrize(
+    ("command", "fix"), [("predict", "batch_size=N"), ("eval", "data.batch_size")]
+)
+def test_out_of_memory_outside_training_is_one_line(command, fix, monkeypatch, capsys):
+    import torch
+
+    def greedy(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB. ...")
+
+    monkeypatch.setattr(f"trainkit.cli.{'evaluate' if command == 'eval' else command}", greedy)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        line
+        == f"trainkit: error: out of memory on the GPU (asked for 512.00 MiB); use a smaller {fix}"
+    )
+
+
+def test_an_error_that_is_no_users_mistake_still_shows_its_traceback(monkeypatch):
+    def broken(args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr("trainkit.cli.predict", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["predict"])

@@ -138,9 +138,15 @@ def main(argv: list[str] | None = None) -> None:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + 13)
-    except OSError as error:  # a path the file system refuses (too long, say), wherever met
-        from trainkit.errors import file_system_reason
+    except Exception as error:
+        from trainkit.errors import file_system_reason, is_out_of_memory, out_of_memory
 
+        if is_out_of_memory(error):  # eval, predict, lr-find (train says which keys)
+            size = "batch_size=N" if command == "predict" else "data.batch_size"
+            fail(out_of_memory(error, f"use a smaller {size}"))
+        if not isinstance(error, OSError):
+            raise
+        # A path the file system refuses (too long, say), wherever met.
         reason = file_system_reason(error)
         if reason is None:
             raise

@@ -51,3 +51,34 @@ def file_system_error(error: BaseException, where: str) -> UserError | None:
         cause = cause.__cause__ or cause.__context__
     target = getattr(cause, "filename", None) or where
     return UserError(f"cannot write {target}: {reason}")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch's: the GPU's memory (torch.OutOfMemoryError), or the
+    CPU allocator's refusal, which torch raises as a RuntimeError."""
+    name = type(error).__name__
+    return name == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def out_of_memory(error: BaseException, fix: str) -> UserError:
+    """torch's out-of-memory error as one line: what was asked for and what the device had
+    free (torch's figures, where it gave them), then ``fix``."""
+    import re
+
+    message = " ".join(str(error).split())
+    size = r"([\d.]+ [KMGT]i?B)"
+    asked = re.search(rf"Tried to allocate {size}", message)
+    total = re.search(rf"total capacity of {size} of which {size} is free", message)
+    cpu_asked = re.search(r"tried to allocate (\d+) bytes", message)
+    figures = []
+    if asked:
+        figures.append(f"asked for {asked.group(1)}")
+    elif cpu_asked:
+        figures.append(f"asked for {int(cpu_asked.group(1)) / 2**30:.2f} GiB")
+    if total:
+        figures.append(f"{total.group(2)} of {total.group(1)} free")
+    said = f" ({'; '.join(figures)})" if figures else ""
+    where = "the GPU" if type(error).__name__ == "OutOfMemoryError" else "the machine"
+    return UserError(f"out of memory on {where}{said}; {fix}")

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit import distributed, sweeps
-from trainkit.errors import UserError
+from trainkit.errors import UserError, is_out_of_memory, out_of_memory
 from trainkit.registry import load_components
 from trainkit.runner import Runner
 
@@ -40,8 +40,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
             gc.enable()
         return runner.fit()
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        raise out_of_memory(error, _memory_fix(cfg, error)) from None
     finally:
         distributed.teardown()
+
+
+def _memory_fix(cfg: DictConfig, error: BaseException) -> str:
+    """What to change when a run does not fit in memory."""
+    batch = cfg.data.batch_size
+    fix = f"lower data.batch_size={batch} (trainer.accumulate=K keeps the batch an update sees)"
+    on_gpu = type(error).__name__ == "OutOfMemoryError"
+    if on_gpu and str(cfg.trainer.precision) == "32":
+        fix += ", or use trainer.precision=bf16"
+    return fix
 
 
 def train_distributed(
