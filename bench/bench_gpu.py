@@ -2,20 +2,23 @@
 
     python bench/bench_gpu.py [--batches N] [--batch-size B] [--rounds R] [--epochs E]
                               [--warmup-epochs W] [--compile both|off|on] [--precision bf16|32]
-                              [--trainkit-data auto|device|loader] [--budget-s S]
+                              [--trainkit-data auto|device|loader] [--channels-last on|off]
+                              [--budget-s S]
                               [--device cuda|cpu] [--json] [--out PATH]
 
 One workload, trained two ways in one process: CIFAR-shaped synthetic data (trainkit's
 ``data=synthetic``, 3x32x32, 10 classes, ``--batches`` x ``--batch-size`` train images),
 torchvision's ResNet-18 with the CIFAR stem (``model=resnet18 model.stem=cifar``), SGD
 (lr 0.1, momentum 0.9, weight decay 5e-4 on every parameter), a constant lr, bf16 autocast,
-channels-last memory, cuDNN autotuning, seed 0; with ``torch.compile`` off and on.
+channels-last memory, cuDNN autotuning, seed 0; with ``torch.compile`` off and on. Each
+switch can be turned off (``--precision 32``, ``--channels-last off``, ``--compile off``,
+``--trainkit-data loader``) to measure what it gains.
 
 - trainkit: ``Runner.train_epoch()`` on the composed config, TensorBoard and the progress
   bar off; its data on the GPU (``data.on_device=true``) where trainkit has that key, else
   fed by its DataLoader from pinned memory (``--trainkit-data`` picks).
 - plain: the loop one writes by hand: the whole train split on the GPU, each batch indexed
-  with the epoch's permutation, channels-last, forward and cross-entropy under autocast,
+  with the epoch's permutation, channels-last (when on), forward and cross-entropy under autocast,
   backward, step; the model ``torch.compile``'d the same way when compiling.
 
 Both get the same tensors (trainkit's own data set), the same initial weights (trainkit's
@@ -94,7 +97,7 @@ def workload(args: argparse.Namespace, compile_model: bool) -> list[str]:
         "trainer.seed=0",
         f"trainer.device={args.device}",
         f"trainer.precision={args.precision}",
-        "trainer.channels_last=true",
+        f"trainer.channels_last={str(args.channels_last == 'on').lower()}",
         "trainer.cudnn_benchmark=true",
         f"trainer.compile={str(compile_model).lower()}",
     ]
@@ -173,7 +176,8 @@ def build_plain(cfg, splits, device: torch.device) -> Contender:
     model = MODELS.build(
         cfg.model, "model", num_classes=splits.num_classes, input_shape=splits.input_shape
     )
-    model = model.to(device).to(memory_format=torch.channels_last)
+    layout = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=layout)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
     )
@@ -195,7 +199,7 @@ def build_plain(cfg, splits, device: torch.device) -> Contender:
             loss_sum = torch.zeros((), device=device)
             for start in range(0, count, batch_size):
                 rows = order[start : start + batch_size]
-                inputs = inputs_all[rows].contiguous(memory_format=torch.channels_last)
+                inputs = inputs_all[rows].contiguous(memory_format=layout)
                 targets = targets_all[rows]
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     loss = F.cross_entropy(train_model(inputs), targets)
@@ -319,7 +323,8 @@ def print_report(summary: dict, command: str) -> None:
     print(
         f"ResNet-18 (CIFAR stem), synthetic 3x32x32, {NUM_CLASSES} classes, "
         f"{summary['train_samples']:,} train images, batch {summary['batch_size']}, SGD "
-        f"momentum 0.9, precision {summary['precision']}, channels_last{autotune}, "
+        f"momentum 0.9, precision {summary['precision']}, "
+        f"channels_last {'on' if summary['channels_last'] else 'off'}{autotune}, "
         f"{summary['warmup_epochs']} warm-up epoch(s), {summary['epochs']} epoch(s) per timed "
         f"run; trainkit fed by {feed}\n"
     )
@@ -366,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--compile", choices=["both", "off", "on"], default="both")
     parser.add_argument("--precision", choices=["bf16", "32"], default="bf16")
+    parser.add_argument("--channels-last", choices=["on", "off"], default="on")
     parser.add_argument(
         "--trainkit-data",
         choices=["auto", "device", "loader"],
@@ -408,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         **describe_device(device),
         "torch": torch.__version__,
         "precision": args.precision,
-        "channels_last": True,
+        "channels_last": args.channels_last == "on",
         "cudnn_benchmark": device.type == "cuda",  # trainkit ignores it elsewhere
         "batch_size": args.batch_size,
         "steps_per_epoch": args.batches,
@@ -422,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     say(
         f"{summary['gpu'] or device}, torch {torch.__version__}, "
         f"{summary['train_samples']:,} train images, batch {args.batch_size}, "
-        f"precision {args.precision}, compile {args.compile}"
+        f"precision {args.precision}, channels_last {args.channels_last}, compile {args.compile}"
     )
     try:
         # stdout is for the report alone: anything trainkit prints goes to stderr.

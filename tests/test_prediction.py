@@ -238,3 +238,24 @@ def test_a_model_trained_on_a_gpu_is_used_where_there_is_none(
     assert "wrote model.pt2" in capsys.readouterr().out
     program = torch.export.load(tmp_path / "model.pt2")
     assert all(p.device.type == "cpu" for p in program.state_dict.values())
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_predict_and_export_agree_with_the_cpu(tmp_path, monkeypatch, capsys):
+    run = trained(
+        tmp_path / "run", "trainer.device=cuda", "trainer.precision=bf16",
+        "trainer.channels_last=true", "trainer.max_epochs=2", "model=resnet_cifar",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.random((5, 1, 8, 8), dtype=np.float32))
+    rows = {}
+    for device in ("cuda", "cpu"):
+        rows[device], _ = predict(
+            tmp_path, monkeypatch, capsys, f"checkpoint={run}", "input=x.npy",
+            f"output={device}.csv", f"device={device}",
+        )  # fmt: skip
+    for on_gpu, on_cpu in zip(rows["cuda"], rows["cpu"], strict=True):
+        assert on_gpu["prediction"] == on_cpu["prediction"]
+        assert float(on_gpu["probability"]) == pytest.approx(float(on_cpu["probability"]), abs=1e-3)
+    main(["export", f"checkpoint={run}", "format=onnx"])
+    assert "wrote model.onnx" in capsys.readouterr().out

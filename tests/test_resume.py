@@ -98,6 +98,20 @@ def test_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeyp
     assert epochs_logged(tmp_path / "crashed") == epochs_logged(tmp_path / "straight")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("loader", [[], ON_DEVICE], ids=["dataloader", "on_device"])
+def test_on_a_gpu_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeypatch):
+    on_gpu = ["trainer.device=cuda", "trainer.precision=bf16", "trainer.max_epochs=3", *loader]
+    straight = make_runner(tmp_path / "straight", *on_gpu)
+    straight.fit()
+    crashing = make_runner(tmp_path / "crashed", *on_gpu)
+    crash_at_step(crashing, 10, monkeypatch)
+    resumed = make_runner(tmp_path / "crashed", *on_gpu, f"resume={tmp_path / 'crashed'}")
+    assert (resumed.epoch, resumed.step) == (1, 8)
+    resumed.fit()
+    assert_bitwise_equal(final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed"))
+
+
 def test_resuming_refuses_a_config_that_trains_differently():
     saved = {"optimizer": {"lr": 0.1}, "trainer": {"device": "cpu"}, "logger": {"x": 1}}
     current = {"optimizer": {"lr": 0.3}, "trainer": {"device": "cuda"}, "logger": {"x": 2}}

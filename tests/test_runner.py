@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -247,3 +248,21 @@ def test_training_starts_soon_and_collects_garbage(tmp_path):
     # what startup built frozen.
     enabled, frozen = (tmp_path / "gc.txt").read_text().split()
     assert enabled == "True" and int(frozen) > 100_000
+
+
+def test_deterministic_runs_set_cublas_up_and_warn_where_cuda_has_no_such_kernel(
+    tmp_path, monkeypatch
+):
+    """On a GPU, cuBLAS repeats its sums only with CUBLAS_WORKSPACE_CONFIG set before its
+    first product, and torch stops at an op with no deterministic kernel (ResNets' adaptive
+    pooling backward) unless told to warn: both are set up by the run, here checked on a CPU."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    was = (torch.are_deterministic_algorithms_enabled(),)
+    was += (torch.is_deterministic_algorithms_warn_only_enabled(),)
+    try:
+        make_runner(tmp_path, "trainer.deterministic=true", "trainer.max_epochs=1")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -101,7 +102,11 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     )
     training = purpose in ("train", "find_lr")
     if training and settings.deterministic:
-        torch.use_deterministic_algorithms(True)
+        # cuBLAS repeats its sums only with this workspace, read when it starts (before the
+        # first product). An op with no deterministic CUDA kernel (the backward of adaptive
+        # average pooling, in every ResNet; CTC's) warns, naming itself, and the run goes on.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
     # Each rank draws its own augmentation randomness; the split seed (data.seed) is shared.
     seed_everything(settings.seed + rank)
     speed = Speed(device) if planning else _speed(settings, device)
