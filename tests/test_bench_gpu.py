@@ -74,3 +74,50 @@ def test_on_a_gpu_both_settings_run(tmp_path):
         check_setting(setting, rounds=2)
         # bf16 and cuDNN's algorithms: close, not equal.
         assert setting["first_epoch_loss_difference"] < 0.05, setting["epoch_losses"]
+
+
+# --- bench/gpu_check.sh: the prepared GPU run ---------------------------------------------
+
+CHECK = BENCH.parent / "gpu_check.sh"
+
+
+def run_check(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CHECK), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+    )
+
+
+def test_gpu_check_without_cuda_says_so_and_writes_nothing(tmp_path):
+    result = run_check(str(tmp_path / "out"), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "gpu_check: no CUDA GPU is visible; use --rehearse to try it on the CPU"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_names_its_steps_for_an_unknown_one(tmp_path):
+    result = run_check(str(tmp_path / "out"), "--rehearse", "--only", "train_bf16,nope")
+    assert result.returncode == 2
+    assert result.stderr.startswith("gpu_check: no step nope; steps: environment, train_bf16,")
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_rehearses_a_step_with_the_one_it_needs_and_reports_it(tmp_path):
+    """--only export_torch_export also trains the run it exports; a rehearsal runs on the CPU."""
+    out = tmp_path / "out"
+    result = run_check(str(out), "--rehearse", "--only", "export_torch_export")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["rehearsal"] and report["failed"] == 0
+    assert [s["name"] for s in report["steps"]] == [
+        "environment", "train_bf16", "export_torch_export"
+    ]  # fmt: skip
+    assert report["environment"]["torch"] == __import__("torch").__version__
+    assert report["steps"][1]["figures"]["test/acc"] > 0.5
+    log = (out / "gpu_check.log").read_text()
+    assert "format=torch_export" in log and "=== export_torch_export: passed" in log
