@@ -938,7 +938,8 @@ mistake("init-from-nowhere", train("init_from=nowhere"),
         "init_from=nowhere: no such file or run directory")  # fmt: skip
 mistake("finetune-unknown-key", train("finetune.freez=[1.*]"), "unknown key finetune.freez")
 mistake("finetune-freeze-not-a-list", train("finetune.freeze=1.*"),
-        "finetune.freeze='1.*' has the wrong type: it must be a list")  # fmt: skip
+        "finetune.freeze='1.*' has the wrong type: it must be a list in brackets: "
+        "finetune.freeze=[1.*]")  # fmt: skip
 mistake("finetune-freeze-matches-nothing", train("finetune.freeze=[stem.*]"),
         "finetune.freeze: pattern 'stem.*' matches no parameter")  # fmt: skip
 mistake("finetune-unfreeze-negative", train("finetune.unfreeze_at_epoch=-1"),

@@ -212,9 +212,11 @@ def test_list_items_are_checked():
     assert str(error.value) == "model.hidden[1]=0 is out of range: it must be >= 1"
     with pytest.raises(UserError, match=r"^model\.hidden\[0\]='4' has the wrong type"):
         registry.check({"name": "mlp", "hidden": ["4"]})
-    for not_a_list in ("44", 4, {"a": 4}):
-        with pytest.raises(UserError, match=r"it must be a list$"):
+    for not_a_list, said in (("44", "[44]"), (4, "[4]"), ({"a": 4}, None)):
+        with pytest.raises(UserError) as error:
             registry.check({"name": "mlp", "hidden": not_a_list})
+        hint = f" in brackets: model.hidden={said}" if said else ""
+        assert str(error.value).endswith(f"it must be a list{hint}")
 
 
 # --- the built-in registries ---------------------------------------------------------------

@@ -155,7 +155,10 @@ def _plain(value: Any) -> Any:
 
 
 def _type_error(key: str, value: Any, annotation: Any) -> UserError:
-    return UserError(f"{key}={value!r} has the wrong type: it must be {_type_name(annotation)}")
+    wanted = _type_name(annotation)
+    if wanted.startswith("a list") and isinstance(value, str | int | float):  # no brackets
+        wanted += f" in brackets: {key}=[{value}]"
+    return UserError(f"{key}={value!r} has the wrong type: it must be {wanted}")
 
 
 def check_params(
