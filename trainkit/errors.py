@@ -54,12 +54,18 @@ def file_system_error(error: BaseException, where: str) -> UserError | None:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is torch's: the GPU's memory (torch.OutOfMemoryError), or the
-    CPU allocator's refusal, which torch raises as a RuntimeError."""
-    name = type(error).__name__
-    return name == "OutOfMemoryError" or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
-    )
+    """Whether ``error`` says memory ran out: the GPU's (torch.OutOfMemoryError, or a
+    library's RuntimeError), or the CPU allocator's refusal."""
+    if type(error).__name__ == "OutOfMemoryError":
+        return True
+    # What cuBLAS, cuDNN and the CPU allocator raise when an allocation fails.
+    signs = ("out of memory", "can't allocate memory", "CUDNN_STATUS_ALLOC_FAILED")
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in signs)
+
+
+def gpu_memory(error: BaseException) -> bool:
+    """Whether an out-of-memory ``error`` is the GPU's."""
+    return type(error).__name__ == "OutOfMemoryError" or "CUD" in str(error)
 
 
 def out_of_memory(error: BaseException, fix: str) -> UserError:
@@ -80,5 +86,5 @@ def out_of_memory(error: BaseException, fix: str) -> UserError:
     if total:
         figures.append(f"{total.group(2)} of {total.group(1)} free")
     said = f" ({'; '.join(figures)})" if figures else ""
-    where = "the GPU" if type(error).__name__ == "OutOfMemoryError" else "the machine"
+    where = "the GPU" if gpu_memory(error) else "the machine"
     return UserError(f"out of memory on {where}{said}; {fix}")

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit import distributed, sweeps
-from trainkit.errors import UserError, is_out_of_memory, out_of_memory
+from trainkit.errors import UserError, gpu_memory, is_out_of_memory, out_of_memory
 from trainkit.registry import load_components
 from trainkit.runner import Runner
 
@@ -52,8 +52,7 @@ def _memory_fix(cfg: DictConfig, error: BaseException) -> str:
     """What to change when a run does not fit in memory."""
     batch = cfg.data.batch_size
     fix = f"lower data.batch_size={batch} (trainer.accumulate=K keeps the batch an update sees)"
-    on_gpu = type(error).__name__ == "OutOfMemoryError"
-    if on_gpu and str(cfg.trainer.precision) == "32":
+    if gpu_memory(error) and str(cfg.trainer.precision) == "32":
         fix += ", or use trainer.precision=bf16"
     return fix
 
