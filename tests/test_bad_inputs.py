@@ -476,6 +476,39 @@ def _(cwd, run):
     return ["train", f"resume={folder}"]
 
 
+CALLBACK_RECIPE = """# @package _global_
+hydra:
+  callbacks:
+    pwn:
+      _target_: helpers.Callback
+"""
+
+
+@case("recipe-names-a-callback", "hydra.callbacks.pwn._target_=helpers.Callback names code")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\nclass Callback: pass\n")
+    write(cwd / "rec.yaml", CALLBACK_RECIPE)
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
+@case("resume-recipe-names-a-callback", "hydra.callbacks.pwn._target_=helpers.Callback names")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\nclass Callback: pass\n")
+    folder = unfinished(run, cwd / "run")
+    write(folder / ".hydra" / "notes.yaml", CALLBACK_RECIPE)
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- recipe={folder / '.hydra' / 'notes.yaml'}\n")
+    return ["train", f"resume={folder}"]
+
+
+@case("recipe-log-stream-imports", "hydra.job_logging.handlers.console.stream=ext://helpers.x")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    recipe = "# @package _global_\nhydra:\n  job_logging:\n    handlers:\n      console:\n"
+    write(cwd / "rec.yaml", recipe + "        stream: ext://helpers.x\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
 @case("lock-file-is-a-link", "is not empty (it holds userfile)")
 def _(cwd, run):
     write(cwd / "precious.txt", "precious")

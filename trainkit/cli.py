@@ -207,11 +207,13 @@ def _train(args: list[str]) -> None:
         sys.argv = ["trainkit train", *flags, *config.prepare(overrides)]
         _run_hydra(_train_job)
         return
+    typed = overrides
     overrides, resuming = _resume(overrides, flags)
     rewritten = config.prepare(overrides)
     sweeps.check_overrides(rewritten)  # a sweep plugin not installed: one line, not a traceback
     launch = config.compose_launch(rewritten, sweep=_multirun(flags))
     config.check_hydra(launch)
+    config.check_hydra_code(launch, typed)
     config.check_plugins(launch, config.plugins_named(rewritten))
     placement = ("hydra.run.dir=", "hydra.sweep.dir=")
     passed_on = [o for o in rewritten if not o.startswith(placement)]

@@ -318,6 +318,46 @@ def check_hydra(launch: DictConfig) -> None:
                 raise UserError(_placement(f"hydra.{logging_key}.handlers.{name}.filename"))
 
 
+# Where the objects Hydra makes from its config (callbacks, sweeper, launcher, log handlers)
+# may come from without being named on the command line: Hydra, its plugins, Python's
+# logging and trainkit. ``ext://`` values of a logging config import their module too.
+_TRUSTED_CODE = ("hydra.", "hydra_plugins.", "logging.", "trainkit.", "sys.")
+
+
+def check_hydra_code(launch: DictConfig, command_line: list[str]) -> None:
+    """UserError if Hydra would make an object of code from elsewhere (``_target_``, a log
+    handler's ``class`` or ``()``, ``ext://``) that this command line did not name: a
+    recipe file or a resumed run's files would otherwise run code by themselves."""
+    typed = [o.partition("=")[0].lstrip("+~") for o in command_line]
+
+    def named(path: str) -> bool:
+        return any(path == key or path.startswith(f"{key}.") for key in typed)
+
+    def check(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                where = f"{path}.{key}"
+                code = key in ("_target_", "class", "()") and isinstance(value, str)
+                if code and not value.startswith(_TRUSTED_CODE) and not named(where):
+                    raise UserError(
+                        f"{where}={value} names code, and only this command line may: a "
+                        "recipe or a run's files never decide what runs; remove it there, or "
+                        f"set {where} on the command line if you trust it"
+                    )
+                check(value, where)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                check(value, f"{path}[{index}]")
+        elif isinstance(node, str) and node.startswith("ext://"):
+            if not node[6:].startswith(_TRUSTED_CODE) and not named(path):
+                raise UserError(
+                    f"{path}={node} imports a module, and only this command line may name "
+                    f"code; remove it, or set {path} on the command line if you trust it"
+                )
+
+    check(OmegaConf.to_container(launch.hydra, resolve=False), "hydra")
+
+
 def _placement(key: str) -> str:
     return (
         f"{key} is trainkit's to set: it keeps every file of a run in the run's own "
