@@ -1319,6 +1319,25 @@ def test_after_a_sigkill_at_a_random_point_the_directory_is_free_and_refusals_ar
         assert {p: d for p, d in snapshot(tmp_path).items() if p in before} == before
 
 
+def test_a_sweep_job_locks_its_directory_while_it_trains(tmp_path, monkeypatch):
+    """A `resume=` of a job that is still training is refused (it would write the same
+    files): each job holds its directory's lock, as a single run does."""
+    from trainkit import launch, rundir
+
+    real, held = launch.train_in_processes, []
+
+    def train_checking_the_lock(cfg, run_dir, sweep_job=""):
+        held.append(rundir._held(run_dir))
+        return real(cfg, run_dir, sweep_job)
+
+    monkeypatch.setattr(launch, "train_in_processes", train_checking_the_lock)
+    monkeypatch.chdir(tmp_path)
+    main(["train", "-m", *SMALL, "trainer.max_epochs=1", "optimizer=sgd,adam",
+          "hydra.sweep.dir=sweep"])  # fmt: skip
+    assert held == [True, True]
+    assert not list((tmp_path / "sweep").glob("*/" + rundir.LOCK_FILE))  # released
+
+
 def test_two_runs_into_one_directory_at_once_one_trains_the_other_is_refused(tmp_path):
     args = ["train", *SMALL, "trainer.max_epochs=3", "hydra.run.dir=shared"]
     processes = [start(tmp_path, *args) for _ in range(2)]

@@ -468,15 +468,35 @@ def _train_job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from trainkit import config, launch, sweeps
-    from trainkit.errors import file_system_error
-    from trainkit.reporting import job_line, log_summary, print_summary, quiet_console
+    from trainkit import rundir, sweeps
+    from trainkit.reporting import quiet_console
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweep_job = ""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_job = f"[job {HydraConfig.get().job.num}] "
         quiet_console(sweep_job)  # one line a job; each job's train.log has all of it
+        # The sweep's lock covers its directory; each job locks its own too, so that a
+        # `resume=` of a job still training is refused, not run alongside it.
+        try:
+            owned = rundir.claim_run(run_dir, "resume")
+        except UserError as error:
+            sweeps.record_failure(run_dir, error)
+            return None
+        try:
+            return _train_job_in(cfg, run_dir, sweep_job)
+        finally:
+            owned.release()
+    return _train_job_in(cfg, run_dir, sweep_job)
+
+
+def _train_job_in(cfg, run_dir: Path, sweep_job: str) -> float | None:
+    """``_train_job`` in its directory (a sweep job's locked): ``sweep_job`` is the prefix of
+    a sweep job's lines, "" for a single run."""
+    from trainkit import config, launch, sweeps
+    from trainkit.errors import file_system_error
+    from trainkit.reporting import job_line, log_summary, print_summary
+
     try:
         if not cfg.get("resume"):  # (a resumed run's .hydra/ stays as it was)
             _save_run_config(cfg, run_dir)  # the overrides first: a failed job lists them
