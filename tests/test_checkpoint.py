@@ -265,15 +265,15 @@ def test_a_full_disk_says_so_in_one_line_and_keeps_the_previous_checkpoint(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_retention_deletes_only_the_names_it_writes(tmp_path):
-    """Files a user put beside the checkpoints (a copy, a paper's best) are never pruned."""
-    for name in ("epoch_0001.pt", "epoch_0002.pt", "step_0000010.pt", "best_epoch_0001.pt"):
-        checkpoint.save(make_state(), tmp_path / name)
-    mine = ["epoch_mycopy.pt", "best_epoch_paper.pt", "step_backup.pt", "notes.txt"]
+def test_keep_best_removes_only_the_files_the_run_wrote(tmp_path):
+    """A file the user put beside the checkpoints is never pruned, even under a name the
+    run uses: only the epochs the run kept before (``best_epochs``) are its own."""
+    checkpoint.save(make_state(), tmp_path / "best_epoch_0001.pt")
+    mine = ["best_epoch_0002.pt", "best_epoch_paper.pt", "epoch_0099.pt", "notes.txt"]
     for name in mine:
         (tmp_path / name).write_text("mine")
-    checkpoint.keep_newest(tmp_path, 1)
     kept = checkpoint.keep_best(make_state(), tmp_path, [(0.5, 1)], (0.9, 3), 1, "max")
     assert kept == [(0.9, 3)]
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted([*mine, "best_epoch_0003.pt", "step_0000010.pt"])
+    assert names == sorted([*mine, "best_epoch_0003.pt"])
+    assert all((tmp_path / name).read_text() == "mine" for name in mine)

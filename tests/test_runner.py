@@ -266,3 +266,30 @@ def test_deterministic_runs_set_cublas_up_and_warn_where_cuda_has_no_such_kernel
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+def test_keep_last_removes_only_the_checkpoints_the_run_wrote(tmp_path, monkeypatch):
+    """An older file under a name the run uses (epoch_0000.pt, a user's) is not the run's to
+    prune; the run's own, listed in its checkpoints, are, across a resume too."""
+    mine = tmp_path / "run" / "checkpoints" / "epoch_0000.pt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    os.utime(mine, (0, 0))  # the oldest: pruned first by age
+    save = Runner.save_checkpoints
+
+    def save_then_crash(self, name, monitored=None):
+        save(self, name, monitored)
+        if name == "epoch_0002.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Runner, "save_checkpoints", save_then_crash)
+    run = ["trainer.keep_last=1", "trainer.max_epochs=3"]
+    with pytest.raises(KeyboardInterrupt):
+        make_runner(tmp_path / "run", *run).fit()
+    monkeypatch.undo()
+    names = sorted(p.name for p in mine.parent.iterdir())
+    assert names == ["best.pt", "epoch_0000.pt", "epoch_0002.pt", "last.pt"]
+    make_runner(tmp_path / "run", *run, f"resume={tmp_path / 'run'}").fit()
+    names = sorted(p.name for p in mine.parent.iterdir())
+    assert names == ["best.pt", "epoch_0000.pt", "epoch_0003.pt", "last.pt"]
+    assert mine.read_text() == "mine"

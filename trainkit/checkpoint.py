@@ -244,18 +244,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # The names retention writes, and so may delete again: never a file of another name.
-_NEWEST = re.compile(r"(epoch_\d{4,}|step_\d{7,})\.pt")
-_BEST = re.compile(r"best_epoch_\d{4,}\.pt")
 
 
-def keep_newest(checkpoint_dir: Path, keep: int) -> None:
-    """Of the ``epoch_NNNN.pt`` and ``step_NNNNNNN.pt`` files, keep the newest ``keep``."""
-    history = sorted(
-        (path for path in checkpoint_dir.iterdir() if _NEWEST.fullmatch(path.name)),
-        key=lambda path: path.stat().st_mtime_ns,
-    )
-    for old in history[:-keep]:
-        old.unlink()
+def remove_checkpoints(checkpoint_dir: Path, names: list[str]) -> None:
+    """Remove the run's own checkpoints ``names`` (gone already: nothing to do)."""
+    for name in names:
+        (checkpoint_dir / name).unlink(missing_ok=True)
 
 
 def keep_best(
@@ -275,9 +269,9 @@ def keep_best(
     name = f"best_epoch_{new[1]:04d}.pt"
     if name in kept:
         save(state, checkpoint_dir / name)
-    for path in checkpoint_dir.iterdir():
-        if _BEST.fullmatch(path.name) and path.name not in kept:
-            path.unlink()
+    # Only the run's own files (``best_epochs``) go: one of that name the user put is theirs.
+    written = {f"best_epoch_{epoch:04d}.pt" for _, epoch in best_epochs}
+    remove_checkpoints(checkpoint_dir, sorted(written - kept))
     return ranked
 
 

@@ -176,6 +176,9 @@ class Runner:
         self.best_value: float | None = None
         self.best_record: dict[str, Any] = {}
         self.best_epochs: list[tuple[float, int]] = []  # (monitored value, epoch), best first
+        # The epoch_N.pt / step_N.pt files this run wrote, oldest first: keep_last removes
+        # only these (a file of that name the user put there is theirs).
+        self.kept_checkpoints: list[str] = []
         self.resumed_from: Path | None = None
         self.stop_signal: int | None = None
         self.skipped_steps = 0
@@ -571,6 +574,7 @@ class Runner:
             "best_value": self.best_value,
             "best_record": self.best_record,
             "best_epochs": self.best_epochs,
+            "kept_checkpoints": self.kept_checkpoints,
             "rng": checkpoint.rng_state(),
             "train_generator": self.loaders["train"].generator.get_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -595,6 +599,7 @@ class Runner:
         self.earlier_train_time_s = state.get("train_time_s", 0.0)
         self._segment_started = time.perf_counter()
         self.best_epochs = [tuple(pair) for pair in state.get("best_epochs", [])]
+        self.kept_checkpoints = list(state.get("kept_checkpoints", []))
         checkpoint.set_rng_state(state["rng"])
         self.loaders["train"].generator.set_state(state["train_generator"])
 
@@ -628,11 +633,18 @@ class Runner:
         at an epoch's end (``monitored`` given) also best.pt and the ``keep_best`` best."""
         if not distributed.is_main_process():
             return
+        dropped = []
+        if self.settings.keep_last:  # listed before the state is taken: the state lists it
+            kept = [*(old for old in self.kept_checkpoints if old != name), name]
+            dropped, self.kept_checkpoints = (
+                kept[: -self.settings.keep_last],
+                kept[-self.settings.keep_last :],
+            )
         state = self.state_dict()
         checkpoint.save(state, self.checkpoint_dir / "last.pt")
         if self.settings.keep_last:
             checkpoint.save(state, self.checkpoint_dir / name)
-            checkpoint.keep_newest(self.checkpoint_dir, self.settings.keep_last)
+            checkpoint.remove_checkpoints(self.checkpoint_dir, dropped)
         if monitored is None:
             return
         if self.best_record.get("epoch") == self.epoch:
