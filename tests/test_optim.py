@@ -13,7 +13,7 @@ from torch import nn
 from trainkit import paths
 from trainkit.errors import UserError
 from trainkit.optim import layers, parameter_groups
-from trainkit.registry import OPTIMIZERS, load_components
+from trainkit.registry import MODELS, OPTIMIZERS, load_components
 
 load_components()
 sgd, adam = OPTIMIZERS.get("sgd"), OPTIMIZERS.get("adam")
@@ -336,11 +336,11 @@ def test_lr_multiplier_pattern_may_match_only_frozen_parameters():
 
 
 def test_layer_decay_multiplies_each_layer_down_from_the_head():
-    # small_convnet's parameter-holding parts, input to head: 0 (conv), 1 (bn), 3 (conv), 5.
+    # small_convnet's layers, input to head: 0 with its BatchNorm 1, then 3, then 5.
     model = small_convnet()
     node = {"name": "sgd", "lr": 0.1, "layer_decay": 0.5, "lr_multipliers": {"1.*": 2.0}}
     groups = groups_by_parameter(OPTIMIZERS.build(node, model=model))
-    expected = {"5": 0.1, "3": 0.1 * 0.5, "1": 0.1 * 0.25 * 2.0, "0": 0.1 * 0.125}
+    expected = {"5": 0.1, "3": 0.1 * 0.5, "1": 0.1 * 0.25 * 2.0, "0": 0.1 * 0.25}
     for name, p in model.named_parameters():
         assert groups[id(p)]["lr"] == pytest.approx(expected[name.split(".")[0]]), name
 
@@ -351,7 +351,7 @@ def test_layers_count_the_parts_of_a_wrapped_model_and_put_its_own_tensors_first
             super().__init__()
             self.net = small_convnet()
 
-    assert set(layers(Wrapped()).values()) == {1, 2, 3, 4}
+    assert set(layers(Wrapped()).values()) == {0, 1, 2}
 
     class WithToken(nn.Module):
         def __init__(self):
@@ -363,6 +363,61 @@ def test_layers_count_the_parts_of_a_wrapped_model_and_put_its_own_tensors_first
     assert layers(WithToken()) == {
         "token": 0, "body.weight": 1, "body.bias": 1, "head.weight": 2, "head.bias": 2,
     }  # fmt: skip
+
+
+def build_model(name: str, input_shape: tuple[int, ...], **params) -> nn.Module:
+    return MODELS.build({"name": name, **params}, "model", num_classes=3, input_shape=input_shape)
+
+
+def lrs_by_name(model: nn.Module, node: dict) -> dict[str, float]:
+    groups = groups_by_parameter(OPTIMIZERS.build(node, model=model))
+    return {name: groups[id(p)]["lr"] for name, p in model.named_parameters()}
+
+
+def tiny_vit(num_layers: int = 12) -> nn.Module:
+    return build_model(
+        "vit", (3, 8, 8), patch_size=4, hidden_dim=8, num_heads=2, mlp_dim=8, num_layers=num_layers
+    )
+
+
+def test_layer_decay_gives_each_vit_encoder_block_its_own_lr():
+    model = tiny_vit()
+    # class token, patch embedding, position embedding, 12 blocks (the last with the final
+    # LayerNorm), head.
+    assert len(set(layers(model).values())) == 3 + 12 + 1
+    model.conv_proj.requires_grad_(False)  # frozen parameters are decayed all the same
+    node = {"name": "adamw", "lr": 0.01, "layer_decay": 0.75, "lr_multipliers": {"heads.*": 2.0}}
+    lr = lrs_by_name(model, node)
+    block = "encoder.layers.encoder_layer_{}.mlp.0.weight".format
+    assert lr[block(2)] / lr[block(3)] == pytest.approx(0.75)
+    for k in range(12):  # block k is 12 - k layers below the head
+        assert lr[block(k)] == pytest.approx(0.01 * 0.75 ** (12 - k)), k
+    assert lr["encoder.ln.weight"] == pytest.approx(lr[block(11)])
+    assert lr["encoder.pos_embedding"] == pytest.approx(0.01 * 0.75**13)
+    assert lr["conv_proj.weight"] == pytest.approx(0.01 * 0.75**14)
+    assert lr["class_token"] == pytest.approx(0.01 * 0.75**15)
+    assert lr["heads.head.weight"] == lr["heads.head.bias"] == pytest.approx(0.01 * 2.0)
+
+
+def test_layer_decay_gives_each_resnet_block_its_own_lr():
+    model = build_model("resnet_cifar", (3, 8, 8), depth=8, width=4)  # three blocks
+    lr = lrs_by_name(model, {"name": "sgd", "lr": 0.1, "layer_decay": 0.5})
+    assert lr["classifier.weight"] == lr["classifier.bias"] == 0.1
+    for k in range(3):
+        for name in (f"stages.{k}.conv1.weight", f"stages.{k}.bn2.bias"):
+            assert lr[name] == pytest.approx(0.1 * 0.5 ** (3 - k)), name
+    # The stem's conv and its norm are one layer.
+    assert lr["stem.0.weight"] == lr["stem.1.weight"] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_layers_of_torchvision_resnet18_are_its_stem_blocks_and_head():
+    depth = layers(build_model("resnet18", (3, 8, 8), stem="cifar"))
+    assert depth["conv1.weight"] == depth["bn1.weight"] == depth["bn1.bias"] == 0
+    blocks = [f"layer{stage}.{block}" for stage in (1, 2, 3, 4) for block in (0, 1)]
+    for k, block in enumerate(blocks, start=1):
+        inside = {layer for name, layer in depth.items() if name.startswith(f"{block}.")}
+        assert inside == {k}, block
+    assert depth["fc.weight"] == depth["fc.bias"] == 9
 
 
 def test_layer_decay_out_of_range_is_one_line():

@@ -52,7 +52,8 @@ def parameter_groups(
     ``lr_multipliers`` maps a glob pattern on ``model.named_parameters()`` names (``"stem.*"``)
     to a factor > 0 on the lr of the parameters it matches (the first matching pattern wins).
     ``layer_decay`` (layer-wise lr decay, for fine-tuning) multiplies the lr of the model's
-    k-th layer from the top (its head is the first) by ``layer_decay ** k`` (see ``layers``).
+    k-th layer below the head (a block such as a transformer block: see ``layers``) by
+    ``layer_decay ** k``; the head keeps the base lr.
     Parameters of one lr factor share groups, split into decayed and not. The first group
     always holds the base lr's decayed weights (possibly none), so ``param_groups[0]["lr"]``
     is the base lr. Raises UserError for a factor that is not > 0 or a pattern that matches
@@ -96,23 +97,42 @@ def parameter_groups(
     return groups
 
 
+# Containers that stack blocks: each of their children that is not itself one is a layer.
+STACKS = (nn.Sequential, nn.ModuleList)
+
+
 def layers(model: nn.Module) -> dict[str, int]:
-    """Each parameter's layer, counted from the input (0) to the head (the largest): the
-    model's top-level parts in the order it registers them (through a lone wrapper such as
-    a Sequential of everything, down to its parts); parameters of the model itself (a
-    class token, say) are in layer 0, with the input's."""
-    root, prefix = model, ""
-    while len(children := list(root.named_children())) == 1:
-        name, root = children[0]
-        prefix += f"{name}."
-    owners = [
-        name for name, child in root.named_children() if any(True for _ in child.parameters())
-    ]
-    depth = {}
-    for name, _ in model.named_parameters():
-        part = name[len(prefix) :].split(".")[0] if name.startswith(prefix) else ""
-        depth[name] = owners.index(part) + 1 if part in owners else 0
-    return depth
+    """Each parameter's layer, counted from the input (0) to the head (the largest), in the
+    order ``model.named_parameters()`` first reaches them.
+
+    A layer is a block of a stack: the first module on a parameter's path that is in a
+    Sequential or ModuleList without being one itself (a ViT encoder block, a ResNet
+    block). A parameter that is in no stack belongs to the module that holds it (a patch
+    embedding, a class token to the model itself). A layer with no parameter of more than
+    one dimension (a norm's scale and shift) joins the layer before it, whose output it
+    rescales: a stem's conv and its BatchNorm, a ViT's last block and its final LayerNorm.
+    """
+    named = list(model.named_parameters())
+    key = {name: _block_of(model, name) for name, _ in named}
+    largest_dimension: dict[str, int] = {}
+    for name, parameter in named:
+        largest_dimension[key[name]] = max(largest_dimension.get(key[name], 0), parameter.ndim)
+    index, layer = {}, -1
+    for block, dimension in largest_dimension.items():
+        if dimension > 1 or layer < 0:
+            layer += 1
+        index[block] = layer
+    return {name: index[key[name]] for name, _ in named}
+
+
+def _block_of(model: nn.Module, parameter_name: str) -> str:
+    path = parameter_name.split(".")[:-1]
+    module = model
+    for depth, part in enumerate(path):
+        parent, module = module, module.get_submodule(part)
+        if isinstance(parent, STACKS) and not isinstance(module, STACKS):
+            return ".".join(path[: depth + 1])
+    return ".".join(path)
 
 
 def shared_options(
