@@ -190,3 +190,32 @@ def test_sync_batchnorm_makes_two_processes_match_one_with_batch_norm(tmp_path):
     (two_dir,), (one_dir,) = run_dirs(two), run_dirs(one)
     for key in ("val/loss", "test/loss"):
         assert summary_of(two_dir)[key] == pytest.approx(summary_of(one_dir)[key], abs=1e-3), key
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sigterm_to_a_ddp_run_saves_says_how_to_resume_in_one_place_and_exits_143(tmp_path):
+    """The launcher passes the signal on; the workers stop at a step's end and save; the
+    main process says so once (no launcher traceback) and exits 128 + 15."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    command = [sys.executable, "-m", "trainkit", "train", *RUN, "trainer.max_epochs=100000"]
+    command += ["trainer.devices=2", "hydra.run.dir=run"]
+    env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "SignalException" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[-2] == f"trainkit: SIGTERM at a step's end; checkpoint saved: {last}"
+    assert lines[-1] == f"resume with: trainkit train resume={tmp_path / 'run'}"

@@ -546,11 +546,14 @@ def _stop_if_interrupted(error: Exception, run_dir: Path) -> None:
     from trainkit.runner import Interrupted
 
     if isinstance(error, Interrupted):
-        print(
-            f"trainkit: {error} at a step's end; checkpoint saved: {error.checkpoint_path}\n"
-            f"resume with: {resume_command(run_dir)}",
-            file=sys.stderr,
-        )
+        if error.checkpoint_path is None:  # before the first checkpoint: nothing to resume
+            print(f"trainkit: interrupted ({error})", file=sys.stderr)
+        else:
+            print(
+                f"trainkit: {error} at a step's end; checkpoint saved: {error.checkpoint_path}\n"
+                f"resume with: {resume_command(run_dir)}",
+                file=sys.stderr,
+            )
         sys.exit(128 + error.signal_number)
 
 
@@ -617,6 +620,8 @@ def predict(args: list[str]) -> None:
     for arg in args:
         key, sep, value = arg.partition("=")
         if key == "input" and sep:
+            if not value:  # Path("") is the current directory: every file under it
+                raise UserError("input= names no file or folder; give input=PATH")
             inputs.append(Path(value).expanduser())
         elif sep and key in known:
             options[key] = value

@@ -154,8 +154,10 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
 
     # The agent logs every start and stop, and a failed worker's traceback; the failure
     # is raised here (ChildFailedError holds it) and reported once by the caller.
-    for name in ("torch.distributed.elastic", "torch.multiprocessing"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # (its modules set their own loggers' levels: each one is quietened, not only the parent)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainkit import distributed, sweeps
 from trainkit.errors import UserError, gpu_memory, is_out_of_memory, out_of_memory
 from trainkit.registry import load_components
-from trainkit.runner import Runner
+from trainkit.runner import Interrupted, Runner
 
 
 def train_in_processes(cfg: DictConfig, run_dir: Path, sweep_job: str = "") -> dict[str, Any]:
@@ -65,11 +65,17 @@ def train_distributed(
     The config is composed once, here, and handed to every worker: one run, one directory.
     """
     distributed.check_devices(cfg.trainer.device, processes)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
         return distributed.launch(processes, distributed_worker, container, str(run_dir), sweep_job)
+    except SignalException as error:
+        # SIGINT/SIGTERM here: the launcher passed it on to the workers, which stopped at a
+        # step's end and saved, as one process does; said so once, here.
+        last = run_dir / "checkpoints" / "last.pt"
+        raise Interrupted(error.sigval, last if last.exists() else None) from None
     except ChildFailedError as error:
         # A user's mistake found in a worker still ends in its one line.
         _, failure = error.get_first_failure()
