@@ -1319,6 +1319,19 @@ def test_after_a_sigkill_at_a_random_point_the_directory_is_free_and_refusals_ar
         assert {p: d for p, d in snapshot(tmp_path).items() if p in before} == before
 
 
+def test_a_trial_of_an_optuna_search_resumes_as_one_run(
+    tmp_path, finished_run, monkeypatch, capsys
+):
+    """The command a stopped trial prints works: the job's overrides name the search
+    (hparams_search=tpe), which belongs to the sweep, not to the one run resumed."""
+    folder = unfinished(finished_run, tmp_path / "trial")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + "- hparams_search=tpe\n")
+    status, _, err = run_in_process(["train", f"resume={folder}"], tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    assert (folder / "summary.json").exists()
+
+
 def test_a_sweep_job_locks_its_directory_while_it_trains(tmp_path, monkeypatch):
     """A `resume=` of a job that is still training is refused (it would write the same
     files): each job holds its directory's lock, as a single run does."""

@@ -366,7 +366,8 @@ def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], Path | N
     merged: dict[str, str] = {}
     for text in saved_overrides:
         key = text.partition("=")[0].lstrip("+~")
-        if key not in ("resume", "plugins") and not key.startswith("hydra."):
+        # hparams_search: the sweep's, not the job's (a resumed trial is one run)
+        if key not in ("resume", "plugins", "hparams_search") and not key.startswith("hydra."):
             merged[key] = text
     for text in overrides:
         key = text.partition("=")[0].lstrip("+~")
