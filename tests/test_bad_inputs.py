@@ -122,6 +122,10 @@ mistake("prefetch", train("data.prefetch_factor=4"), "data.prefetch_factor=4 cou
 mistake("devices-zero", train("trainer.devices=0"), "trainer.devices=0 is out of range")
 mistake("not-a-device", train("trainer.device=tpu"), "trainer.device='tpu' is not a device")
 mistake("meta-device", train("trainer.device=meta"), "trainer.device='meta' is not a device")
+mistake("huge-seed", train("trainer.seed=99999999999999999999999"), "trainer.seed=9999")
+mistake("huge-batch", train("data.batch_size=99999999999999999999999"), "is too large: it must")
+mistake("devices-beyond-the-cores", train("trainer.devices=100000"),
+        "trainer.devices=100000 processes on")  # fmt: skip
 mistake("tuple-length", train("optimizer=adam", "optimizer.betas=[0.9]"), "must have 2 items")
 mistake("unknown-model", train("model=resnet_cifr"), "unknown model 'resnet_cifr'; did you mean")
 mistake("unknown-regularizer", train("regularization=[grad_clp]"), "unknown regularizer")

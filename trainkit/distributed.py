@@ -71,11 +71,18 @@ def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
 
 
 def check_devices(device: str, processes: int) -> None:
-    """UserError unless ``trainer.device`` exists here with ``trainer.devices`` GPUs."""
+    """UserError unless ``trainer.device`` exists here with ``trainer.devices`` GPUs (or,
+    on the CPU, no more than 4 processes a core: each one is a Python with torch)."""
     if resolve_device(device).type == "cuda" and processes > torch.cuda.device_count():
         raise UserError(
             f"trainer.devices={processes} but {torch.cuda.device_count()} GPU(s) are visible; "
             f"use trainer.devices={torch.cuda.device_count()} or fewer"
+        )
+    cores = os.cpu_count() or 1
+    if resolve_device(device).type == "cpu" and processes > 4 * cores:
+        raise UserError(
+            f"trainer.devices={processes} processes on {cores} CPU core(s); "
+            f"use trainer.devices={4 * cores} or fewer"
         )
 
 

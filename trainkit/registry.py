@@ -88,6 +88,9 @@ def _type_name(annotation: Any) -> str:
     }.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
+_LARGEST_INT = 2**63 - 1
+
+
 def check_value(key: str, value: Any, annotation: Any) -> None:
     """Raise UserError unless ``value`` fits ``annotation`` (types, Literal, Range bounds)."""
     if annotation is inspect.Parameter.empty or annotation is Any:
@@ -140,6 +143,8 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
             raise UserError(f"{key}={value!r} is not a finite number; give a number such as 0.1")
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > _LARGEST_INT:  # torch and Python's C code take 64-bit ints
+            raise UserError(f"{key}={value} is too large: it must be at most {_LARGEST_INT}")
     elif annotation is type(None):
         ok = value is None
     elif isinstance(annotation, type):
