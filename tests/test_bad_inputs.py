@@ -974,6 +974,8 @@ def _(cwd, run):
 mistake("init-from-nowhere", train("init_from=nowhere"),
         "init_from=nowhere: no such file or run directory")  # fmt: skip
 mistake("finetune-unknown-key", train("finetune.freez=[1.*]"), "unknown key finetune.freez")
+mistake("finetune-freeze-everything", train("finetune.freeze=[*]"),
+        "finetune.freeze=[*] freezes every parameter")  # fmt: skip
 mistake("finetune-freeze-not-a-list", train("finetune.freeze=1.*"),
         "finetune.freeze='1.*' has the wrong type: it must be a list in brackets: "
         "finetune.freeze=[1.*]")  # fmt: skip

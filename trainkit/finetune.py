@@ -81,12 +81,16 @@ def freeze(model: nn.Module, patterns: list[str]) -> int:
                 f"finetune.freeze: pattern '{pattern}' matches no parameter; parameter names "
                 f"look like: {examples} ..."
             )
-    frozen = 0
-    for name, parameter in named:
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-            parameter.requires_grad_(False)
-            frozen += 1
-    return frozen
+    matched = [p for name, p in named if any(fnmatch.fnmatchcase(name, x) for x in patterns)]
+    if len(matched) == len(named):
+        raise UserError(
+            f"finetune.freeze=[{','.join(patterns)}] freezes every parameter, and a model "
+            "with nothing to train cannot take a step; leave the head out (its "
+            f"parameters: {named[-1][0].rpartition('.')[0] or named[-1][0]}.*)"
+        )
+    for parameter in matched:
+        parameter.requires_grad_(False)
+    return len(matched)
 
 
 def unfreeze(model: nn.Module) -> None:
