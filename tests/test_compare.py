@@ -77,6 +77,21 @@ def test_a_failed_run_is_listed_with_its_error(sweep_dir, tmp_path, capsys, monk
     assert "failed: boom" in console and "optimizer.lr=-1" in console
 
 
+def test_overrides_with_brackets_are_shown_as_typed(sweep_dir, tmp_path, capsys, monkeypatch):
+    """A run's overrides are text, not Rich markup: [stem.*] is kept, and [/x] (a closing
+    tag to Rich) breaks nothing."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(job_dir(sweep_dir, 0), run)
+    typed = ["finetune.freeze=[stem.*,stages.0.*]", "'finetune.freeze=[/x]'"]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in typed))
+    monkeypatch.setenv("COLUMNS", "200")
+    cli.main(["compare", str(run), str(job_dir(sweep_dir, 1)), f"output={tmp_path / 'c.png'}"])
+    console = capsys.readouterr().out
+    assert "finetune.freeze=[stem.*,stages.0.*]" in console and "[/x]" in console
+
+
 def test_curves_have_a_legend_labelled_axes_and_a_gap_at_a_nan():
     curves = [("optimizer=adam", [(1, 0.5), (2, math.nan), (3, 0.7)]), ("optimizer=sgd", [])]
     (axes,) = curves_figure(curves, "val/acc per epoch", "val/acc").axes

@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from rich.markup import escape
+
 from trainkit.errors import UserError
 from trainkit.plotting import band_figure, curves_figure, png_bytes
 from trainkit.rundir import write_new_file
@@ -48,8 +50,9 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     from trainkit.reporting import console as reporting_console
 
     console = reporting_console()
-    if shared:
-        console.print(f"every run: {' '.join(o for o in runs[0].overrides if o in shared)}")
+    if shared:  # (overrides are text, not Rich markup: finetune.freeze=[stem.*] has brackets)
+        every = " ".join(o for o in runs[0].overrides if o in shared)
+        console.print(f"every run: {escape(every)}")
     console.print(_table(runs, labels, metrics))
     from trainkit.tasks import lower_is_better
 
@@ -151,7 +154,7 @@ def _table(runs: list[Job], labels: list[str], metrics: list[str]):
         if values and metric.startswith(("val/", "test/")):
             best[metric] = min(values) if lower_is_better(metric) else max(values)
     for number, (run, label) in enumerate(zip(runs, labels, strict=True), start=1):
-        cells = [str(number), label]
+        cells = [str(number), escape(label)]
         for metric in metrics:
             value = run.summary.get(metric)
             text = (
@@ -164,7 +167,7 @@ def _table(runs: list[Job], labels: list[str], metrics: list[str]):
                 if run.status == "ok"
                 else f"pruned at epoch {run.summary.get('pruned_at_epoch')}"
                 if run.status == "pruned"
-                else f"failed: {run.error}"
+                else f"failed: {escape(str(run.error))}"
             )
         table.add_row(*cells)
     return table
