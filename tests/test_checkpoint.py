@@ -277,3 +277,27 @@ def test_keep_best_removes_only_the_files_the_run_wrote(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([*mine, "best_epoch_0003.pt"])
     assert all((tmp_path / name).read_text() == "mine" for name in mine)
+
+
+def test_a_runs_relative_data_paths_are_read_where_it_ran(tmp_path, monkeypatch):
+    """eval, predict and export rebuild a run's data from its checkpoint: a relative
+    data.root is the run's working directory's, not the one eval is started in (where a
+    folder of the same name would silently be other data)."""
+    from trainkit import config
+    from trainkit.runner import Runner
+
+    ran_in = tmp_path / "project"
+    ran_in.mkdir()
+    monkeypatch.chdir(ran_in)
+    overrides = ["data=synthetic", "model=mlp", "model.hidden=[8]", "logger.progress_bar=false"]
+    runner = Runner(config.compose(config.prepare(overrides)), tmp_path / "run")
+    state = runner.state_dict()
+    assert state["cwd"] == str(ran_in)
+
+    monkeypatch.chdir(tmp_path)
+    state["config"]["data"].update(root="imgs", path="/abs/texts.csv", val_path="v.csv")
+    data = checkpoint.config_of(state, tmp_path / "x.pt", plugins=[]).data
+    assert data.root == str(ran_in / "imgs") and data.val_path == str(ran_in / "v.csv")
+    assert data.path == "/abs/texts.csv"  # absolute: as it is
+    del state["cwd"]  # a checkpoint from before trainkit kept it: as it was
+    assert checkpoint.config_of(state, tmp_path / "x.pt", plugins=[]).data.root == "imgs"

@@ -8,6 +8,7 @@ import random
 import re
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,10 @@ def load_matching(module: torch.nn.Module, weights: dict[str, Any]) -> dict[str,
     }
 
 
+# The data sets' keys that name files or folders (relative to the working directory).
+_DATA_PATHS = ("root", "path", "val_path", "test_path")
+
+
 def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str = "auto"):
     """A checkpoint's config, as an OmegaConf config, to run its model on ``device`` (the
     device the run trained on says nothing about this machine: a model trained with
@@ -148,6 +153,15 @@ def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str
 
     cfg = OmegaConf.create(state["config"])
     cfg.trainer.device = device
+    # The run read its files relative to its working directory: so does its model, from
+    # wherever it is evaluated (a folder of the same name here is not its data).
+    trained_in = state.get("cwd")
+    data = cfg.get("data")
+    if isinstance(trained_in, str) and isinstance(data, Mapping):
+        for key in _DATA_PATHS:
+            value = data.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                data[key] = str(Path(trained_in) / value)
     needed = [str(module) for module in cfg.get("plugins") or []]
     if any(module not in plugins for module in needed):
         listed = "[" + ",".join(needed) + "]"

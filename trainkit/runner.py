@@ -12,6 +12,7 @@ import contextlib
 import functools
 import itertools
 import math
+import os
 import signal
 import threading
 import time
@@ -578,6 +579,7 @@ class Runner:
             "rng": checkpoint.rng_state(),
             "train_generator": self.loaders["train"].generator.get_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "cwd": os.getcwd(),  # what the config's relative data paths are relative to
             # What the model needs of its data (shapes, classes, how a raw input becomes
             # one): predict and export rebuild it from this, without the data.
             "data": self.splits.description(),
