@@ -124,6 +124,13 @@ def main(argv: list[str] | None = None) -> None:
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
             names = ", ".join(commands)
             raise UserError(f"unknown command '{command}'; {did_you_mean}commands: {names}")
+        # Every command needs torch. Its C++ extensions (torchvision's too) load here, under
+        # the default signal handling: an exception raised by our handler inside their
+        # import was swallowed (the command ran on, exit 0) or aborted the process. Nothing
+        # is written yet, so a signal now simply ends the process.
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+
         with _interrupted_by_signals():
             commands[command](args)
     except UserError as error:
