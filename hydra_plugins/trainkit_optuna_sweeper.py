@@ -7,7 +7,8 @@ asks Optuna for trials, launches each as a job through Hydra's launcher (one at 
 job's ``summary.json``:
 
 - the search space is Hydra's sweep syntax (``choice(...)``, ``range(...)``,
-  ``interval(a, b)``, ``tag(log, interval(a, b))``); a plain value fixes a key;
+  ``interval(a, b)``, ``tag(log, interval(a, b))``, and ``int(interval(a, b))`` for whole
+  numbers); a plain value fixes a key; trainkit.config.check_sweep checks it first;
 - the objective is the monitored metric in its direction (trainer.monitor and
   trainer.monitor_mode), or several metrics (``objectives``: a Pareto front);
 - pruning: each job reports its monitored metric to its trial after every epoch and stops

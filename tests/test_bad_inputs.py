@@ -172,6 +172,22 @@ mistake(
     "optimizer.lr=interval(1,0.1): `low <= high` must hold",
 )
 mistake(
+    "search-interval-out-of-range",
+    [*SEARCH, "hparams_search=tpe", "optimizer.lr=interval(-1,-0.5)"],
+    "optimizer.lr=-1.0 (of optimizer.lr=interval(-1,-0.5)): optimizer.lr=-1.0 is out of range",
+)
+mistake(
+    "search-interval-of-floats-for-an-integer-key",
+    [*SEARCH, "hparams_search=tpe", "data.batch_size=interval(1,64)"],
+    "data.batch_size takes whole numbers and an interval samples floats; "
+    "write 'data.batch_size=int(interval(1,64))'",
+)
+mistake(
+    "search-interval-of-an-unknown-key",
+    [*SEARCH, "hparams_search=tpe", "optimizer.lrr=interval(1e-3,1)"],
+    "error: unknown key optimizer.lrr; did you mean 'lr'? allowed keys:",
+)
+mistake(
     "search-choice-of-an-unknown-option",
     [*SEARCH, "hparams_search=random", "optimizer=choice(sgd,adamm)"],
     "optimizer=adamm (of optimizer=choice(sgd,adamm)): unknown optimizer 'adamm'",
@@ -1132,6 +1148,11 @@ mistake(
     "sweep-bad-value-in-a-job",
     ["train", "-m", *SMALL, "optimizer.lr=0.1,-1"],
     "sweep job 1 (optimizer.lr=-1): optimizer.lr=-1 is out of range: it must be > 0",
+)
+mistake(
+    "sweep-unknown-key-in-a-job",
+    ["train", "-m", *SMALL, "optimizer.lrr=0.1,0.2"],
+    "sweep job 0 (optimizer.lrr=0.1): unknown key optimizer.lrr; did you mean 'lr'?",
 )
 mistake(
     "sweep-combination-in-every-job",

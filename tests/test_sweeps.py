@@ -504,6 +504,91 @@ def test_the_pruner_named_is_built_alike_in_the_sweeper_and_the_jobs(spec, kind)
         assert (pruner._n_startup_trials, pruner._n_warmup_steps) == (3, 2)
 
 
+@pytest.mark.parametrize(
+    "search",
+    [
+        "optimizer.lr=tag(log, interval(1e-4, 1e-1))",
+        "optimizer.lr=interval(0.01, 0.5)",
+        "data.batch_size=int(interval(8, 64))",
+        "data.batch_size=tag(log, int(interval(8, 64)))",
+        "data.batch_size=int(tag(log, interval(8, 64)))",
+    ],
+)
+def test_a_search_whose_intervals_fit_their_keys_is_accepted(search):
+    from trainkit import config
+
+    overrides = config.prepare(["hparams_search=tpe", *TINY, search])
+    config.check_sweep(overrides, [])
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        # Both ends are values the trials may get (Optuna samples an interval's ends too).
+        (
+            "optimizer.lr=interval(-1,-0.5)",
+            "optimizer.lr=-1.0 (of optimizer.lr=interval(-1,-0.5)): optimizer.lr=-1.0 is out "
+            "of range: it must be > 0",
+        ),
+        (
+            "model.dropout=interval(0.1,1)",
+            "model.dropout=1.0 (of model.dropout=interval(0.1,1)): model.dropout=1.0 is out of "
+            "range: it must be >= 0 and < 1",
+        ),
+        (
+            "data.batch_size=int(interval(0,64))",
+            "data.batch_size=0 (of data.batch_size=int(interval(0,64))): data.batch_size=0 is "
+            "out of range: it must be >= 1",
+        ),
+        # Floats for a key that takes whole numbers: the int(...) that samples them.
+        (
+            "data.batch_size=tag(log, interval(1,64))",
+            "data.batch_size=tag(log, interval(1,64)): data.batch_size takes whole numbers and "
+            "an interval samples floats; write 'data.batch_size=int(tag(log, interval(1,64)))'",
+        ),
+        (
+            "data.batch_size=interval(0,64)",  # 0 is out of range too: that comes next
+            "data.batch_size=interval(0,64): data.batch_size takes whole numbers and an "
+            "interval samples floats; write 'data.batch_size=int(interval(0,64))'",
+        ),
+        # A key that is not there: the message a plain override gets, the search in its fix.
+        (
+            "optimizer.lrr=interval(1e-3,1)",
+            "unknown key optimizer.lrr; did you mean 'lr'? allowed keys: name, lr, momentum,",
+        ),
+        (
+            "optimzer.lr=interval(1e-3,1)",
+            "unknown key optimzer.lr: the config has no optimzer; did you mean "
+            "optimizer.lr=interval(1e-3,1)?",
+        ),
+        (
+            "optimizer.lrr=choice(0.1,0.2)",
+            "unknown key optimizer.lrr; did you mean 'lr'? allowed keys: name, lr, momentum,",
+        ),
+    ],
+)
+def test_a_search_is_checked_at_both_ends_of_its_intervals(search, message):
+    from trainkit import config
+
+    overrides = config.prepare(["hparams_search=tpe", *TINY, search])
+    with pytest.raises(UserError) as error:
+        config.check_sweep(overrides, [])
+    assert str(error.value).startswith(message)
+
+
+def test_an_int_interval_is_searched_as_whole_numbers():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import IntDistribution
+
+    from hydra_plugins.trainkit_optuna_sweeper import _distribution
+
+    (override,) = OverridesParser.create().parse_overrides(
+        ["data.batch_size=int(tag(log, interval(8, 64)))"]
+    )
+    distribution = _distribution("data.batch_size", override)
+    assert distribution == IntDistribution(8, 64, log=True)
+
+
 def test_a_grid_takes_ranges_as_lists_of_values():
     from optuna.distributions import CategoricalDistribution, IntDistribution
 

@@ -218,14 +218,15 @@ def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
 def check_sweep(overrides: list[str], plugins: list[str]) -> None:
     """Every job of a grid sweep (``-m a=1,2 b=x,y``) composes and resolves: a mistake in
     any of them is one line before anything runs or any directory exists, not one failed
-    job after another. A search (``hparams_search=...``) is checked at its fixed values and at
-    each value of its choice(...) and range(...) keys; values sampled from an interval are
-    checked as each trial runs.
+    job after another. A search (``hparams_search=...``) is checked at its fixed values, at
+    each value of its choice(...) and range(...) keys and at both ends of its intervals
+    (values between the ends are checked as each trial runs).
 
     Jobs that choose the same config group options share one composition.
     """
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.types import IntervalSweep
 
     parsed = [
         override
@@ -237,18 +238,17 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
         fixed = compose(fixed_lines)
         check_plugins(fixed, plugins)
         resolve(fixed)
-        # Each value of a choice(...) or range(...) too: an unknown option is one line now,
-        # not a failed trial after others have run.
+        # Each value of a choice(...) or range(...) too, and both ends of an interval: an
+        # unknown option or a value out of range is one line now, not a failed trial after
+        # others have run.
         for override in parsed:
-            if override.is_sweep_override() and override.is_discrete_sweep():
-                key = override.get_key_element()
+            if not override.is_sweep_override():
+                continue
+            if override.is_discrete_sweep():
                 for value in override.sweep_string_iterator():
-                    try:
-                        resolve(compose([*fixed_lines, f"{key}={value}"]))
-                    except UserError as error:
-                        raise UserError(
-                            f"{key}={value} (of {override.input_line}): {error}"
-                        ) from None
+                    _check_search_value(fixed_lines, override, value)
+            elif isinstance(override.value(), IntervalSweep):
+                _check_interval(fixed_lines, override)
         return
     try:
         (jobs,) = BasicSweeper.split_arguments(parsed, None)
@@ -275,6 +275,48 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
             resolve(cfg)
         except UserError as error:
             raise UserError(f"sweep job {number} ({which}): {error}") from None
+
+
+def _check_search_value(fixed_lines: list[str], override: Any, value: str) -> None:
+    """UserError if the search ``override`` (``optimizer.lr=choice(0.1,-1)``) may give its
+    key ``value``, and the config with it does not resolve."""
+    key = override.get_key_element()
+    try:
+        resolve(compose([*fixed_lines, f"{key}={value}"]))
+    except UserError as error:
+        message = str(error)
+        if message.startswith(f"unknown key {key.lstrip('+~')}"):
+            # The key is wrong, not this value: the message a plain override gets, with the
+            # search, not the value tried, in a suggested fix.
+            search = override.input_line.partition("=")[2]
+            raise UserError(message.replace(f"={value}?", f"={search}?")) from None
+        raise UserError(f"{key}={value} (of {override.input_line}): {message}") from None
+
+
+def _check_interval(fixed_lines: list[str], override: Any) -> None:
+    """Both ends of ``interval(a, b)`` as values of its key (Optuna may sample either end);
+    for a key that takes whole numbers, the ``int(...)`` that samples them instead of floats."""
+    key, interval = override.get_key_element(), override.value()
+    first: UserError | None = None
+    for end in (interval.start, interval.end):
+        try:
+            _check_search_value(fixed_lines, override, repr(end))
+        except UserError as error:
+            # A float refused where the same whole number passes: the key takes integers.
+            if isinstance(end, float) and end.is_integer():
+                try:
+                    _check_search_value(fixed_lines, override, str(int(end)))
+                except UserError:
+                    pass
+                else:
+                    search = override.input_line.partition("=")[2]
+                    raise UserError(
+                        f"{override.input_line}: {key.lstrip('+~')} takes whole numbers and "
+                        f"an interval samples floats; write '{key}=int({search})'"
+                    ) from None
+            first = first or error
+    if first is not None:
+        raise first
 
 
 def fixed_keys(overrides: list[str]) -> list[str]:
