@@ -270,6 +270,21 @@ mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end 
 mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
 mistake("eval-not-key-value", ["eval", "oops"], "eval takes KEY=VALUE arguments; got 'oops'")
 mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.pt does not exist")
+
+
+for _id, _damage, _expect in (
+    ("eval-config-a-list", lambda state: state.update(config=[1, 2]), "its config is missing"),
+    ("eval-config-empty", lambda state: state.update(config={}), "its config lacks trainer"),
+    ("eval-no-epoch", lambda state: state.pop("epoch"), "its epoch or step is missing"),
+    ("eval-no-weights", lambda state: state.pop("evaluation_model"), "its evaluation_model"),
+):
+
+    @case(_id, f"is not one trainkit wrote, or is damaged: {_expect}")
+    def _(cwd, run, damage=_damage):
+        state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+        damage(state)
+        torch.save(state, cwd / "damaged.pt")
+        return ["eval", "checkpoint=damaged.pt"]
 if not torch.cuda.is_available():
     mistake("cuda-missing", train("trainer.device=cuda"), "no CUDA GPU is visible")
 

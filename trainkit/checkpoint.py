@@ -139,6 +139,24 @@ def load_matching(module: torch.nn.Module, weights: dict[str, Any]) -> dict[str,
     }
 
 
+def _check_trained(state: Any, path: Path) -> None:
+    """UserError unless ``state`` has what eval, predict and export read of a checkpoint
+    (a file that loads as tensors may still be another program's, or edited)."""
+    wrong = None
+    if not isinstance(state, dict):
+        wrong = f"it holds a {type(state).__name__}, not a checkpoint's dictionary"
+    elif not isinstance(state.get("config"), dict):
+        wrong = "its config is missing or not a mapping"
+    elif not all(isinstance(state["config"].get(k), dict) for k in ("trainer", "model", "data")):
+        wrong = "its config lacks trainer, model or data"
+    elif not isinstance(state.get("evaluation_model"), dict):
+        wrong = "its evaluation_model weights are missing"
+    elif not all(isinstance(state.get(k), int) for k in ("epoch", "step")):
+        wrong = "its epoch or step is missing"
+    if wrong:
+        raise UserError(f"checkpoint {path} is not one trainkit wrote, or is damaged: {wrong}")
+
+
 # The data sets' keys that name files or folders (relative to the working directory).
 _DATA_PATHS = ("root", "path", "val_path", "test_path")
 
@@ -151,6 +169,7 @@ def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str
     code is imported."""
     from omegaconf import OmegaConf
 
+    _check_trained(state, path)
     cfg = OmegaConf.create(state["config"])
     cfg.trainer.device = device
     # The run read its files relative to its working directory: so does its model, from
