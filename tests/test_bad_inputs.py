@@ -929,6 +929,27 @@ def _(cwd, run):
     return ["predict", f"checkpoint={run}", "input=ok.npy", "input=bad.npy", "on_bad_input=error"]
 
 
+@case("predict-empty-input", "input= names no file or folder; give input=PATH")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)  # what input= (the current directory) would predict
+    return ["predict", f"checkpoint={run}", "input="]
+
+
+@case("predict-complex-array", "(first: c.npy: an array of complex128 values, not real numbers)")
+def _(cwd, run):
+    np.save(cwd / "c.npy", np.zeros((2, 1, 8, 8), dtype=np.complex128))
+    return ["predict", f"checkpoint={run}", "input=c.npy"]
+
+
+@case("predict-damaged-description", "its data description is damaged (2 class_names for num")
+def _(cwd, run):
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state["data"]["class_names"] = state["data"]["class_names"][:2]
+    torch.save(state, cwd / "damaged.pt")
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    return ["predict", "checkpoint=damaged.pt", "input=ok.npy"]
+
+
 @case("predict-output-suffix", "output=mine.txt must end in .csv or .jsonl")
 def _(cwd, run):
     arrays(cwd / "ok.npy", 2, 1, 8, 8)

@@ -297,6 +297,31 @@ def test_pixels_are_normalized_with_mean_and_std(tmp_path):
     assert [splits.test[i][0].shape for i in range(len(splits.test))] == [(3, 16, 16)] * 2
 
 
+def test_16_and_32_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """As predict reads them (trainkit.data.preprocess.convert_image): the same image in 8,
+    16 and 32 bits (integers and floats in 0..1) is the same model input, within 1/255."""
+    folder = tmp_path / "train" / "grey"
+    folder.mkdir(parents=True)
+    wide = np.linspace(0, 65535, 20 * 30).reshape(20, 30).round().astype(np.uint16)
+    Image.fromarray(np.round(wide / 257).astype(np.uint8), mode="L").save(folder / "a8.png")
+    Image.fromarray(wide).save(folder / "b16.png")  # PIL's mode I;16
+    Image.fromarray(wide.astype(np.int32)).save(folder / "c32.tif")  # mode I
+    Image.fromarray((wide / 65535).astype(np.float32)).save(folder / "dfloat.tif")  # mode F
+    for split in ("train", "val"):  # (classification needs a second class)
+        (tmp_path / split / "other").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30, 20)).save(tmp_path / split / "other" / "x.png")
+    std = 0.25
+    splits = folder_splits(tmp_path, mean=[0.5] * 3, std=[std] * 3, val_fraction=0.0)
+    assert [Path(f).name for f in splits.train.files[:4]] == [
+        "a8.png", "b16.png", "c32.tif", "dfloat.tif"
+    ]  # fmt: skip
+    eight_bit = splits.train[0][0]
+    assert eight_bit.std() > 0.5  # a picture, not one flat colour
+    for i in (1, 2, 3):
+        difference = (splits.train[i][0] - eight_bit).abs().max().item()
+        assert difference <= 1 / 255 / std + 1e-6, splits.train.files[i]
+
+
 def test_the_train_transform_gets_the_whole_resized_image_and_is_cropped(tmp_path):
     make_imagefolder(tmp_path, size=(40, 30))
     splits = folder_splits(tmp_path)

@@ -99,6 +99,95 @@ def test_any_image_mode_and_size_and_an_npy_array_are_read(
     assert predicted[1]["prediction"] == predicted[2]["prediction"] == "0"
 
 
+def test_an_npy_image_is_one_sample_in_any_layout_and_a_stack_is_many(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    from sklearn.datasets import load_digits
+
+    digit = np.round(load_digits().images[0] / 16 * 255).astype(np.uint8)  # a 0
+    np.save(tmp_path / "hw.npy", digit)
+    np.save(tmp_path / "chw.npy", digit[None])
+    np.save(tmp_path / "hwc.npy", digit[:, :, None])  # not 8 images of (8, 1)
+    np.save(tmp_path / "nhwc.npy", np.stack([digit, digit])[..., None])
+    np.save(tmp_path / "nchw.npy", np.stack([digit, digit])[:, None])
+    np.save(tmp_path / "odd.npy", np.zeros((5, 5), dtype=np.uint8))
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=hw.npy",
+        "input=chw.npy", "input=hwc.npy", "input=nhwc.npy", "input=nchw.npy", "input=odd.npy",
+        "output=out.csv",
+    )  # fmt: skip
+    assert [row["input"] for row in predicted] == [
+        "hw.npy:0", "chw.npy:0", "hwc.npy:0", "nhwc.npy:0", "nhwc.npy:1", "nchw.npy:0",
+        "nchw.npy:1",
+    ]  # fmt: skip
+    assert {row["prediction"] for row in predicted} == {"0"}
+    assert {row["probability"] for row in predicted} == {predicted[0]["probability"]}
+    assert (
+        "odd.npy: an array of shape (5, 5); this model's images are (1, 8, 8), (8, 8, 1) or "
+        "(8, 8), or a stack of them along a first axis"
+    ) in said
+
+
+def test_an_npy_colour_image_is_read_channels_last_or_first(tmp_path):
+    from trainkit.data.preprocess import image_record, list_inputs, prepare
+
+    record = image_record(3, (4, 4), [0.5] * 3, [0.25] * 3)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 4, 4)).astype(np.uint8)
+
+    def read(name: str, array: np.ndarray) -> tuple[list, list]:
+        np.save(tmp_path / name, array)
+        bad = []
+        return prepare(list_inputs([tmp_path / name], record), record, bad=bad), bad
+
+    (first,), _ = read("chw.npy", pixels)
+    (last,), _ = read("hwc.npy", np.moveaxis(pixels, 0, -1))
+    assert torch.equal(first.tensor, last.tensor)
+    stack, _ = read("nhwc.npy", np.stack([np.moveaxis(pixels, 0, -1)] * 5))  # 5, not 3
+    assert len(stack) == 5 and torch.equal(stack[4].tensor, first.tensor)
+    nothing, bad = read("hw.npy", pixels[0])  # grey: which channel would it be?
+    assert not nothing and "this model's images are (3, 4, 4) or (4, 4, 3)" in bad[0][1]
+
+
+def test_image_arrays_with_a_non_finite_or_complex_pixel_are_bad_inputs(
+    digits_run, tmp_path, monkeypatch, capsys, recwarn
+):
+    good = np.full((8, 8), 128, dtype=np.float32)
+    nan, inf = good.copy(), good.copy()
+    nan[0, 0], inf[3, 3] = np.nan, -np.inf
+    np.save(tmp_path / "x.npy", np.stack([good, nan, inf]))
+    np.save(tmp_path / "complex.npy", good.astype(np.complex64))
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=x.npy",
+        "input=complex.npy", "output=out.csv",
+    )  # fmt: skip
+    assert [row["input"] for row in predicted] == ["x.npy:0"]
+    assert "nan" not in predicted[0]["probability"]
+    assert "x.npy:1: a pixel is not a finite number" in said
+    assert "x.npy:2: a pixel is not a finite number" in said
+    assert "complex.npy: an array of complex64 values, not real numbers" in said
+    assert not [w for w in recwarn if "complex" in str(w.message).lower()]
+
+
+def test_16_and_32_bit_images_are_scaled_to_8_bits_not_clipped(digits_run, tmp_path):
+    from trainkit.data.preprocess import list_inputs, prepare
+
+    record = torch.load(digits_run, weights_only=True)["data"]["preprocessing"]
+    wide = np.linspace(0, 65535, 64).reshape(8, 8).round().astype(np.uint16)  # a picture
+    Image.fromarray(np.round(wide / 257).astype(np.uint8), mode="L").save(tmp_path / "8.png")
+    Image.fromarray(wide).save(tmp_path / "16.png")
+    Image.fromarray(wide.astype(np.int32)).save(tmp_path / "32.tif")  # mode I
+    Image.fromarray((wide / 65535).astype(np.float32)).save(tmp_path / "float.tif")  # mode F
+    assert Image.open(tmp_path / "16.png").mode == "I;16"
+    names = ["8.png", "16.png", "32.tif", "float.tif"]
+    bad = []
+    samples = prepare(list_inputs([tmp_path / n for n in names], record), record, bad=bad)
+    assert not bad and len(samples) == 4
+    one_level = 1 / 255 / min(record["std"])  # a pixel's 1/255, normalized
+    for sample in samples[1:]:
+        difference = (sample.tensor - samples[0].tensor).abs().max().item()
+        assert difference <= one_level + 1e-6, sample.source
+
+
 def test_bad_inputs_are_listed_once_and_skipped_or_stop_under_error(
     digits_run, tmp_path, monkeypatch, capsys
 ):
@@ -199,6 +288,18 @@ def test_metric_learning_writes_the_embeddings(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, rtol=1e-4)
     assert float(predicted[0]["e0"]) == pytest.approx(embeddings[0, 0], abs=1e-5)
 
+    # A taken embeddings file is refused before the predictions are written.
+    (tmp_path / "p_embeddings.npy").write_bytes(b"mine")
+    with pytest.raises(SystemExit):
+        main(["predict", f"checkpoint={best}", "input=x.npy", "output=p.csv"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "trainkit: error: output=p.csv: its embeddings file p_embeddings.npy exists, and "
+        "trainkit does not overwrite files; name another output"
+    )
+    assert not (tmp_path / "p.csv").exists()
+    assert (tmp_path / "p_embeddings.npy").read_bytes() == b"mine"
+
 
 def test_a_checkpoint_without_its_datas_description_is_one_line(
     digits_run, tmp_path, monkeypatch, capsys
@@ -213,6 +314,53 @@ def test_a_checkpoint_without_its_datas_description_is_one_line(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "does not say how its data was prepared" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "old.pt"]
+
+
+def _damage(description: dict, change: str) -> dict | list:
+    record = description["preprocessing"]
+    if change == "few class names":
+        description["class_names"] = ["0", "1"]
+    elif change == "data a list":
+        return [description]
+    elif change == "unknown kind":
+        record["kind"] = "bogus"
+    elif change == "no mean":
+        del record["mean"]
+    elif change == "size 0":
+        record["size"] = [0, 0]
+    elif change == "4 channels":
+        record["channels"], record["mean"], record["std"] = 4, [0.0] * 4, [1.0] * 4
+    return description
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        ("few class names", "2 class_names for num_classes=10"),
+        ("data a list", "a list, not a mapping"),
+        ("unknown kind", "preprocessing kind 'bogus', not one of image, features, array, tokens"),
+        ("no mean", "image preprocessing without mean"),
+        ("size 0", "size=[0, 0], not two sizes above 0"),
+        ("4 channels", "channels=4, not 1 or 3"),
+    ],
+)
+def test_a_damaged_data_description_is_one_line_in_predict_and_export(
+    change, what, digits_run, tmp_path, monkeypatch, capsys
+):
+    state = torch.load(digits_run, weights_only=True)
+    state["data"] = _damage(state["data"], change)
+    torch.save(state, tmp_path / "damaged.pt")
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    for command in (["predict", "input=x.npy"], ["export", "format=torch_export"]):
+        with pytest.raises(SystemExit):
+            main([*command, "checkpoint=damaged.pt"])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line == (
+            f"trainkit: error: checkpoint damaged.pt: its data description is damaged ({what}); "
+            "use a checkpoint trainkit wrote"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "x.npy"]
 
 
 def test_a_model_trained_on_a_gpu_is_used_where_there_is_none(

@@ -23,6 +23,7 @@ import torch
 from trainkit import __version__, checkpoint, config
 from trainkit.build import build
 from trainkit.data import Splits
+from trainkit.data.preprocess import check_description
 from trainkit.errors import UserError
 from trainkit.rundir import write_new_file
 
@@ -43,6 +44,7 @@ def export_checkpoint(
             f"checkpoint {path} does not describe its data (it was saved before trainkit kept "
             "that): export needs a checkpoint of a run trained with this version"
         )
+    check_description(description, f"checkpoint {path}", "use a checkpoint trainkit wrote")
     # On the CPU: the file holds no GPU tensors, and onnxruntime checks it there.
     cfg = config.resolve(checkpoint.config_of(state, path, plugins, device="cpu"))
     parts = build(cfg, "evaluate", splits=Splits.described(description))

@@ -23,10 +23,11 @@ import torch
 from trainkit import checkpoint, config
 from trainkit.build import build
 from trainkit.data import Splits
-from trainkit.data.preprocess import list_inputs, prepare
+from trainkit.data.preprocess import check_description, list_inputs, prepare
 from trainkit.errors import UserError
 from trainkit.reporting import is_terminal
 from trainkit.rundir import write_new_file
+from trainkit.tasks import MetricLearning
 
 
 def predict(
@@ -51,6 +52,15 @@ def predict(
     record = description["preprocessing"]
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
+    embeddings = None
+    if isinstance(task, MetricLearning):  # the embeddings as an array too
+        embeddings = output.with_name(f"{output.stem}_embeddings.npy")
+        # Checked before anything is written: a refused command leaves no predictions behind.
+        if embeddings.exists() or embeddings.is_symlink():
+            raise UserError(
+                f"output={output}: its embeddings file {embeddings} exists, and trainkit "
+                "does not overwrite files; name another output"
+            )
 
     # Decoded a batch at a time (a folder of any size needs a batch's memory), the next batch
     # in a thread while the model runs on this one: decoding and resizing release the GIL.
@@ -83,13 +93,15 @@ def predict(
         first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
         raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
     _write(rows, output)
-    embeddings = None
-    if rows and "e0" in rows[0]:  # metric learning: the embeddings as an array too
-        embeddings = output.with_name(f"{output.stem}_embeddings.npy")
+    if embeddings is not None:
         matrix = np.asarray([[row[f"e{i}"] for i in range(len(row) - 1)] for row in rows])
         buffer = io.BytesIO()
         np.save(buffer, matrix.astype(np.float32))
-        write_new_file(embeddings, buffer.getvalue(), "output")
+        try:
+            write_new_file(embeddings, buffer.getvalue(), "output")
+        except UserError:  # made since the check above: the predictions alone are half a result
+            output.unlink()
+            raise
     return {"rows": len(rows), "skipped": bad, "output": output, "embeddings": embeddings}
 
 
@@ -98,6 +110,8 @@ def _from_checkpoint(path: Path, plugins: list[str], device: str):
     description, from a checkpoint: through the assembly, without the data."""
     state = checkpoint.load(path)
     description = state.get("data")
+    if description:
+        check_description(description, f"checkpoint {path}", "use a checkpoint trainkit wrote")
     if not description or not description.get("preprocessing"):
         raise UserError(
             f"checkpoint {path} does not say how its data was prepared (it was saved before "
@@ -130,7 +144,13 @@ def _from_onnx(path: Path):
     except ImportError:
         raise UserError(f"model={path} needs onnx and onnxruntime: {INSTALL_HINT}") from None
     meta = read_metadata(path)
-    description = meta["data"]
+    description = meta.get("data") if isinstance(meta, dict) else None
+    check_description(description, f"model={path}", "use a file trainkit export wrote")
+    if not description.get("preprocessing"):
+        raise UserError(
+            f"model={path} does not say how its data was prepared (its data set cannot say): "
+            "predict needs a model whose run's data set says"
+        )
     task = TASKS.build(
         meta["task"], "task", splits=Splits.described(description), loss=meta["loss"]
     )

@@ -100,6 +100,106 @@ def tokens_record(
     }
 
 
+def check_description(description: Any, named: str, remedy: str) -> None:
+    """Raise UserError ``NAMED: its data description is damaged (what); REMEDY`` unless
+    ``description`` (a ``Splits.description()`` as a checkpoint or an exported model keeps
+    it) is one trainkit could have written: the types, a known kind of preprocessing with
+    its keys, and sizes that agree with each other and with the model's input."""
+    problem = _description_problem(description)
+    if problem:
+        raise UserError(f"{named}: its data description is damaged ({problem}); {remedy}")
+
+
+def _description_problem(description: Any) -> str | None:
+    if not isinstance(description, dict):
+        return f"a {type(description).__name__}, not a mapping"
+    num_classes, shape = description.get("num_classes"), description.get("input_shape")
+    names = description.get("class_names")
+    if not _whole(num_classes):
+        return f"num_classes={num_classes!r}"
+    if not (isinstance(shape, list) and shape and all(_whole(n) for n in shape)):
+        return f"input_shape={shape!r}"
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        return f"class_names={names!r}"
+    if names and len(names) != num_classes:
+        return f"{len(names)} class_names for num_classes={num_classes}"
+    if description.get("target_kind") not in ("class", "continuous", "sequence"):
+        return f"target_kind={description.get('target_kind')!r}"
+    if description.get("vocab_size") is not None and not _whole(description["vocab_size"]):
+        return f"vocab_size={description['vocab_size']!r}"
+    record = description.get("preprocessing")
+    if record is None:  # a data set that cannot say: predict refuses it, export needs none
+        return None
+    if not isinstance(record, dict):
+        return f"preprocessing is a {type(record).__name__}, not a mapping"
+    return _record_problem(record, shape)
+
+
+_RECORD_KEYS = {
+    "image": ("channels", "size", "resize", "scale", "mean", "std"),
+    "features": ("names", "mean", "std"),
+    "array": ("shape", "mean", "std"),
+    "tokens": ("vocabulary", "level", "lowercase", "max_len", "column"),
+}
+
+
+def _record_problem(record: dict[str, Any], shape: list[int]) -> str | None:
+    kind = record.get("kind")
+    if kind not in _RECORD_KEYS:
+        return f"preprocessing kind {kind!r}, not one of {', '.join(_RECORD_KEYS)}"
+    missing = [key for key in _RECORD_KEYS[kind] if key not in record]
+    if missing:
+        return f"{kind} preprocessing without {', '.join(missing)}"
+    if kind == "tokens":
+        vocabulary = record["vocabulary"]
+        if not (isinstance(vocabulary, dict) and all(_whole(i) for i in vocabulary.values())):
+            return "a vocabulary that does not map words to ids"
+        if record["level"] not in ("word", "char") or not isinstance(record["column"], str):
+            return f"level={record['level']!r}, column={record['column']!r}"
+        if not _whole(record["max_len"]) or shape != [record["max_len"]]:
+            return f"max_len={record['max_len']!r} for input_shape={shape}"
+        return None
+    mean, std = record["mean"], record["std"]
+    if not all(isinstance(v, list) and all(_number(x) for x in v) for v in (mean, std)):
+        return "mean and std are not lists of numbers"
+    if not all(x > 0 for x in std):
+        return "a std that is not above 0"
+    if kind == "image":
+        channels, size, resize = record["channels"], record["size"], record["resize"]
+        if channels not in (1, 3) or isinstance(channels, bool):
+            return f"channels={channels!r}, not 1 or 3"
+        if not (isinstance(size, list) and len(size) == 2 and all(_whole(n) for n in size)):
+            return f"size={size!r}, not two sizes above 0"
+        if resize is not None and not _whole(resize) or not _number(record["scale"]):
+            return f"resize={resize!r}, scale={record['scale']!r}"
+        expected = [channels, *size]
+    elif kind == "features":
+        names = record["names"]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            return "feature names that are not a list of names"
+        expected = [len(names)]
+    else:
+        expected = record["shape"]
+        if not (isinstance(expected, list) and all(_whole(n) for n in expected)):
+            return f"shape={expected!r}"
+    if expected != shape:
+        return f"{kind} inputs of shape {tuple(expected)}; input_shape is {tuple(shape)}"
+    if not len(mean) == len(std) == expected[0]:
+        return f"{len(mean)} means and {len(std)} stds for {expected[0]} channels"
+    return None
+
+
+def _whole(value: Any) -> bool:
+    """A whole number above 0 (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or np.isfinite(value)  # an int of any size is finite
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -187,7 +287,15 @@ def _file_items(path: Path, record: dict[str, Any]) -> Iterator[tuple[str, Any]]
         except (OSError, ValueError) as error:
             yield str(path), _BadInput(f"not a readable .npy array ({error})")
             return
-        if array.ndim == len(_sample_shape(record)):  # one sample
+        if array.dtype.kind not in "biuf":  # numpy would drop an imaginary part silently
+            yield str(path), _BadInput(f"an array of {array.dtype} values, not real numbers")
+            return
+        if record["kind"] == "image":
+            array = _images_of(array, record)
+            if isinstance(array, _BadInput):
+                yield str(path), array
+                return
+        elif array.ndim == len(_sample_shape(record)):  # one sample
             array = array[None]
         for row, sample in enumerate(array):
             yield f"{path}:{row}", sample
@@ -204,9 +312,46 @@ def _file_items(path: Path, record: dict[str, Any]) -> Iterator[tuple[str, Any]]
         yield f"{path}:{number}", row
 
 
+def _images_of(array: np.ndarray, record: dict[str, Any]) -> np.ndarray | _BadInput:
+    """An .npy file's images as an (N, C, H, W) view: one image as the model takes it,
+    (C, H, W), or as (H, W, C), or (H, W) for one channel; or a stack of them along a
+    leading axis. Its height, width and channels must be the model's, or which axis is
+    which would be a guess (a (3, 8, 8) array: one colour image or three grey ones?)."""
+    channels, (height, width) = record["channels"], record["size"]
+    one = [("C", "H", "W"), ("H", "W", "C")] + ([("H", "W")] if channels == 1 else [])
+    sizes = {"C": channels, "H": height, "W": width}
+    views, layouts = {}, []
+    for layout in [*one, *(("N", *axes) for axes in one)]:
+        if len(layout) != array.ndim or any(
+            axis != "N" and length != sizes[axis]
+            for axis, length in zip(layout, array.shape, strict=True)
+        ):
+            continue
+        view, axes = array, layout
+        for axis in ("N", "C"):
+            if axis not in axes:
+                view, axes = view[None], (axis, *axes)
+        view = view.transpose([axes.index(axis) for axis in "NCHW"])
+        # Layouts that agree on every pixel (a grey (1, H, W): one image, or a stack of
+        # one) are one reading; those that do not are a guess this refuses to make.
+        strides = tuple(s for s, n in zip(view.strides, view.shape, strict=True) if n > 1)
+        views.setdefault((view.shape, strides), view)
+        layouts.append(", ".join(layout))
+    if len(views) == 1:
+        return next(iter(views.values()))
+    accepted = [f"({', '.join(str(sizes[axis]) for axis in axes)})" for axes in one]
+    if not views:
+        return _BadInput(
+            f"an array of shape {tuple(array.shape)}; this model's images are "
+            f"{', '.join(accepted[:-1])} or {accepted[-1]}, or a stack of them along a first axis"
+        )
+    return _BadInput(
+        f"an array of shape {tuple(array.shape)} reads as ({') or ('.join(layouts)}), "
+        "which give different images"
+    )
+
+
 def _sample_shape(record: dict[str, Any]) -> list[int]:
-    if record["kind"] == "image":
-        return [record["size"][0], record["size"][1]]  # (H, W) grey; (H, W, C) is one too
     if record["kind"] == "features":
         return [len(record["names"])]
     return record.get("shape", [])
@@ -253,9 +398,40 @@ def _mean_and_std(mean: tuple, std: tuple, ndim: int) -> tuple[torch.Tensor, tor
     return as_tensor(mean).view(shape), as_tensor(std).view(shape)
 
 
+def convert_image(image, mode: str):
+    """A PIL ``image`` in ``mode`` ("L" or "RGB"), as 8-bit pixels.
+
+    PIL's own conversion clips grey images of more than 8 bits at 255 (a 16-bit photograph
+    comes out white), so those are scaled first: ``I;16`` by its range (value / 257, 0..65535
+    onto 0..255); ``I`` (32-bit integers) the same when every value fits 0..65535 (older
+    Pillows open 16-bit PNGs as ``I``), and ``F`` (32-bit floats) as value x 255 when every
+    value fits 0..1 (the usual range of float images); otherwise by the image's own minimum
+    and maximum (a flat image is black). Raises ValueError for a non-finite pixel.
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64) / 257
+    elif image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():
+            raise ValueError("a pixel is not a finite number")
+        low, high = (pixels.min(), pixels.max()) if pixels.size else (0, 0)
+        if image.mode == "I" and low >= 0 and high <= 65535:
+            pixels = pixels / 257
+        elif image.mode == "F" and low >= 0 and high <= 1:
+            pixels = pixels * 255
+        else:
+            pixels = (pixels - low) * (255 / (high - low) if high > low else 0)
+    else:
+        return image.convert(mode)
+    grey = Image.fromarray(np.round(pixels).clip(0, 255).astype(np.uint8), mode="L")
+    return grey.convert(mode)
+
+
 def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
-    """An image file or an array of pixels (0..255: (H, W), (H, W, C) or (C, H, W)), as
-    the run's evaluation transform made its images."""
+    """An image file, or an array of pixels (0..255) laid out (C, H, W) as the model takes
+    it (``_images_of``), as the run's evaluation transform made its images."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
@@ -263,21 +439,14 @@ def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
     if isinstance(item, Path):
         try:
             with Image.open(item) as image:
-                image = image.convert(mode)
+                image = convert_image(image, mode)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
             raise _BadInput(f"not an image this machine can decode ({error})") from None
         x = F.pil_to_tensor(image)
     else:
-        array = np.asarray(item)
-        if array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
-            array = np.moveaxis(array, -1, 0)  # (H, W, C) -> (C, H, W)
-        if array.ndim == 2:
-            array = array[None]
-        if array.ndim != 3 or array.shape[0] not in (1, 3):
-            raise _BadInput(f"an array of shape {tuple(item.shape)} is not an image")
-        x = torch.as_tensor(np.ascontiguousarray(array))
-        if x.shape[0] != record["channels"]:
-            x = x.float().mean(dim=0, keepdim=True) if x.shape[0] == 3 else x.expand(3, -1, -1)
+        x = torch.as_tensor(np.asarray(item, dtype=np.float32))
+        if not torch.isfinite(x).all():
+            raise _BadInput("a pixel is not a finite number")
     x = x.float()
     size = record["size"]
     if record["resize"]:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from trainkit.data.preprocess import image_record
+from trainkit.data.preprocess import convert_image, image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
@@ -415,7 +415,7 @@ class ImageFolderSplit(Dataset):
                 # JPEG only: decode at the smallest scale that keeps both sides >= resize,
                 # which is several times faster for photographs much larger than the input.
                 image.draft("RGB", (self.resize, self.resize))
-                image = image.convert("RGB")
+                image = convert_image(image, "RGB")
         except DECODE_ERRORS as error:
             if not skip:
                 hint = ", or set data.on_bad_image=skip" if self.on_bad_image == "error" else ""
@@ -481,7 +481,8 @@ def imagefolder(
 
     Without ``test/``, the val folder serves as the test split (as for ImageNet, whose
     labelled "val" set is what papers report). Unless both exist, the val split is
-    ``val_fraction`` of the train folder (stratified, seeded). Images are converted to RGB.
+    ``val_fraction`` of the train folder (stratified, seeded). Images are converted to RGB
+    (``convert_image``: 16- and 32-bit grey scaled to 8 bits, not clipped).
     ``root`` is relative to the working directory. A file that cannot be decoded is left out
     of its batch and counted (``on_bad_image="skip"``, logged once) or stops the run with a
     UserError naming it (``"error"``).
