@@ -285,6 +285,8 @@ for _id, _damage, _expect in (
         damage(state)
         torch.save(state, cwd / "damaged.pt")
         return ["eval", "checkpoint=damaged.pt"]
+
+
 if not torch.cuda.is_available():
     mistake("cuda-missing", train("trainer.device=cuda"), "no CUDA GPU is visible")
 
