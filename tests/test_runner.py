@@ -293,3 +293,22 @@ def test_keep_last_removes_only_the_checkpoints_the_run_wrote(tmp_path, monkeypa
     names = sorted(p.name for p in mine.parent.iterdir())
     assert names == ["best.pt", "epoch_0000.pt", "epoch_0003.pt", "last.pt"]
     assert mine.read_text() == "mine"
+
+
+def test_a_failed_fit_closes_the_runs_files(tmp_path, monkeypatch):
+    """A run that fails is cleaned up by the CLI: nothing of it may be written after that
+    (TensorBoard's writer thread reopened its file by name, and made it again)."""
+    from trainkit import launch
+
+    fitted = []
+
+    def failing_fit(self):
+        fitted.append(self)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Runner, "fit", failing_fit)
+    cfg = config.compose(config.prepare([*SMALL, "logger.tensorboard=true"]))
+    with pytest.raises(RuntimeError, match="boom"):
+        launch.train(cfg, tmp_path / "run")
+    (runner,) = fitted
+    assert runner.logger.metrics_file.closed and runner.logger.writer.all_writers is None

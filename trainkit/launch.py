@@ -39,7 +39,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if not gc.isenabled():  # the CLI's startup (see cli.train): what it built stays
             gc.freeze()  # frozen: collections skip it, and forked DataLoader workers share it
             gc.enable()
-        return runner.fit()
+        try:
+            return runner.fit()
+        finally:
+            # Flushed and closed now: TensorBoard's writer thread reopens its file by name,
+            # and would make it again after a failed run's directory is cleaned up.
+            runner.logger.close()
     except Exception as error:
         if not is_out_of_memory(error):
             raise
