@@ -270,6 +270,23 @@ mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end 
 mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
 mistake("eval-not-key-value", ["eval", "oops"], "eval takes KEY=VALUE arguments; got 'oops'")
 mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.pt does not exist")
+mistake("eval-empty-checkpoint", ["eval", "checkpoint="], "checkpoint= names no file")
+mistake("export-empty-checkpoint", ["export", "checkpoint="], "checkpoint= names no file")
+mistake("lr-plot-sweep", ["lr-plot", "-m", "optimizer=sgd,adam"], "lr-plot plans one run; -m")
+mistake("lr-plot-resume", ["lr-plot", "resume=somewhere"], "lr-plot plans a run from its overrides")
+
+
+@case("resume-a-sweep-directory", "is a sweep directory; resume one of its jobs")
+def _(cwd, run):
+    write(cwd / "sweep" / "multirun.yaml", "hydra: {}\n")
+    return ["train", "resume=sweep"]
+
+
+@case("recipe-plugins-a-string", "the config names plugins=[helpers]")
+def _(cwd, run):
+    write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "rec.yaml", "# @package _global_\nplugins: helpers\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
 
 
 for _id, _damage, _expect in (

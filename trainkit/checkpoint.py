@@ -181,7 +181,8 @@ def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str
             value = data.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
                 data[key] = str(Path(trained_in) / value)
-    needed = [str(module) for module in cfg.get("plugins") or []]
+    needed = cfg.get("plugins") or []
+    needed = [str(needed)] if isinstance(needed, str) else [str(module) for module in needed]
     if any(module not in plugins for module in needed):
         listed = "[" + ",".join(needed) + "]"
         raise UserError(

@@ -354,7 +354,14 @@ def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], Path | N
         return overrides, None
     if _multirun(flags):
         raise UserError("resume=PATH continues one run; it cannot be part of a sweep (-m)")
-    path = checkpoint.find(Path(str(given)).expanduser(), "last.pt").absolute()
+    folder = Path(str(given)).expanduser()
+    if (folder / "multirun.yaml").is_file():
+        raise UserError(
+            f"resume={given} is a sweep directory; resume one of its jobs "
+            f"(resume={folder / 'JOB'}), or continue its search with -m and "
+            f"hydra.sweep.dir={given}"
+        )
+    path = checkpoint.find(folder, "last.pt").absolute()
     run_dir = checkpoint.run_dir_of(path)
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
@@ -581,7 +588,7 @@ def evaluate(args: list[str]) -> None:
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
 
-    checkpoint_path = checkpoint.find(Path(options.pop("checkpoint")).expanduser())
+    checkpoint_path = checkpoint.find(_path_option(options.pop("checkpoint"), "checkpoint"))
     plugins = _plugins_option(options.pop("plugins", None))
     given = options.pop("output_dir", None)
     load_components(plugins)
@@ -663,9 +670,9 @@ def predict(args: list[str]) -> None:
     from trainkit.registry import load_components
 
     if "model" in options:
-        source = Path(options["model"]).expanduser()
+        source = _path_option(options["model"], "model")
     else:
-        source = checkpoint.find(Path(options["checkpoint"]).expanduser())
+        source = checkpoint.find(_path_option(options["checkpoint"], "checkpoint"))
     plugins = _plugins_option(options.get("plugins"))
     load_components(plugins)
     output = output or rundir.free_file_name("predictions.csv")
@@ -707,7 +714,7 @@ def export(args: list[str]) -> None:
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
 
-    checkpoint_path = checkpoint.find(Path(options["checkpoint"]).expanduser())
+    checkpoint_path = checkpoint.find(_path_option(options["checkpoint"], "checkpoint"))
     plugins = _plugins_option(options.get("plugins"))
     load_components(plugins)
     output = output or rundir.free_file_name(f"model{suffix}")
@@ -733,6 +740,14 @@ def _new_output(value: str | None, suffixes: tuple[str, ...], wrong: str) -> Pat
     if output.exists():
         raise UserError(f"output={output} exists, and trainkit does not overwrite files")
     return output
+
+
+def _path_option(value: str, key: str) -> Path:
+    """``key=value`` as a path; UserError for an empty value (``Path("")`` is the current
+    directory, which the user did not name)."""
+    if not value.strip():
+        raise UserError(f"{key}= names no file; give {key}=PATH")
+    return Path(value).expanduser()
 
 
 def _positive_int(options: dict[str, str], key: str, default: int) -> int:
@@ -829,6 +844,8 @@ def lr_plot(args: list[str]) -> None:
     """
     from trainkit import rundir
 
+    if {"-m", "--multirun"} & set(args):
+        raise UserError("lr-plot plans one run; -m sweeps belong to trainkit train -m")
     own = [arg for arg in args if arg.startswith(("output=", "scale="))]
     overrides = [arg for arg in args if arg not in own]
     options = dict(arg.partition("=")[::2] for arg in own)
@@ -842,7 +859,10 @@ def lr_plot(args: list[str]) -> None:
     from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_plot
     from trainkit.schedulers import idle_warning
 
-    plan = build(config.resolve(config.compose(config.prepare(overrides))), "plan")
+    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    if cfg.get("resume"):  # the plan is a new run's, from its overrides
+        raise UserError("lr-plot plans a run from its overrides; leave out resume=")
+    plan = build(cfg, "plan")
     lrs, settings = plan.planned_lrs, plan.settings
     title = (
         f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}: "

@@ -68,7 +68,8 @@ def plugins_named(overrides: list[str]) -> list[str]:
 def check_plugins(cfg: DictConfig, named: list[str]) -> None:
     """UserError if the composed config names plugins that the command line did not (a
     recipe's, or a resumed run's): a file never decides what code is imported."""
-    wanted = [str(module) for module in (cfg.get("plugins") or [])]
+    wanted = cfg.get("plugins") or []
+    wanted = [str(wanted)] if isinstance(wanted, str) else [str(module) for module in wanted]
     if any(module not in named for module in wanted):
         listed = "[" + ",".join(wanted) + "]"
         raise UserError(
