@@ -336,6 +336,7 @@ def greedy(num_classes: int, input_shape: tuple) -> torch.nn.Module:
     "out of memory on the GPU (asked for 20.00 GiB; 1.25 GiB of 79.19 GiB free); lower "
     "data.batch_size=64 (trainer.accumulate=K keeps the batch an update sees), or use "
     "trainer.precision=bf16",
+    process=True,  # the plugin's model stays out of this process's registry
 )
 def _(cwd, run):
     write(cwd / "greedy_xyz.py", OUT_OF_MEMORY_MODEL)

@@ -124,13 +124,16 @@ def main(argv: list[str] | None = None) -> None:
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
             names = ", ".join(commands)
             raise UserError(f"unknown command '{command}'; {did_you_mean}commands: {names}")
-        # Every command needs torch. Its C++ extensions (torchvision's too) load here, under
-        # the default signal handling: an exception raised by our handler inside their
-        # import was swallowed (the command ran on, exit 0) or aborted the process. Nothing
-        # is written yet, so a signal now simply ends the process.
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
+        # Every command needs torch. Its C++ extensions (torchvision's too) load here, with
+        # a signal only noted: an exception raised inside their import was swallowed (the
+        # command ran on, exit 0) or aborted the process. Once loaded, it ends the command.
+        with _signals_noted() as received:
+            import torch  # noqa: F401
+            import torchvision  # noqa: F401
+        if received:
+            import signal
 
+            raise KeyboardInterrupt if received[0] == signal.SIGINT else Terminated(received[0])
         with _interrupted_by_signals():
             commands[command](args)
     except UserError as error:
@@ -306,6 +309,27 @@ class Terminated(BaseException):
     def __init__(self, signal_number: int):
         super().__init__(signal_number)
         self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def _signals_noted():
+    """While the block runs, SIGTERM and SIGINT are noted in the list it yields, not raised."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handled.append(signal.SIGINT)
+    previous = {n: signal.signal(n, lambda number, frame: received.append(number)) for n in handled}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
