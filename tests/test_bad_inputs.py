@@ -556,6 +556,17 @@ def _(cwd, run):
     return ["train", f"resume={folder}"]
 
 
+@case("recipe-callback-of-a-trusted-module", "hydra.callbacks.pwn._target_=logging.FileHandler")
+def _(cwd, run):
+    """Code trainkit trusts in one place (logging.FileHandler for its log file) is not
+    trusted everywhere: as a callback it would truncate any file."""
+    write(cwd / "precious.txt", "precious")
+    recipe = "# @package _global_\nhydra:\n  callbacks:\n    pwn:\n"
+    recipe += f"      _target_: logging.FileHandler\n      filename: {cwd / 'precious.txt'}\n"
+    write(cwd / "rec.yaml", recipe + "      mode: w\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
 @case("recipe-log-stream-imports", "hydra.job_logging.handlers.console.stream=ext://helpers.x")
 def _(cwd, run):
     write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")

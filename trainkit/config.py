@@ -361,42 +361,49 @@ def check_hydra(launch: DictConfig) -> None:
                 raise UserError(_placement(f"hydra.{logging_key}.handlers.{name}.filename"))
 
 
-# Where the objects Hydra makes from its config (callbacks, sweeper, launcher, log handlers)
-# may come from without being named on the command line: Hydra, its plugins, Python's
-# logging and trainkit. ``ext://`` values of a logging config import their module too.
-_TRUSTED_CODE = ("hydra.", "hydra_plugins.", "logging.", "trainkit.", "sys.")
+# The code Hydra's config may name without this command line naming it: what trainkit's
+# own config and Hydra's launchers and sweepers name. Anything else (a recipe's callback of
+# logging.FileHandler truncates a file as surely as builtins.open) is the command line's.
+_TRUSTED_CODE = {
+    "hydra.callbacks.sweeps._target_": ("trainkit.sweeps.SweepCallback",),
+    "hydra.launcher._target_": ("hydra._internal.core_plugins.", "hydra_plugins."),
+    "hydra.sweeper._target_": ("hydra._internal.core_plugins.", "hydra_plugins."),
+    "hydra.hydra_logging.handlers.console.class": ("logging.StreamHandler",),
+    "hydra.hydra_logging.handlers.console.stream": ("ext://sys.stdout", "ext://sys.stderr"),
+    "hydra.job_logging.handlers.console.()": ("trainkit.reporting.console_handler",),
+    "hydra.job_logging.handlers.file.class": ("logging.FileHandler",),
+}
 
 
 def check_hydra_code(launch: DictConfig, command_line: list[str]) -> None:
-    """UserError if Hydra would make an object of code from elsewhere (``_target_``, a log
-    handler's ``class`` or ``()``, ``ext://``) that this command line did not name: a
-    recipe file or a resumed run's files would otherwise run code by themselves."""
+    """UserError if Hydra would make an object of code (a ``_target_``, a log handler's
+    ``class`` or ``()``, an ``ext://`` value) that neither trainkit's config names where it
+    does (``_TRUSTED_CODE``) nor this command line names: a recipe file or a resumed run's
+    files would otherwise run code by themselves."""
     typed = [o.partition("=")[0].lstrip("+~") for o in command_line]
 
-    def named(path: str) -> bool:
-        return any(path == key or path.startswith(f"{key}.") for key in typed)
+    def allowed(path: str, value: str) -> bool:
+        if any(path == key or path.startswith(f"{key}.") for key in typed):
+            return True
+        return value.startswith(_TRUSTED_CODE.get(path, ()))
 
     def check(node: Any, path: str) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                where = f"{path}.{key}"
-                code = key in ("_target_", "class", "()") and isinstance(value, str)
-                if code and not value.startswith(_TRUSTED_CODE) and not named(where):
-                    raise UserError(
-                        f"{where}={value} names code, and only this command line may: a "
-                        "recipe or a run's files never decide what runs; remove it there, or "
-                        f"set {where} on the command line if you trust it"
-                    )
-                check(value, where)
-        elif isinstance(node, list):
+                check(value, f"{path}.{key}")
+            return
+        if isinstance(node, list):
             for index, value in enumerate(node):
                 check(value, f"{path}[{index}]")
-        elif isinstance(node, str) and node.startswith("ext://"):
-            if not node[6:].startswith(_TRUSTED_CODE) and not named(path):
-                raise UserError(
-                    f"{path}={node} imports a module, and only this command line may name "
-                    f"code; remove it, or set {path} on the command line if you trust it"
-                )
+            return
+        last = path.rpartition(".")[2]
+        code = last in ("_target_", "class", "()") or str(node).startswith("ext://")
+        if code and isinstance(node, str) and not allowed(path, node):
+            raise UserError(
+                f"{path}={node} names code, and only this command line may: a recipe or a "
+                f"run's files never decide what runs; remove it there, or set {path} on the "
+                "command line if you trust it"
+            )
 
     check(OmegaConf.to_container(launch.hydra, resolve=False), "hydra")
 
