@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # trainkit's CUDA paths and the GPU benchmark, in one go, on a GPU machine:
 #
-#   bench/gpu_check.sh OUTDIR [--budget-s 450] [--rehearse] [--only STEP,...]
+#   bench/gpu_check.sh OUTDIR [--budget-s 500] [--rehearse] [--only STEP,...]
 #
 # The machine needs python3 with torch, torchvision, torchmetrics, tensorboard, rich and
 # scikit-learn; hydra-core and omegaconf come from the wheels in .whl/ when they are missing
