@@ -200,3 +200,32 @@ def test_an_error_that_is_no_users_mistake_still_shows_its_traceback(monkeypatch
     monkeypatch.setattr("trainkit.cli.predict", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["predict"])
+
+
+def test_a_signal_a_library_turns_into_an_error_still_ends_as_interrupted(monkeypatch, capsys):
+    """SIGTERM raises inside whatever runs; Hydra's composition has caught such an exception
+    and raised an error of its own with no message. The command ends as interrupted, not
+    with an empty `trainkit: error:` line."""
+    import os
+    import signal
+
+    from trainkit import cli
+    from trainkit.errors import UserError
+
+    def composing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException:
+            raise UserError("") from None
+
+    monkeypatch.setattr(cli, "_SIGNALLED", [])
+    monkeypatch.setattr(cli, "evaluate", composing)
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval"])
+    finally:  # the command ignores further signals while it ends; this process goes on
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "trainkit: interrupted (SIGTERM)\n"

@@ -136,19 +136,18 @@ def main(argv: list[str] | None = None) -> None:
             raise KeyboardInterrupt if received[0] == signal.SIGINT else Terminated(received[0])
         with _interrupted_by_signals():
             commands[command](args)
+    except (KeyboardInterrupt, Terminated) as error:  # a second Ctrl-C, or before training
+        _exit_interrupted(getattr(error, "signal_number", 2))
     except UserError as error:
         fail(error)
-    except (KeyboardInterrupt, Terminated) as error:  # a second Ctrl-C, or before training
-        number = getattr(error, "signal_number", 2)
-        _ignore_signals()  # one line, whatever else arrives meanwhile
-        print(f"trainkit: interrupted ({_signal_name(number)})", file=sys.stderr)
-        sys.exit(128 + number)
     except BrokenPipeError:  # `trainkit ls | head`: the reader has gone; so do we, quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + 13)
     except Exception as error:
+        if _SIGNALLED:
+            _exit_interrupted(_SIGNALLED[0])
         from trainkit.errors import file_system_reason, is_out_of_memory, out_of_memory
 
         if is_out_of_memory(error):  # eval, predict, lr-find (train says which keys)
@@ -163,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         name = str(error.filename or "")
         name = name if len(name) < 200 else f"{name[:80]}...{name[-60:]} ({len(name)} characters)"
         fail(f"{name}: {reason}" if name else reason)
+
+
+def _exit_interrupted(number: int) -> None:
+    _ignore_signals()  # one line, whatever else arrives meanwhile
+    print(f"trainkit: interrupted ({_signal_name(number)})", file=sys.stderr)
+    sys.exit(128 + number)
 
 
 def _ignore_signals() -> None:
@@ -182,6 +187,8 @@ def _signal_name(number: int) -> str:
 
 def fail(error: UserError | str) -> None:
     """The one way a user's mistake ends: one line on stderr, exit status 2."""
+    if _SIGNALLED:  # the signal's exception, caught and re-worded inside a library
+        _exit_interrupted(_SIGNALLED[0])
     print(f"trainkit: error: {error}", file=sys.stderr)
     sys.exit(2)
 
@@ -303,6 +310,12 @@ def _hydra_error(error: Exception) -> UserError | None:
     return None
 
 
+# The signal that _interrupted_by_signals raised as an exception: what a library made of
+# that exception (Hydra's composition wrapped it into an error with no message) is not the
+# user's mistake, and the command ends as interrupted.
+_SIGNALLED: list[int] = []
+
+
 class Terminated(BaseException):
     """SIGTERM outside training (training itself stops gracefully on it, at a step's end)."""
 
@@ -350,6 +363,7 @@ def _interrupted_by_signals():
         handled.append(signal.SIGINT)
 
     def stop(signal_number, frame):
+        _SIGNALLED.append(signal_number)
         for number in handled:
             signal.signal(number, signal.SIG_IGN)
         if signal_number == signal.SIGINT:
