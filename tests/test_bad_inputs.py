@@ -567,6 +567,30 @@ def _(cwd, run):
     return train(f"recipe={cwd / 'rec.yaml'}")
 
 
+@case("recipe-creates-a-callback-from-text", "makes config out of text, which may name code")
+def _(cwd, run):
+    write(cwd / "precious.txt", "precious")
+    target = f"{{_target_:builtins.open,file:'{cwd / 'precious.txt'}',mode:w}}"
+    write(
+        cwd / "rec.yaml",
+        f"# @package _global_\nhydra:\n  callbacks:\n    x: ${{oc.create:{target}}}\n",
+    )
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
+@case("recipe-moves-the-log-by-the-job-name", "hydra.job.name=../../v names the run's log")
+def _(cwd, run):
+    write(cwd / "rec.yaml", "# @package _global_\nhydra:\n  job: {name: ../../v}\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
+@case("recipe-truncates-the-log", "hydra.job_logging.handlers.file.mode is trainkit's to set")
+def _(cwd, run):
+    handlers = "{handlers: {file: {class: logging.FileHandler, mode: w}}}"
+    write(cwd / "rec.yaml", f"# @package _global_\nhydra:\n  job_logging: {handlers}\n")
+    return train(f"recipe={cwd / 'rec.yaml'}")
+
+
 @case("recipe-log-stream-imports", "hydra.job_logging.handlers.console.stream=ext://helpers.x")
 def _(cwd, run):
     write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")

@@ -312,3 +312,18 @@ def test_a_failed_fit_closes_the_runs_files(tmp_path, monkeypatch):
         launch.train(cfg, tmp_path / "run")
     (runner,) = fitted
     assert runner.logger.metrics_file.closed and runner.logger.writer.all_writers is None
+
+
+def test_a_users_file_at_a_name_the_run_reaches_is_neither_saved_over_nor_removed(tmp_path):
+    """epoch_0002.pt and best_epoch_0002.pt put there before the run reaches epoch 2 are
+    someone's: the run keeps its other checkpoints and leaves those as they are."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("epoch_0002.pt", "best_epoch_0002.pt"):
+        (folder / name).write_text("mine")
+    run = ["trainer.keep_last=1", "trainer.keep_best=2", "trainer.max_epochs=3"]
+    make_runner(tmp_path / "run", *run).fit()
+    assert (folder / "epoch_0002.pt").read_text() == "mine"
+    assert (folder / "best_epoch_0002.pt").read_text() == "mine"
+    names = sorted(p.name for p in folder.iterdir())
+    assert "epoch_0003.pt" in names and "epoch_0001.pt" not in names

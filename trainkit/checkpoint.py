@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from trainkit.errors import UserError, file_system_reason
+from trainkit.reporting import log
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -280,6 +281,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # The names retention writes, and so may delete again: never a file of another name.
 
 
+def someone_elses(path: Path, written: list[str] | set[str]) -> bool:
+    """Whether ``path`` exists but is not among the run's ``written`` files (a user's copy
+    under a name the run would use): then the run neither writes nor removes it, and says so."""
+    if path.name in written or not (path.exists() or path.is_symlink()):
+        return False
+    log.warning(f"warning: {path} is not this run's checkpoint; left as it is, not saved over")
+    return True
+
+
 def remove_checkpoints(checkpoint_dir: Path, names: list[str]) -> None:
     """Remove the run's own checkpoints ``names`` (gone already: nothing to do)."""
     for name in names:
@@ -297,14 +307,16 @@ def keep_best(
     """Files ``best_epoch_N.pt`` for the ``keep`` best epochs so far, ``new`` (its monitored
     value and epoch; ``state`` is its checkpoint) among them if it is one; returns them,
     best first (``mode``: "max" or "min")."""
+    # Only the run's own files (``best_epochs``) are written over or removed.
+    written = {f"best_epoch_{epoch:04d}.pt" for _, epoch in best_epochs}
+    name = f"best_epoch_{new[1]:04d}.pt"
+    if someone_elses(checkpoint_dir / name, written):
+        return best_epochs
     ranked = sorted([*best_epochs, new], key=lambda pair: -pair[0] if mode == "max" else pair[0])
     ranked = ranked[:keep]
     kept = {f"best_epoch_{epoch:04d}.pt" for _, epoch in ranked}
-    name = f"best_epoch_{new[1]:04d}.pt"
     if name in kept:
         save(state, checkpoint_dir / name)
-    # Only the run's own files (``best_epochs``) go: one of that name the user put is theirs.
-    written = {f"best_epoch_{epoch:04d}.pt" for _, epoch in best_epochs}
     remove_checkpoints(checkpoint_dir, sorted(written - kept))
     return ranked
 

@@ -359,6 +359,15 @@ def check_hydra(launch: DictConfig) -> None:
         for name, handler in handlers.items():
             if isinstance(handler, Mapping) and handler.get("filename", _LOG_FILE) != _LOG_FILE:
                 raise UserError(_placement(f"hydra.{logging_key}.handlers.{name}.filename"))
+            if isinstance(handler, Mapping) and handler.get("mode", "a") != "a":
+                raise UserError(_placement(f"hydra.{logging_key}.handlers.{name}.mode"))
+    # The log file is named after the job: a name with a path in it puts it elsewhere.
+    job_name = str((hydra.get("job") or {}).get("name") or "")
+    if "/" in job_name or "\\" in job_name or job_name in (".", ".."):
+        raise UserError(
+            f"hydra.job.name={job_name} names the run's log file, and cannot hold a path; "
+            "choose the run's directory with hydra.run.dir"
+        )
 
 
 # The code Hydra's config may name without this command line naming it: what trainkit's
@@ -379,33 +388,41 @@ def check_hydra_code(launch: DictConfig, command_line: list[str]) -> None:
     """UserError if Hydra would make an object of code (a ``_target_``, a log handler's
     ``class`` or ``()``, an ``ext://`` value) that neither trainkit's config names where it
     does (``_TRUSTED_CODE``) nor this command line names: a recipe file or a resumed run's
-    files would otherwise run code by themselves."""
+    files would otherwise run code by themselves.
+
+    The whole config is read, unresolved: a code key anywhere (an interpolation can bring a
+    node into Hydra's), and ``oc.create``/``oc.decode``, which make nodes out of text."""
     typed = [o.partition("=")[0].lstrip("+~") for o in command_line]
 
-    def allowed(path: str, value: str) -> bool:
-        if any(path == key or path.startswith(f"{key}.") for key in typed):
-            return True
-        return value.startswith(_TRUSTED_CODE.get(path, ()))
+    def named(path: str) -> bool:
+        return any(path == key or path.startswith(f"{key}.") for key in typed)
 
     def check(node: Any, path: str) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                check(value, f"{path}.{key}")
+                check(value, f"{path}.{key}" if path else str(key))
             return
         if isinstance(node, list):
             for index, value in enumerate(node):
                 check(value, f"{path}[{index}]")
             return
+        if not isinstance(node, str) or named(path):
+            return
         last = path.rpartition(".")[2]
-        code = last in ("_target_", "class", "()") or str(node).startswith("ext://")
-        if code and isinstance(node, str) and not allowed(path, node):
+        code = last in ("_target_", "class", "()") or node.startswith("ext://")
+        if code and not node.startswith(_TRUSTED_CODE.get(path, ())):
             raise UserError(
                 f"{path}={node} names code, and only this command line may: a recipe or a "
                 f"run's files never decide what runs; remove it there, or set {path} on the "
                 "command line if you trust it"
             )
+        if "oc.create" in node or "oc.decode" in node:
+            raise UserError(
+                f"{path}={node} makes config out of text, which may name code, and only this "
+                f"command line may: remove it there, or set {path} on the command line"
+            )
 
-    check(OmegaConf.to_container(launch.hydra, resolve=False), "hydra")
+    check(OmegaConf.to_container(launch, resolve=False), "")
 
 
 def _placement(key: str) -> str:

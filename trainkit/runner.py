@@ -636,7 +636,11 @@ class Runner:
         if not distributed.is_main_process():
             return
         dropped = []
-        if self.settings.keep_last:  # listed before the state is taken: the state lists it
+        # A file of that name that the run did not write is someone's: kept as it is.
+        keep_named = self.settings.keep_last and not checkpoint.someone_elses(
+            self.checkpoint_dir / name, self.kept_checkpoints
+        )
+        if keep_named:  # listed before the state is taken: the state lists it
             kept = [*(old for old in self.kept_checkpoints if old != name), name]
             dropped, self.kept_checkpoints = (
                 kept[: -self.settings.keep_last],
@@ -644,7 +648,7 @@ class Runner:
             )
         state = self.state_dict()
         checkpoint.save(state, self.checkpoint_dir / "last.pt")
-        if self.settings.keep_last:
+        if keep_named:
             checkpoint.save(state, self.checkpoint_dir / name)
             checkpoint.remove_checkpoints(self.checkpoint_dir, dropped)
         if monitored is None:
