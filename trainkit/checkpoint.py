@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 
 from trainkit.errors import UserError, file_system_reason
-from trainkit.reporting import log
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -286,7 +286,8 @@ def someone_elses(path: Path, written: list[str] | set[str]) -> bool:
     under a name the run would use): then the run neither writes nor removes it, and says so."""
     if path.name in written or not (path.exists() or path.is_symlink()):
         return False
-    log.warning(f"warning: {path} is not this run's checkpoint; left as it is, not saved over")
+    message = f"warning: {path} is not this run's checkpoint; left as it is, not saved over"
+    logging.getLogger("trainkit").warning(message)  # (reporting's logger; it imports this)
     return True
 
 
