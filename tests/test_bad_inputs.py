@@ -1450,6 +1450,23 @@ def test_a_trial_of_an_optuna_search_resumes_as_one_run(
     assert (folder / "summary.json").exists()
 
 
+def test_a_run_of_a_recipe_file_resumes_from_anywhere(tmp_path, monkeypatch, capsys):
+    """Its saved overrides name the recipe by its file (registered under its stem to train),
+    so a resume finds it again, from another directory too."""
+    write(tmp_path / "recipes" / "mine.yaml", "# @package _global_\ntrainer:\n  max_epochs: 2\n")
+    args = ["train", *SMALL, "recipe=recipes/mine.yaml", "hydra.run.dir=run"]
+    status, _, err = run_in_process(args, tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    assert (
+        f"- recipe={tmp_path / 'recipes' / 'mine.yaml'}"
+        in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    )
+    folder = unfinished(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    status, _, err = run_in_process(["train", "resume=run"], folder.parent, monkeypatch, capsys)
+    assert status == 0, err
+    assert (folder / "summary.json").exists()
+
+
 def test_a_sweep_job_locks_its_directory_while_it_trains(tmp_path, monkeypatch):
     """A `resume=` of a job that is still training is refused (it would write the same
     files): each job holds its directory's lock, as a single run does."""

@@ -581,12 +581,20 @@ def _save_run_config(cfg, run_dir: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from trainkit import config
     from trainkit.checkpoint import write_text_atomically
+    from trainkit.overrides import override
 
     hydra = HydraConfig.get()
     folder = run_dir / ".hydra"
+    typed = [
+        override("recipe", str(config.RECIPE_FILES[text[7:]]))
+        if text.startswith("recipe=") and text[7:] in config.RECIPE_FILES
+        else text
+        for text in hydra.overrides.task
+    ]  # (a recipe file by its path: resuming the run finds it again)
     for name, node in (
-        ("overrides.yaml", hydra.overrides.task),
+        ("overrides.yaml", OmegaConf.create(typed)),
         ("hydra.yaml", OmegaConf.create({"hydra": hydra})),
         ("config.yaml", cfg),
     ):

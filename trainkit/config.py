@@ -79,6 +79,11 @@ def check_plugins(cfg: DictConfig, named: list[str]) -> None:
         )
 
 
+# Recipes given as files (recipe=path/to/file.yaml), by the name they are registered under:
+# a run's saved overrides name the file, so that resuming it finds the recipe again.
+RECIPE_FILES: dict[str, Path] = {}
+
+
 def prepare(overrides: list[str]) -> list[str]:
     """Load components and plugins, register recipes; return the overrides to compose with.
 
@@ -98,6 +103,7 @@ def prepare(overrides: list[str]) -> list[str]:
             if not recipe.is_file():
                 raise UserError(f"recipe={value}: no such file")
             _register_recipe(recipe)
+            RECIPE_FILES[recipe.stem] = recipe.absolute()
             text = f"recipe={recipe.stem}"
         rewritten.append(text)
     return rewritten
