@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -322,6 +323,8 @@ def setup_worker_logging(run_dir: Path, main: bool, sweep_job: str = "") -> None
     logging.basicConfig(
         level=logging.INFO if main else logging.WARNING,
         handlers=handlers or None,
+        # (the others' warnings on stderr, said to be theirs)
+        format=f"[rank {os.environ.get('RANK', '?')}] %(message)s",
         force=True,
     )
     if sweep_job:
