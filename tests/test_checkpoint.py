@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -272,11 +273,24 @@ def test_keep_best_removes_only_the_files_the_run_wrote(tmp_path):
     mine = ["best_epoch_0002.pt", "best_epoch_paper.pt", "epoch_0099.pt", "notes.txt"]
     for name in mine:
         (tmp_path / name).write_text("mine")
-    kept = checkpoint.keep_best(make_state(), tmp_path, [(0.5, 1)], (0.9, 3), 1, "max")
+    resumed = checkpoint.Ownership(resumed_ns=time.time_ns())  # a resume after those files
+    kept = checkpoint.keep_best(make_state(), tmp_path, [(0.5, 1)], (0.9, 3), 1, "max", resumed)
     assert kept == [(0.9, 3)]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([*mine, "best_epoch_0003.pt"])
     assert all((tmp_path / name).read_text() == "mine" for name in mine)
+
+
+def test_a_listed_checkpoint_replaced_after_the_resume_point_is_left(tmp_path):
+    """The run's checkpoint lists best_epoch_0001.pt, but a file of that name newer than
+    the checkpoint it resumed from is someone's: neither removed nor saved over."""
+    own = checkpoint.Ownership(resumed_ns=time.time_ns() - 10**9)
+    (tmp_path / "best_epoch_0001.pt").write_text("mine, since")
+    kept = checkpoint.keep_best(make_state(), tmp_path, [(0.5, 1)], (0.9, 3), 1, "max", own)
+    assert kept == [(0.9, 3)]
+    assert (tmp_path / "best_epoch_0001.pt").read_text() == "mine, since"
+    assert not own.free(tmp_path / "best_epoch_0001.pt", listed=True)
+    assert own.free(tmp_path / "best_epoch_0003.pt", listed=False)  # its own, written now
 
 
 def test_a_runs_relative_data_paths_are_read_where_it_ran(tmp_path, monkeypatch):

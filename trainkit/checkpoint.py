@@ -10,6 +10,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -281,20 +282,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # The names retention writes, and so may delete again: never a file of another name.
 
 
-def someone_elses(path: Path, written: list[str] | set[str]) -> bool:
-    """Whether ``path`` exists but is not among the run's ``written`` files (a user's copy
-    under a name the run would use): then the run neither writes nor removes it, and says so."""
-    if path.name in written or not (path.exists() or path.is_symlink()):
+@dataclass
+class Ownership:
+    """Which checkpoint files a run may write over or remove: those it wrote in this
+    invocation, and those its checkpoint lists (``listed``) from before a resume that are
+    no newer than the checkpoint it resumed from (whatever a user put or replaced there
+    since is newer). Anything else is left as it is."""
+
+    resumed_ns: int | None = None  # the resumed checkpoint's modification time
+    written: set[str] = field(default_factory=set)  # names saved in this invocation
+
+    def mine(self, path: Path, listed: bool) -> bool:
+        if path.is_symlink():
+            return False
+        if path.name in self.written:
+            return True
+        old = self.resumed_ns is not None and path.stat().st_mtime_ns <= self.resumed_ns
+        return listed and old
+
+    def free(self, path: Path, listed: bool) -> bool:
+        """Whether the run may save ``path``: absent or its own; else it says so."""
+        if not (path.exists() or path.is_symlink()) or self.mine(path, listed):
+            return True
+        message = f"warning: {path} is not this run's checkpoint; left as it is, not saved over"
+        logging.getLogger("trainkit").warning(message)  # (reporting's logger; it imports this)
         return False
-    message = f"warning: {path} is not this run's checkpoint; left as it is, not saved over"
-    logging.getLogger("trainkit").warning(message)  # (reporting's logger; it imports this)
-    return True
 
+    def save(self, state: dict[str, Any], path: Path) -> None:
+        save(state, path)
+        self.written.add(path.name)
 
-def remove_checkpoints(checkpoint_dir: Path, names: list[str]) -> None:
-    """Remove the run's own checkpoints ``names`` (gone already: nothing to do)."""
-    for name in names:
-        (checkpoint_dir / name).unlink(missing_ok=True)
+    def remove(self, checkpoint_dir: Path, names: list[str]) -> None:
+        """Remove the listed checkpoints ``names`` that are still the run's own."""
+        for name in names:
+            path = checkpoint_dir / name
+            if path.exists() and self.mine(path, listed=True):
+                path.unlink()
 
 
 def keep_best(
@@ -304,21 +327,22 @@ def keep_best(
     new: tuple[float, int],
     keep: int,
     mode: str,
+    own: Ownership,
 ) -> list[tuple[float, int]]:
     """Files ``best_epoch_N.pt`` for the ``keep`` best epochs so far, ``new`` (its monitored
     value and epoch; ``state`` is its checkpoint) among them if it is one; returns them,
-    best first (``mode``: "max" or "min")."""
-    # Only the run's own files (``best_epochs``) are written over or removed.
-    written = {f"best_epoch_{epoch:04d}.pt" for _, epoch in best_epochs}
+    best first (``mode``: "max" or "min"). Only the run's own files (``own``) are written
+    over or removed."""
+    listed = {f"best_epoch_{epoch:04d}.pt" for _, epoch in best_epochs}
     name = f"best_epoch_{new[1]:04d}.pt"
-    if someone_elses(checkpoint_dir / name, written):
+    if not own.free(checkpoint_dir / name, name in listed):
         return best_epochs
     ranked = sorted([*best_epochs, new], key=lambda pair: -pair[0] if mode == "max" else pair[0])
     ranked = ranked[:keep]
     kept = {f"best_epoch_{epoch:04d}.pt" for _, epoch in ranked}
     if name in kept:
-        save(state, checkpoint_dir / name)
-    remove_checkpoints(checkpoint_dir, sorted(written - kept))
+        own.save(state, checkpoint_dir / name)
+    own.remove(checkpoint_dir, sorted(listed - kept))
     return ranked
 
 

@@ -180,6 +180,7 @@ class Runner:
         # The epoch_N.pt / step_N.pt files this run wrote, oldest first: keep_last removes
         # only these (a file of that name the user put there is theirs).
         self.kept_checkpoints: list[str] = []
+        self.ownership = checkpoint.Ownership()  # which of those files are still its own
         self.resumed_from: Path | None = None
         self.stop_signal: int | None = None
         self.skipped_steps = 0
@@ -629,16 +630,17 @@ class Runner:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise UserError(f"checkpoint {path} does not fit this run: {first}") from None
         self.resumed_from = path
+        self.ownership.resumed_ns = path.stat().st_mtime_ns
 
     def save_checkpoints(self, name: str, monitored: float | None = None) -> None:
         """last.pt (the resume point), and ``name`` when the newest ``keep_last`` are kept;
         at an epoch's end (``monitored`` given) also best.pt and the ``keep_best`` best."""
         if not distributed.is_main_process():
             return
-        dropped = []
+        dropped, own = [], self.ownership
         # A file of that name that the run did not write is someone's: kept as it is.
-        keep_named = self.settings.keep_last and not checkpoint.someone_elses(
-            self.checkpoint_dir / name, self.kept_checkpoints
+        keep_named = self.settings.keep_last and own.free(
+            self.checkpoint_dir / name, name in self.kept_checkpoints
         )
         if keep_named:  # listed before the state is taken: the state lists it
             kept = [*(old for old in self.kept_checkpoints if old != name), name]
@@ -647,10 +649,11 @@ class Runner:
                 kept[-self.settings.keep_last :],
             )
         state = self.state_dict()
+        if keep_named:  # before last.pt: no file that last.pt lists is newer than it
+            own.save(state, self.checkpoint_dir / name)
         checkpoint.save(state, self.checkpoint_dir / "last.pt")
         if keep_named:
-            checkpoint.save(state, self.checkpoint_dir / name)
-            checkpoint.remove_checkpoints(self.checkpoint_dir, dropped)
+            own.remove(self.checkpoint_dir, dropped)
         if monitored is None:
             return
         if self.best_record.get("epoch") == self.epoch:
@@ -658,5 +661,5 @@ class Runner:
         if self.settings.keep_best > 1:
             self.best_epochs = checkpoint.keep_best(
                 state, self.checkpoint_dir, self.best_epochs, (monitored, self.epoch),
-                self.settings.keep_best, self.mode,
+                self.settings.keep_best, self.mode, own,
             )  # fmt: skip
