@@ -46,3 +46,21 @@ def test_ls_unknown_group(capsys):
         main(["ls", "optimzer"])
     assert exit_info.value.code == 2
     assert "unknown group 'optimzer'; did you mean 'optimizer'?" in capsys.readouterr().err
+
+
+def test_ls_into_a_closed_pipe_ends_as_other_tools_do(tmp_path):
+    """`trainkit ls | head -1`: 141 (SIGPIPE) with nothing on stderr, not rich's exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line is written
+    try:
+        lister = subprocess.run(
+            [sys.executable, "-m", "trainkit", "ls", "optimizer"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (lister.returncode, lister.stderr) == (141, "")

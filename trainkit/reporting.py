@@ -277,9 +277,16 @@ def console():
     padded, wrapped or coloured, so that a log file reads and pastes as it was printed."""
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 here; `trainkit ls | head` should end as other tools do (141),
+            # which cli.main does for a BrokenPipeError.
+            self.quiet = True
+            raise BrokenPipeError
+
     if is_terminal():
-        return Console()
-    return Console(width=100_000, soft_wrap=True, no_color=True, highlight=False)
+        return _Console()
+    return _Console(width=100_000, soft_wrap=True, no_color=True, highlight=False)
 
 
 def console_handler(prefix: str = "") -> logging.Handler:
