@@ -35,6 +35,15 @@ def test_the_suggestion_is_the_steepest_fall_before_the_minimum():
     assert 0.1 < minimum < 1
 
 
+def test_a_loss_still_falling_at_max_lr_never_suggests_max_lr():
+    """Five steps a decade and more apart: the last step's one-sided slope is the steepest,
+    but the lr at the end of the range is where the test stopped looking, not a choice."""
+    lrs = geometric(1e-7, 10, 5)
+    minimum, steepest = _suggestions(lrs, [2.30, 2.29, 2.20, 1.60, 0.20])
+    assert minimum == lrs[-1]
+    assert steepest == lrs[3]
+
+
 def test_a_curve_that_never_falls_has_no_steepest_point():
     lrs = geometric(1e-6, 10, 50)
     minimum, steepest = _suggestions(lrs, [1.0 + 0.1 * i for i in range(50)])

@@ -145,6 +145,8 @@ def _suggestions(lrs: list[float], smoothed: list[float]) -> tuple[float, float 
     if lowest - start < 2:
         return lrs[lowest], None
     window = slice(start, lowest + 1)
-    slopes = np.gradient(np.asarray(smoothed[window]), np.log10(lrs[window]))
+    # The minimum itself is no candidate: on a coarse grid its one-sided slope can be the
+    # steepest, and a loss still falling at max_lr would then suggest max_lr.
+    slopes = np.gradient(np.asarray(smoothed[window]), np.log10(lrs[window]))[:-1]
     steepest = int(np.argmin(slopes))
     return lrs[lowest], (lrs[start + steepest] if slopes[steepest] < 0 else None)
