@@ -712,7 +712,7 @@ def predict(args: list[str]) -> None:
     suffixes = (".csv", ".jsonl")
     output = _new_output(options.get("output"), suffixes, " must end in .csv or .jsonl")
 
-    from trainkit import checkpoint, rundir
+    from trainkit import checkpoint
     from trainkit.registry import load_components
 
     if "model" in options:
@@ -721,7 +721,6 @@ def predict(args: list[str]) -> None:
         source = checkpoint.find(_path_option(options["checkpoint"], "checkpoint"))
     plugins = _plugins_option(options.get("plugins"))
     load_components(plugins)
-    output = output or rundir.free_file_name("predictions.csv")
 
     from trainkit.prediction import predict as predict_inputs
     from trainkit.prediction import report_skipped
@@ -729,7 +728,7 @@ def predict(args: list[str]) -> None:
     done = predict_inputs(source, inputs, output, plugins, topk, batch_size, tta, on_bad, device)
     report_skipped(done["skipped"])
     extra = f" and {done['embeddings']}" if done["embeddings"] else ""
-    print(f"wrote {done['rows']} predictions to {output}{extra}")
+    print(f"wrote {done['rows']} predictions to {done['output']}{extra}")
 
 
 # --- export --------------------------------------------------------------------------------
@@ -757,20 +756,19 @@ def export(args: list[str]) -> None:
     wrong = f": format={fmt} writes a {suffix} file"
     output = _new_output(options.get("output"), (suffix,), wrong)
 
-    from trainkit import checkpoint, rundir
+    from trainkit import checkpoint
     from trainkit.registry import load_components
 
     checkpoint_path = checkpoint.find(_path_option(options["checkpoint"], "checkpoint"))
     plugins = _plugins_option(options.get("plugins"))
     load_components(plugins)
-    output = output or rundir.free_file_name(f"model{suffix}")
 
     from trainkit.export import export_checkpoint
 
     done = export_checkpoint(checkpoint_path, fmt, output, plugins, opset)
     print(
-        f"wrote {output}: the largest difference from the PyTorch model on {done['inputs']} "
-        f"is {done['difference']:.2e} (at most {done['tolerance']:.2e} allowed)"
+        f"wrote {done['output']}: the largest difference from the PyTorch model on "
+        f"{done['inputs']} is {done['difference']:.2e} (at most {done['tolerance']:.2e} allowed)"
     )
 
 
@@ -914,8 +912,8 @@ def lr_plot(args: list[str]) -> None:
         f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}: "
         f"{settings.max_epochs} epochs x {plan.steps_per_epoch} optimizer steps"
     )
-    output = output or rundir.free_file_name("lr_schedule.png")
-    rundir.write_new_file(output, png_bytes(lr_figure(lrs, title, log_scale)), "output")
+    png = png_bytes(lr_figure(lrs, title, log_scale))
+    output = rundir.write_new_file(output or "lr_schedule.png", png, "output", output is None)
     print(title)
     print(terminal_plot(lrs))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
@@ -971,8 +969,9 @@ def lr_find(args: list[str]) -> None:
     )
     suggestion = test.suggestion
     figure = lr_find_figure(test.lrs, test.losses, test.smoothed, suggestion, title)
-    output = output or rundir.free_file_name("lr_find.png")
-    rundir.write_new_file(output, png_bytes(figure), "output")
+    output = rundir.write_new_file(
+        output or "lr_find.png", png_bytes(figure), "output", output is None
+    )
     print(title)
     print(terminal_plot(
         test.smoothed,
@@ -1029,10 +1028,8 @@ def compare_runs(args: list[str]) -> None:
             paths.append(Path(arg).expanduser())
     if not paths:
         raise UserError("compare needs at least one run or sweep directory")
-    from trainkit import rundir
 
     output = _new_output(options["output"] or None, (".png",), " must end in .png")
-    output = output or rundir.free_file_name("compare.png")
 
     from trainkit.compare import compare
 

@@ -27,11 +27,11 @@ from trainkit.sweeps import (
 )
 
 
-def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
+def compare(paths: list[Path], metrics: list[str], output: Path | None) -> None:
     """Print a table of ``metrics`` (default: the monitored metric, its test counterpart,
     best_epoch, train_time_s) for every run under ``paths`` and write their curves of the
-    monitored metric to ``output``. Raises UserError for a path that holds no run or a
-    metric that no run has."""
+    monitored metric to ``output`` (None: compare.png, or the next free name). Raises
+    UserError for a path that holds no run or a metric that no run has."""
 
     runs = [read_job(run_dir) for run_dir in expand(paths)]
     finished = [run for run in runs if run.summary]
@@ -77,7 +77,7 @@ def compare(paths: list[Path], metrics: list[str], output: Path) -> None:
     if not drawn:
         console.print(f"no run logged {monitor} per epoch (metrics.jsonl): no plot written")
         return
-    write_new_file(output, png_bytes(figure), "output")
+    output = write_new_file(output or "compare.png", png_bytes(figure), "output", output is None)
     console.print(f"wrote {output}")
 
 

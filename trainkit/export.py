@@ -32,10 +32,11 @@ INSTALL_HINT = "pip install 'trainkit[export]'"
 
 
 def export_checkpoint(
-    path: Path, fmt: str, output: Path, plugins: list[str], opset: int | None = None
+    path: Path, fmt: str, output: Path | None, plugins: list[str], opset: int | None = None
 ) -> dict[str, Any]:
     """Write the checkpoint's model (its evaluation weights) to ``output`` in ``fmt``
-    (``onnx`` or ``torch_export``); returns the parity check's figures. UserError when the
+    (``onnx`` or ``torch_export``; None: model.onnx or model.pt2 here, or the next free
+    name); returns the parity check's figures and the file written. UserError when the
     model cannot be exported (naming what stopped it) or the export differs from it."""
     state = checkpoint.load(path)
     description = state.get("data")
@@ -73,8 +74,9 @@ def export_checkpoint(
             f"the exported model differs from the PyTorch model by {difference:.3g} on {where} "
             f"(at most {tolerance:.3g} allowed); nothing was written"
         )
-    write_new_file(output, data, "output")
-    return {"difference": difference, "tolerance": tolerance, "inputs": where}
+    default = "model.onnx" if fmt == "onnx" else "model.pt2"
+    written = write_new_file(output or default, data, "output", output is None)
+    return {"difference": difference, "tolerance": tolerance, "inputs": where, "output": written}
 
 
 def _test_batch(cfg, description: dict) -> tuple[torch.Tensor, str]:

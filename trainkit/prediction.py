@@ -26,14 +26,14 @@ from trainkit.data import Splits
 from trainkit.data.preprocess import check_description, list_inputs, prepare
 from trainkit.errors import UserError
 from trainkit.reporting import is_terminal
-from trainkit.rundir import write_new_file
+from trainkit.rundir import free_file_name, write_new_file
 from trainkit.tasks import MetricLearning
 
 
 def predict(
     path: Path,
     inputs: list[Path],
-    output: Path,
+    output: Path | None,
     plugins: list[str],
     topk: int = 5,
     batch_size: int = 256,
@@ -41,10 +41,11 @@ def predict(
     on_bad_input: str = "skip",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file),
-    with the model of a checkpoint (on ``device``), or of an ONNX file ``trainkit export``
-    wrote (``path`` ending in .onnx, run by onnxruntime); returns what was done (rows
-    written, inputs skipped and why)."""
+    """Write one row per input of ``inputs`` to ``output`` (.csv or .jsonl, a new file;
+    None: predictions.csv here, or the next free name), with the model of a checkpoint (on
+    ``device``), or of an ONNX file ``trainkit export`` wrote (``path`` ending in .onnx, run
+    by onnxruntime); returns what was done (rows written, inputs skipped and why, the file
+    written)."""
     if path.suffix.lower() == ".onnx":
         forward, task, description = _from_onnx(path)
     else:
@@ -52,13 +53,13 @@ def predict(
     record = description["preprocessing"]
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
-    embeddings = None
     if isinstance(task, MetricLearning):  # the embeddings as an array too
-        embeddings = output.with_name(f"{output.stem}_embeddings.npy")
         # Checked before anything is written: a refused command leaves no predictions behind.
+        planned = output or free_file_name("predictions.csv")
+        embeddings = _embeddings_file(planned)
         if embeddings.exists() or embeddings.is_symlink():
             raise UserError(
-                f"output={output}: its embeddings file {embeddings} exists, and trainkit "
+                f"output={planned}: its embeddings file {embeddings} exists, and trainkit "
                 "does not overwrite files; name another output"
             )
 
@@ -92,8 +93,10 @@ def predict(
     if not rows:
         first = f" (first: {bad[0][0]}: {bad[0][1]})" if bad else ""
         raise UserError(f"no input could be read, {len(bad)} tried{first}; nothing written")
-    _write(rows, output)
-    if embeddings is not None:
+    output = _write(rows, output)
+    embeddings = None
+    if isinstance(task, MetricLearning):
+        embeddings = _embeddings_file(output)
         matrix = np.asarray([[row[f"e{i}"] for i in range(len(row) - 1)] for row in rows])
         buffer = io.BytesIO()
         np.save(buffer, matrix.astype(np.float32))
@@ -173,9 +176,14 @@ def _average_with_flipped(forward, x: torch.Tensor, outputs: torch.Tensor, task)
     return (outputs + flipped) / 2
 
 
-def _write(rows: list[dict[str, Any]], output: Path) -> None:
-    """``rows`` as CSV or JSONL (by ``output``'s suffix), into a file that must be new."""
-    if output.suffix.lower() == ".jsonl":
+def _embeddings_file(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_embeddings.npy")
+
+
+def _write(rows: list[dict[str, Any]], output: Path | None) -> Path:
+    """``rows`` as CSV or JSONL (by ``output``'s suffix), into a file that must be new
+    (None: predictions.csv, or the next free name); returns the file written."""
+    if output is not None and output.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(row) + "\n" for row in rows)
     else:
         buffer = io.StringIO()
@@ -186,7 +194,9 @@ def _write(rows: list[dict[str, Any]], output: Path) -> None:
             {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows
         )
         text = buffer.getvalue()
-    write_new_file(output, text.encode("utf-8"), "output")
+    return write_new_file(
+        output or "predictions.csv", text.encode("utf-8"), "output", output is None
+    )
 
 
 class _progress:

@@ -171,25 +171,32 @@ def free_file_name(path: str | Path) -> Path:
     return candidate
 
 
-def write_new_file(path: str | Path, data: bytes, key: str) -> None:
+def write_new_file(path: str | Path, data: bytes, key: str, or_next_free: bool = False) -> Path:
     """Write ``data`` to ``path``, which must not exist (trainkit overwrites nothing it did
     not write in this invocation), making missing parent directories; ``key`` names the
-    option in errors. On failure, what was made is removed and the error is one line."""
-    path = Path(path).expanduser()
+    option in errors. With ``or_next_free`` (a default name, not one the user chose) a
+    taken name moves on as ``free_file_name`` does, also when another command took it
+    meanwhile. Returns the path written. On failure, what was made is removed and the error
+    is one line."""
+    path = first = Path(path).expanduser()
     made = _make_parents(path.absolute().parent, key)
-    try:
-        with open(path, "xb") as handle:
-            handle.write(data)
-    except FileExistsError:
-        remove_made(made)
-        raise UserError(
-            f"{key}={path} exists, and trainkit does not overwrite files; name a new file"
-        ) from None
-    except OSError as error:
-        if path.is_file():
-            path.unlink()  # made by this open: what was written of it is of no use
-        remove_made(made)
-        raise _cannot_make(path, key, error) from None
+    while True:
+        try:
+            with open(path, "xb") as handle:
+                handle.write(data)
+            return path
+        except FileExistsError:
+            if not or_next_free:
+                remove_made(made)
+                raise UserError(
+                    f"{key}={path} exists, and trainkit does not overwrite files; name a new file"
+                ) from None
+            path = free_file_name(first)
+        except OSError as error:
+            if path.is_file():
+                path.unlink()  # made by this open: what was written of it is of no use
+            remove_made(made)
+            raise _cannot_make(path, key, error) from None
 
 
 def check_can_write(path: str | Path, key: str) -> None:
