@@ -62,6 +62,7 @@ def test_predict_bench_compares_like_with_like():
     assert summary["trainkit_vs_plain"] > 0
 
 
+@pytest.mark.slow
 def test_pruning_bench_runs_both_searches():
     script = BENCH.with_name("bench_pruning.py")
     tiny = ["--trials", "2", "--epochs", "2", "--json", "data=synthetic", "data.num_samples=120",

@@ -33,6 +33,7 @@ def check_setting(result: dict, rounds: int) -> None:
     assert all(speed > 0 for runs in result["images_per_s"].values() for speed in runs)
 
 
+@pytest.mark.slow
 def test_cpu_smoke_run_reports_both_contenders(tmp_path):
     out = tmp_path / "bench_gpu.json"
     args = ["--device", "cpu", *TINY, "--compile", "off", "--precision", "32"]
@@ -107,6 +108,7 @@ def test_gpu_check_names_its_steps_for_an_unknown_one(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_gpu_check_rehearses_a_step_with_the_one_it_needs_and_reports_it(tmp_path):
     """--only export_torch_export also trains the run it exports; a rehearsal runs on the CPU."""
     out = tmp_path / "out"

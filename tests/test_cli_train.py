@@ -231,6 +231,8 @@ def test_adam_with_cosine_and_step_schedules_train(tmp_path):
             "optimizer=adam",
             f"scheduler={scheduler}",
             "trainer.max_epochs=2",
+            "trainer.limit_train_batches=3",  # the lr of each epoch is what is checked
+            "trainer.limit_eval_batches=1",
             "scheduler.step_size=1" if scheduler == "step" else "scheduler.min_lr=0.0001",
             cwd=tmp_path,
         )

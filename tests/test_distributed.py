@@ -59,7 +59,10 @@ UNFREEZING = ["finetune.freeze=[1.*]", "finetune.unfreeze_at_epoch=2"]
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("extra", [[], UNFREEZING], ids=["plain", "unfreezing"])
+# [plain] is the real 2-process Gloo run of the default test run; the rest of this file is slow.
+@pytest.mark.parametrize(
+    "extra", [[], pytest.param(UNFREEZING, marks=pytest.mark.slow)], ids=["plain", "unfreezing"]
+)
 def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_path, extra):
     two = tmp_path / "two"
     two.mkdir()
@@ -88,6 +91,7 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_a_mistake_found_in_the_workers_is_one_line(tmp_path):
     result = run_trainkit(
         "train",

@@ -212,6 +212,7 @@ def test_a_run_without_a_plan_trains_and_logs_its_lr(tmp_path, monkeypatch):
 
 
 @pytest.mark.distributed
+@pytest.mark.slow
 def test_the_plan_is_the_lr_of_a_two_process_run(tmp_path):
     """Two processes halve each one's batches per epoch and double the global batch that the
     linear scaling rule reads: lr-plot plans for trainer.devices, as train runs it."""
