@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from trainkit.errors import UserError, file_system_reason
+from trainkit.registry import plugins_not_named
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -183,10 +184,8 @@ def config_of(state: dict[str, Any], path: Path, plugins: list[str], device: str
             value = data.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
                 data[key] = str(Path(trained_in) / value)
-    needed = cfg.get("plugins") or []
-    needed = [str(needed)] if isinstance(needed, str) else [str(module) for module in needed]
-    if any(module not in plugins for module in needed):
-        listed = "[" + ",".join(needed) + "]"
+    listed = plugins_not_named(cfg.get("plugins"), plugins)
+    if listed:
         raise UserError(
             f"checkpoint {path} was trained with plugins={listed}, and trainkit imports only "
             f"the modules named on its command line; add plugins={listed} if you trust them"

@@ -32,6 +32,7 @@ from trainkit.registry import (
     Registry,
     check_params,
     load_components,
+    plugins_not_named,
 )
 from trainkit.settings import (
     FinetuneSettings,
@@ -68,10 +69,8 @@ def plugins_named(overrides: list[str]) -> list[str]:
 def check_plugins(cfg: DictConfig, named: list[str]) -> None:
     """UserError if the composed config names plugins that the command line did not (a
     recipe's, or a resumed run's): a file never decides what code is imported."""
-    wanted = cfg.get("plugins") or []
-    wanted = [str(wanted)] if isinstance(wanted, str) else [str(module) for module in wanted]
-    if any(module not in named for module in wanted):
-        listed = "[" + ",".join(wanted) + "]"
+    listed = plugins_not_named(cfg.get("plugins"), named)
+    if listed:
         raise UserError(
             f"the config names plugins={listed} (in a recipe or a run's files), and trainkit "
             f"imports only the modules named on its command line; add plugins={listed} if "

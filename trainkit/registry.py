@@ -358,6 +358,18 @@ _BUILTIN_MODULES = (
 )
 
 
+def plugins_not_named(wanted: Any, named: Iterable[str]) -> str | None:
+    """A config's ``plugins`` (a list, one name or None) as ``[a,b]`` when it holds a module
+    that ``named`` (this command line's ``plugins=``) lacks, else None. A file never decides
+    what code is imported: its callers refuse the config then."""
+    if not wanted:
+        return None
+    wanted = [str(wanted)] if isinstance(wanted, str) else [str(module) for module in wanted]
+    if all(module in named for module in wanted):
+        return None
+    return "[" + ",".join(wanted) + "]"
+
+
 def load_components(plugins: Iterable[str] = ()) -> None:
     """Import the built-in components, installed plugins (entry points) and ``plugins``."""
     for module in _BUILTIN_MODULES:
