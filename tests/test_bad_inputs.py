@@ -578,6 +578,27 @@ def _(cwd, run):
     return train(f"recipe={cwd / 'rec.yaml'}")
 
 
+ENV_RECIPE = "# @package _global_\nhydra: {job: {env_set: {PYTHONPATH: %s}}}\n"
+
+
+@case("recipe-sets-the-environment", "hydra.job.env_set.PYTHONPATH=")
+def _(cwd, run):
+    """A sitecustomize.py on PYTHONPATH runs in every process the run starts (DDP workers)."""
+    write(cwd / "evil" / "sitecustomize.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "rec.yaml", ENV_RECIPE % (cwd / "evil"))
+    return train(f"recipe={cwd / 'rec.yaml'}", "trainer.devices=2")
+
+
+@case("resume-recipe-sets-the-environment", "sets the environment of the run's processes")
+def _(cwd, run):
+    write(cwd / "evil" / "sitecustomize.py", "open('IMPORTED', 'w').write('code ran')\n")
+    write(cwd / "rec.yaml", ENV_RECIPE % (cwd / "evil"))
+    folder = unfinished(run, cwd / "run")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- recipe={cwd / 'rec.yaml'}\n")
+    return ["train", f"resume={folder}"]
+
+
 @case("recipe-moves-the-log-by-the-job-name", "hydra.job.name=../../v names the run's log")
 def _(cwd, run):
     write(cwd / "rec.yaml", "# @package _global_\nhydra:\n  job: {name: ../../v}\n")

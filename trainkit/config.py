@@ -391,9 +391,10 @@ _TRUSTED_CODE = {
 
 def check_hydra_code(launch: DictConfig, command_line: list[str]) -> None:
     """UserError if Hydra would make an object of code (a ``_target_``, a log handler's
-    ``class`` or ``()``, an ``ext://`` value) that neither trainkit's config names where it
-    does (``_TRUSTED_CODE``) nor this command line names: a recipe file or a resumed run's
-    files would otherwise run code by themselves.
+    ``class`` or ``()``, an ``ext://`` value) or set an environment variable
+    (``hydra.job.env_set``) that neither trainkit's config names where it does
+    (``_TRUSTED_CODE``) nor this command line names: a recipe file or a resumed run's files
+    would otherwise run code by themselves.
 
     The whole config is read, unresolved: a code key anywhere (an interpolation can bring a
     node into Hydra's), and ``oc.create``/``oc.decode``, which make nodes out of text."""
@@ -403,6 +404,14 @@ def check_hydra_code(launch: DictConfig, command_line: list[str]) -> None:
         return any(path == key or path.startswith(f"{key}.") for key in typed)
 
     def check(node: Any, path: str) -> None:
+        if path.startswith("hydra.job.env_set.") and not named(path):
+            # The environment of the run and of the processes it starts (DDP workers, a
+            # sweep's): PYTHONPATH with a sitecustomize.py, LD_PRELOAD, PYTHONSTARTUP run code.
+            raise UserError(
+                f"{path}={node} sets the environment of the run's processes, which can make "
+                "them run code, and only this command line may: remove it there, or set "
+                f"{path} on the command line if you trust it"
+            )
         if isinstance(node, Mapping):
             for key, value in node.items():
                 check(value, f"{path}.{key}" if path else str(key))
