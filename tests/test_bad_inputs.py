@@ -1175,6 +1175,43 @@ def _(cwd, run):
     return ["train", f"resume={unfinished(run, cwd / 'run')}", "trainer.max_epochs=60"]
 
 
+def planted_link(run: Path, cwd: Path, name: str, hard: bool = False) -> list[str]:
+    """Resume a copy of ``run`` whose ``name`` is a link to a file of the user's."""
+    folder = unfinished(run, cwd / "run")
+    victim = write(cwd / "victim.txt", "the user's")
+    (folder / name).unlink(missing_ok=True)
+    if hard:
+        os.link(victim, folder / name)
+    else:
+        (folder / name).symlink_to(victim)
+    return ["train", f"resume={folder}"]
+
+
+@case("resume-predictions-link", "predictions.csv is a link, and a run trainkit wrote has none")
+def _(cwd, run):
+    return planted_link(run, cwd, "predictions.csv")
+
+
+@case("resume-log-link", "train.log is a link, and a run trainkit wrote has none")
+def _(cwd, run):
+    return planted_link(run, cwd, "train.log")
+
+
+@case("resume-config-link", ".hydra/config.yaml is a link, and a run trainkit wrote has none")
+def _(cwd, run):
+    return planted_link(run, cwd, ".hydra/config.yaml")
+
+
+@case("resume-log-hard-link", "train.log has other names (hard links), and the run appends")
+def _(cwd, run):
+    return planted_link(run, cwd, "train.log", hard=True)
+
+
+@case("resume-lock-hard-link", ".trainkit.lock there has other names (hard links)")
+def _(cwd, run):
+    return planted_link(run, cwd, ".trainkit.lock", hard=True)
+
+
 @case("resume-file-changed-lr", "(optimizer.lr: 0.1 -> 0.5)")
 def _(cwd, run):
     path = unfinished(run, cwd / "run") / "checkpoints" / "last.pt"

@@ -112,6 +112,20 @@ def test_on_a_gpu_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path
     assert_bitwise_equal(final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed"))
 
 
+def test_a_users_file_at_predictions_csv_is_left_and_the_predictions_go_beside_it(
+    tmp_path, monkeypatch, caplog
+):
+    crashing = make_runner(tmp_path / "run", "trainer.max_epochs=2")
+    crash_at_step(crashing, 6, monkeypatch)
+    notes = tmp_path / "run" / "predictions.csv"
+    notes.write_text("my notes")
+    resumed = make_runner(tmp_path / "run", "trainer.max_epochs=2", f"resume={tmp_path / 'run'}")
+    resumed.fit()
+    assert notes.read_text() == "my notes"
+    assert (tmp_path / "run" / "predictions-2.csv").read_text().startswith("index,target,")
+    assert "predictions.csv was in the run's directory before the run wrote it" in caplog.text
+
+
 def test_resuming_refuses_a_config_that_trains_differently():
     saved = {"optimizer": {"lr": 0.1}, "trainer": {"device": "cpu"}, "logger": {"x": 1}}
     current = {"optimizer": {"lr": 0.3}, "trainer": {"device": "cuda"}, "logger": {"x": 2}}

@@ -155,9 +155,37 @@ def _holds_study(path: Path) -> bool:
 
 
 def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
-    """Lock an existing run's directory to continue writing it (``resume=``)."""
+    """Lock an existing run's directory to continue writing it (``resume=``); UserError
+    when a file the run goes on writing is not one a run writes (see ``_check_run_files``)."""
     path = Path(run_dir).absolute()
+    _check_run_files(path, key)
     return OwnedDirectory(path, [], _lock(path, key, []), new=False)
+
+
+def _check_run_files(path: Path, key: str) -> None:
+    """A run directory from elsewhere (downloaded, unpacked, shared) may hold a link where
+    the run writes (its log, its config, its predictions): following it, the resumed run
+    would write a file outside the run. trainkit makes no links there, nor hard links to
+    its log, which is appended to."""
+    names = [*_WRITTEN_BEFORE_TRAINING, LOCK_FILE]
+    entries = [path / name for name in names]
+    for folder in (".hydra", "checkpoints"):
+        if (path / folder).is_dir() and not (path / folder).is_symlink():
+            entries += sorted((path / folder).iterdir())
+    entries += sorted(path.glob(f"{_EVENTS_PREFIX}*"))
+    for entry in entries:
+        if entry.is_symlink():
+            raise UserError(
+                f"{key}={path}: {entry.relative_to(path)} is a link, and a run trainkit wrote "
+                "has none; the run would write through it. Remove the link, or start a new run"
+            )
+    log = path / "train.log"
+    if log.is_file() and log.stat().st_nlink > 1:
+        raise UserError(
+            f"{key}={path}: train.log has other names (hard links), and the run appends to "
+            "it; copy it to a file of its own (cp train.log x && mv x train.log) or start a "
+            "new run"
+        )
 
 
 def free_file_name(path: str | Path) -> Path:
@@ -299,6 +327,13 @@ def _lock(path: Path, key: str, made: list[Path]) -> int:
             same = os.stat(lock_file).st_ino == os.fstat(descriptor).st_ino
         except FileNotFoundError:
             same = False
+        if same and os.fstat(descriptor).st_nlink > 1:  # truncating it would empty another
+            _unlock_only(descriptor)
+            remove_made(made)
+            raise UserError(
+                f"{key}={path}: {LOCK_FILE} there has other names (hard links), so it is not "
+                "trainkit's lock file; remove it, or name another directory"
+            )
         if same:
             break
         os.close(descriptor)
@@ -316,6 +351,12 @@ def _lock(path: Path, key: str, made: list[Path]) -> int:
         remove_made(made)
         raise _cannot_make(lock_file, key, error) from None
     return descriptor
+
+
+def _unlock_only(descriptor: int) -> None:
+    """Give up a lock on a file that is not trainkit's, leaving the file where it is."""
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    os.close(descriptor)
 
 
 def _unlock(path: Path, descriptor: int) -> None:

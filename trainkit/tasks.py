@@ -11,6 +11,8 @@ predictions.csv. Each loss says which task it belongs to where it is registered
 from __future__ import annotations
 
 import csv
+import io
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from trainkit.data import Splits
 from trainkit.errors import UserError
 from trainkit.losses import fit_of
 from trainkit.registry import LOSSES, TASKS, PositiveInt
+from trainkit.rundir import write_new_file
 
 if TYPE_CHECKING:
     from trainkit.metrics import (
@@ -150,10 +153,18 @@ class Outputs:
 
 
 def _write_rows(path: Path, header: list[str], rows) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    """A new CSV file at ``path``; when a file is there already (a resumed run's folder
+    came with one), at the next free name, with a warning: it is not this run's to replace."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    written = write_new_file(path, buffer.getvalue().encode("utf-8"), path.name, True)
+    if written != path:
+        logging.getLogger("trainkit").warning(
+            f"{path.name} was in the run's directory before the run wrote it; it is left as "
+            f"it is, and the test predictions are in {written.name}"
+        )
 
 
 # --- classification --------------------------------------------------------------------------
