@@ -327,3 +327,25 @@ def test_a_users_file_at_a_name_the_run_reaches_is_neither_saved_over_nor_remove
     assert (folder / "best_epoch_0002.pt").read_text() == "mine"
     names = sorted(p.name for p in folder.iterdir())
     assert "epoch_0003.pt" in names and "epoch_0001.pt" not in names
+
+
+@pytest.mark.parametrize(
+    "hydra_yaml, overrides_yaml",
+    [
+        ("hydra:\n  mode: MULTIRUN\n", "- optimizer=adam\n"),  # no job node
+        ("hydra: [\n", "{not: a list}\n"),  # not YAML; not a list
+        ("hydra:\n  mode: MULTIRUN\n  job: {config: {override_dirname: {exclude_keys: 5}}}\n", ""),
+        (b"\xff\xfe\x00", b"\xff"),  # not text
+    ],
+    ids=["no-job", "not-yaml", "keys-not-a-list", "binary"],
+)
+def test_a_runs_edited_hydra_files_do_not_fail_it_at_the_end(tmp_path, hydra_yaml, overrides_yaml):
+    """The HParams row is read from .hydra/ after the test: files a resumed run's folder
+    came with, which may say anything."""
+    hydra_dir = tmp_path / "run" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    for name, text in (("hydra.yaml", hydra_yaml), ("overrides.yaml", overrides_yaml)):
+        path = hydra_dir / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    summary = make_runner(tmp_path / "run", "trainer.max_epochs=1").fit()
+    assert (tmp_path / "run" / "summary.json").is_file() and summary["test/acc"] >= 0

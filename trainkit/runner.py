@@ -533,15 +533,25 @@ class Runner:
         job: what the sweep varies), and a fixed few. Read from the run's .hydra/."""
         import yaml
 
-        def read(name: str) -> Any:
+        def read(name: str, *keys: str) -> Any:
+            # Files, and those of a resumed run may have been edited: whatever they hold, a
+            # finished run is not failed for its HParams row.
             path = self.run_dir / ".hydra" / name
-            return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            try:
+                value = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeError, yaml.YAMLError):
+                return None
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
 
-        overrides = [str(o) for o in read("overrides.yaml") or []]
-        hydra = (read("hydra.yaml") or {}).get("hydra") or {}
+        overrides = read("overrides.yaml")
+        overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
         swept = None
-        if str(hydra.get("mode")) == "MULTIRUN":  # the keys its sweep gave this job
-            fixed = set(hydra["job"]["config"]["override_dirname"]["exclude_keys"] or [])
+        if str(read("hydra.yaml", "hydra", "mode")) == "MULTIRUN":  # the keys its sweep varied
+            dirname = ("hydra", "job", "config", "override_dirname", "exclude_keys")
+            fixed = read("hydra.yaml", *dirname)
+            fixed = {str(key) for key in fixed} if isinstance(fixed, list) else set()
             keys = [o.lstrip("+~").partition("=")[0] for o in overrides]
             swept = [key for key in keys if key not in fixed]
         return chosen_hparams(OmegaConf.to_container(self.cfg, resolve=True), overrides, swept)
