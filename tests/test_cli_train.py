@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -222,6 +223,19 @@ def test_eval_mistakes_are_one_line(default_run, tmp_path, args, message):
     result = run_trainkit("eval", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_refused_checkpoint_leaves_its_folder_untouched(default_run, tmp_path):
+    """eval checks the checkpoint before it makes eval_<name>/ beside it: not even the
+    folder's modification time changes."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    damaged = folder / "last.pt"
+    damaged.write_bytes((default_run / "checkpoints" / "last.pt").read_bytes()[:1000])
+    os.utime(folder, ns=(10**18, 10**18))
+    result = run_trainkit("eval", f"checkpoint={damaged}", cwd=tmp_path)
+    assert result.returncode == 2 and "truncated or corrupt" in result.stderr, result.stderr
+    assert os.listdir(folder) == ["last.pt"] and folder.stat().st_mtime_ns == 10**18
 
 
 def test_adam_with_cosine_and_step_schedules_train(tmp_path):

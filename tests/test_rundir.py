@@ -33,3 +33,18 @@ def test_a_default_name_taken_meanwhile_moves_on_to_the_next_free_one(tmp_path):
 def test_missing_folders_are_made_and_the_path_is_returned(tmp_path):
     written = write_new_file(tmp_path / "a" / "b" / "model.onnx", b"x", "output")
     assert written.read_bytes() == b"x"
+
+
+def test_a_folder_refused_for_what_it_holds_is_not_even_written_to_and_removed_from(tmp_path):
+    """The test that the folder is writable (a file made and removed) comes after the
+    refusal: the folder's modification time stays."""
+    from trainkit.rundir import claim_new
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("mine")
+    os.utime(full, ns=(10**18, 10**18))
+    with pytest.raises(UserError, match="hydra.run.dir="):
+        claim_new(full, "hydra.run.dir")
+    assert full.stat().st_mtime_ns == 10**18
+    assert os.listdir(full) == ["mine.txt"]

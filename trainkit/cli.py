@@ -638,6 +638,11 @@ def evaluate(args: list[str]) -> None:
     plugins = _plugins_option(options.pop("plugins", None))
     given = options.pop("output_dir", None)
     load_components(plugins)
+
+    from trainkit.evaluation import check_checkpoint, evaluate_checkpoint
+
+    # Before the output folder exists: a refused checkpoint leaves its folder as it was.
+    checked = check_checkpoint(checkpoint_path, [f"{k}={v}" for k, v in options.items()], plugins)
     if given is None:  # beside the checkpoint, never over an earlier evaluation's files
         output_dir = _unused_name(checkpoint_path.parent / f"eval_{checkpoint_path.stem}")
         key = "output_dir (eval writes beside the checkpoint by default)"
@@ -645,14 +650,11 @@ def evaluate(args: list[str]) -> None:
         output_dir, key = Path(given).expanduser(), "output_dir"
     owned = rundir.claim_new(output_dir, key)
 
-    from trainkit.evaluation import evaluate_checkpoint
     from trainkit.reporting import print_summary, setup_console_logging
 
     setup_console_logging()
     try:
-        summary = evaluate_checkpoint(
-            checkpoint_path, [f"{k}={v}" for k, v in options.items()], owned.path, plugins
-        )
+        summary = evaluate_checkpoint(checked, [], owned.path, plugins)
     except BaseException:
         owned.discard_if_untrained()
         raise

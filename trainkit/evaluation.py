@@ -3,10 +3,11 @@ assembly from the config the checkpoint holds."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from trainkit import checkpoint, config
 from trainkit.build import build
@@ -14,15 +15,21 @@ from trainkit.errors import UserError
 from trainkit.runner import evaluate
 
 
-def evaluate_checkpoint(
-    path: Path, overrides: list[str], output_dir: Path, plugins: list[str]
-) -> dict[str, Any]:
-    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it;
-    write summary.json and predictions.csv into ``output_dir`` and return the summary.
+@dataclass
+class Checked:
+    """A checkpoint read and checked for evaluation: its file, its state, and the config to
+    test it with (its own, with the command line's overrides)."""
 
-    ``plugins``: the modules this command line named (imported already). A checkpoint whose
-    run used others is refused: a file never decides what code is imported.
-    """
+    path: Path
+    state: dict[str, Any]
+    cfg: DictConfig
+
+
+def check_checkpoint(path: Path, overrides: list[str], plugins: list[str]) -> Checked:
+    """Read the checkpoint at ``path`` (a file or a run directory) and its config with
+    ``overrides``, reading no data: UserError for a damaged checkpoint, an unknown key, or
+    a run that used plugins other than ``plugins`` (the modules this command line named,
+    imported already): a file never decides what code is imported."""
     path = checkpoint.find(path)
     state = checkpoint.load(path)
     cfg = checkpoint.config_of(state, path, plugins)
@@ -30,7 +37,20 @@ def evaluate_checkpoint(
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise UserError(f"unknown key {key}: the checkpoint's config has no such key")
-    cfg = config.resolve(OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)))
+    return Checked(
+        path, state, config.resolve(OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)))
+    )
+
+
+def evaluate_checkpoint(
+    path: Path | Checked, overrides: list[str], output_dir: Path, plugins: list[str]
+) -> dict[str, Any]:
+    """Rebuild data and model from a checkpoint's config (plus ``overrides``) and test it;
+    write summary.json and predictions.csv into ``output_dir`` and return the summary.
+    ``path`` may be what ``check_checkpoint`` returned already (``overrides`` and
+    ``plugins`` are then its)."""
+    checked = path if isinstance(path, Checked) else check_checkpoint(path, overrides, plugins)
+    path, state, cfg = checked.path, checked.state, checked.cfg
 
     parts = build(cfg, "evaluate")
     checkpoint.load_weights(

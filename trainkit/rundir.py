@@ -93,8 +93,11 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
             f"{key}={path}: a run directory's name cannot hold '${{' (Hydra would read it as "
             "a reference to a config key); choose another name"
         )
+    absolute = Path(os.path.abspath(Path(path).expanduser()))  # (brandnew/.. is the cwd)
+    if absolute.is_dir():  # refused for what it holds before the write test touches it
+        _refuse_unless_free(absolute, key, [], continue_study)
     check_writable(Path(path).expanduser(), key)
-    path = Path(os.path.abspath(Path(path).expanduser()))  # (brandnew/.. is the cwd)
+    path = absolute
     made = _make_parents(path.parent, key)
     try:
         os.mkdir(path)
