@@ -768,6 +768,12 @@ def _(cwd, run):
     return train_mlp_on("data=text_csv", "data.path=t.csv")
 
 
+@case("text-read-by-an-mlp", "model mlp reads numbers, and data=text_csv gives the token ids")
+def _(cwd, run):
+    write(cwd / "t.csv", "text,label\n" + "".join(f"word {i},{i % 2}\n" for i in range(40)))
+    return train_mlp_on("data=text_csv", "data.path=t.csv")
+
+
 @case("text-empty-file", "data.path=t.csv is empty: it has no rows")
 def _(cwd, run):
     write(cwd / "t.csv", "text,label\n")

@@ -8,6 +8,7 @@ evaluation builds no optimizer, planning puts nothing on a GPU.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -127,6 +128,7 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
         check_monitor(monitor, task)
 
     # --- model and loss ---
+    _check_model_reads_tokens(cfg.model.name, splits, cfg.data.name)
     model = MODELS.build(
         cfg.model,
         "model",
@@ -279,3 +281,17 @@ def check_monitor(monitor: str, task: Task) -> None:
             f"trainer.monitor={monitor!r} is not a logged metric; use one of "
             + ", ".join(sorted(known))
         )
+
+
+def _check_model_reads_tokens(name: str, splits: Splits, data: str) -> None:
+    """Token ids are indices, not numbers: a model that does not ask for the vocabulary
+    would multiply them as features (and fail on their integer type)."""
+    if splits.vocab_size is None or "vocab_size" in inspect.signature(MODELS.get(name)).parameters:
+        return
+    readers = [
+        m for m in MODELS.names() if "vocab_size" in inspect.signature(MODELS.get(m)).parameters
+    ]
+    raise UserError(
+        f"model {name} reads numbers, and data={data} gives the token ids of texts; use "
+        f"model={' or model='.join(readers)}"
+    )
