@@ -358,6 +358,20 @@ def test_submitit_runs_jobs_on_slurm(tmp_path):
 # --- mistakes ------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="SLURM is here: the launcher works")
+def test_the_slurm_launcher_without_slurm_is_one_line_and_leaves_nothing(tmp_path):
+    result = run_trainkit(
+        "train", "-m", "hydra/launcher=submitit_slurm", "optimizer=sgd,adam", *TINY, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "trainkit: error: the sweep's launcher or sweeper failed before its jobs ran: "
+        'RuntimeError: Could not detect "srun"'
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_sweep_plugin_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setattr(sweeps.importlib.util, "find_spec", lambda name: None)
     for override, needs in [

@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import gc
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -141,8 +142,6 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         fail(error)
     except BrokenPipeError:  # `trainkit ls | head`: the reader has gone; so do we, quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + 13)
     except Exception as error:
@@ -276,8 +275,6 @@ def _run_in_directory(owned) -> None:
     """Hydra's run in the claimed directory; on any failure before a checkpoint exists, what
     this invocation made is removed again. The lock is given up at the end, whatever happens.
     """
-    import os
-
     from trainkit.errors import file_system_error
 
     # Hydra re-raises what fails instead of printing its own traceback: a full disk while it
@@ -288,7 +285,12 @@ def _run_in_directory(owned) -> None:
     except BaseException as error:
         owned.discard_if_untrained()
         if isinstance(error, Exception) and not isinstance(error, UserError):
-            error = file_system_error(error, str(owned.path)) or _hydra_error(error) or error
+            error = (
+                file_system_error(error, str(owned.path))
+                or _hydra_error(error)
+                or _launcher_error(error)
+                or error
+            )
         if isinstance(error, UserError):
             fail(error)
         raise error from None if isinstance(error, UserError) else error
@@ -308,6 +310,24 @@ def _hydra_error(error: Exception) -> UserError | None:
     if isinstance(error, HydraException):
         return UserError(config.one_line(str(error)))
     return None
+
+
+def _launcher_error(error: Exception) -> UserError | None:
+    """An error raised in a launcher's or sweeper's plugin before any job ran (submitit's
+    launcher on a machine without SLURM, say) as one line: the user chose that plugin, and
+    its settings; a job's own failure comes through trainkit's code and is not this."""
+    import traceback
+
+    files = [frame.filename for frame in traceback.extract_tb(error.__traceback__)]
+    plugin = [i for i, name in enumerate(files) if f"{os.sep}hydra_plugins{os.sep}" in name]
+    package = os.path.dirname(os.path.abspath(__file__))
+    if not plugin or any(name.startswith(package) for name in files[plugin[0] :]):
+        return None
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return UserError(
+        f"the sweep's launcher or sweeper failed before its jobs ran: {type(error).__name__}: "
+        f"{message}; check hydra/launcher (and hydra/sweeper) and their settings"
+    )
 
 
 # The signal that _interrupted_by_signals raised as an exception: what a library made of
