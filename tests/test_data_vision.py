@@ -144,6 +144,21 @@ def test_offline_download_of_each_set_is_one_user_error_line(name, tmp_path, mon
     assert "Name or service not known); without network, put " in message
 
 
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "fashion_mnist"])
+def test_a_failed_download_leaves_no_folder_it_made(name, tmp_path, monkeypatch):
+    """data/ (and data/MNIST/raw/) made for the download go with it; a folder that was
+    there before stays, with what it held."""
+    no_network(monkeypatch)
+    with pytest.raises(UserError, match="download failed"):
+        load(name, root=str(tmp_path / "data"))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("mine")
+    with pytest.raises(UserError, match="download failed"):
+        load(name, root=str(tmp_path / "data"))
+    assert [p.name for p in tmp_path.rglob("*")] == ["data", "mine.txt"]
+
+
 def test_mnist_offline_error_lists_the_four_files(tmp_path, monkeypatch):
     no_network(monkeypatch)
     with pytest.raises(UserError) as error:

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import pickle
+import shutil
 import socket
 import struct
 import warnings
@@ -82,11 +83,18 @@ def _ensure_files(
                 ) from None
     missing = [path for path in needed if not path.is_file()]
     if missing and download:
+        # The folders the download makes (data/, data/MNIST/raw/): what a failed one leaves in
+        # them is its own, and goes with them.
+        absent = [
+            folder for folder in (missing[0].parent, *missing[0].parents) if not folder.exists()
+        ]
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             fetch()
         except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
+            if absent:
+                shutil.rmtree(absent[-1], ignore_errors=True)
             raise UserError(
                 f"data {name}: download failed ({_one_line(error)}); without network, {hint}"
             ) from None
