@@ -148,9 +148,12 @@ def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(tmp_path, signal_num
     while not list(tmp_path.rglob("last.pt")) and time.monotonic() < deadline:
         time.sleep(0.01)
     process.send_signal(signal_number)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal_number
     (run_dir,) = run_dirs(tmp_path)
     assert stderr.strip().splitlines()[-1] == f"resume with: trainkit train resume={run_dir}"
+    # Ctrl-C again stops at once; SIGTERM again only asks again, so it is not offered then.
+    assert "stopping after this step and saving a checkpoint" in stdout, stdout
+    assert ("Ctrl-C again" in stdout) == (signal_number == signal.SIGINT), stdout
     state = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert state["step"] >= 1

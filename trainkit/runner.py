@@ -101,9 +101,10 @@ def stop_on_signals(runner: Runner):
         if runner.stop_signal is not None and signal_number == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C
         runner.stop_signal = signal_number
+        again = " (Ctrl-C again to quit at once)" if signal_number == signal.SIGINT else ""
         log.warning(
             f"{signal.Signals(signal_number).name}: stopping after this step and saving a "
-            "checkpoint (Ctrl-C again to quit at once)"
+            f"checkpoint{again}"
         )
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
