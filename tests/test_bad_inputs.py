@@ -270,6 +270,12 @@ mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end 
 mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
 mistake("eval-not-key-value", ["eval", "oops"], "eval takes KEY=VALUE arguments; got 'oops'")
 mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.pt does not exist")
+mistake(
+    "eval-misspelt", ["eval", "checkpint=x"], "checkpint= is no option: did you mean checkpoint=?"
+)
+mistake("predict-two-models", ["predict", "checkpoint=a.pt", "model=m.onnx", "input=x.png"],
+        "predict takes checkpoint=PATH or model=FILE.onnx, not both")  # fmt: skip
+mistake("eval-folder-of-no-run", ["eval", "checkpoint=."], "checkpoint . is a folder without best")
 mistake("eval-empty-checkpoint", ["eval", "checkpoint="], "checkpoint= names no file")
 mistake("export-empty-checkpoint", ["export", "checkpoint="], "checkpoint= names no file")
 mistake("lr-plot-sweep", ["lr-plot", "-m", "optimizer=sgd,adam"], "lr-plot plans one run; -m")
@@ -884,13 +890,13 @@ class Payload:
     """Unpickling this under a full (not weights-only) load would build an arbitrary object."""
 
 
-@case("eval-garbage", "is truncated or corrupt (Unsupported operand")
+@case("eval-garbage", "checkpoint best.pt is not a PyTorch file (a .pt file torch.save wrote)")
 def _(cwd, run):
     write(cwd / "best.pt", b"not a checkpoint at all\n" * 10)
     return ["eval", "checkpoint=best.pt"]
 
 
-@case("eval-empty-file", "is truncated or corrupt")
+@case("eval-empty-file", "checkpoint best.pt is not a PyTorch file")
 def _(cwd, run):
     write(cwd / "best.pt", b"")
     return ["eval", "checkpoint=best.pt"]
@@ -1133,7 +1139,7 @@ mistake("sampler-balanced-regression", train_mlp_on("data=diabetes", "data.sampl
         "data.sampler=balanced draws each class equally often, and this data's")  # fmt: skip
 
 
-@case("init-from-garbage", "init_from=weights.pt is truncated or corrupt")
+@case("init-from-garbage", "init_from=weights.pt is not a PyTorch file")
 def _(cwd, run):
     write(cwd / "weights.pt", b"garbage" * 10)
     return train("init_from=weights.pt")

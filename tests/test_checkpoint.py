@@ -134,15 +134,15 @@ def test_truncated_file_is_a_user_error(tmp_path):
 def test_garbage_file_is_a_user_error(tmp_path, content):
     path = tmp_path / "best.pt"
     path.write_bytes(content)
-    with pytest.raises(UserError, match="truncated or corrupt"):
+    with pytest.raises(UserError, match=r"best.pt is not a PyTorch file \(a .pt file torch.save"):
         checkpoint.load(path)
 
 
 def test_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         checkpoint.load(tmp_path / "nope.pt")
-    with pytest.raises(UserError, match="does not exist"):
-        checkpoint.load(tmp_path)  # a directory without best.pt
+    with pytest.raises(UserError, match="is a folder without best.pt: not a run directory"):
+        checkpoint.load(tmp_path)
 
 
 def test_data_that_is_not_a_trainkit_checkpoint(tmp_path):
@@ -174,7 +174,7 @@ def test_find_in_the_checkpoints_directory(tmp_path):
 
 def test_find_a_run_directory_without_best(tmp_path):
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(UserError, match="is a folder without checkpoints/best.pt"):
         checkpoint.find(tmp_path)
 
 

@@ -83,7 +83,13 @@ def find(path: str | Path, name: str = "best.pt") -> Path:
     """The checkpoint file meant by ``path``: the file itself, or a run directory's ``name``."""
     path = Path(path)
     if path.is_dir():
+        folder = path
         path = path / "checkpoints" / name if (path / "checkpoints").is_dir() else path / name
+        if not path.is_file():
+            raise UserError(
+                f"checkpoint {folder} is a folder without {path.relative_to(folder)}: not a run "
+                "directory, or one whose run saved none yet; name a run directory or a .pt file"
+            )
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     return path
@@ -119,7 +125,22 @@ def read(path: Path, named: str, map_location: str | torch.device = "cpu") -> An
             ) from None
         if isinstance(error, MemoryError):
             raise
+        if not _looks_like_a_torch_file(path):
+            raise UserError(
+                f"{named} is not a PyTorch file (a .pt file torch.save wrote)"
+            ) from None
         raise UserError(f"{named} is truncated or corrupt ({_reason(error)})") from None
+
+
+def _looks_like_a_torch_file(path: Path) -> bool:
+    """Whether the file starts as torch.save's files do: a zip archive, or (before torch
+    1.6) a pickle."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return True  # unreadable: said as torch said it
+    return start.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def load_matching(module: torch.nn.Module, weights: dict[str, Any]) -> dict[str, list[str]]:

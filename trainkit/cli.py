@@ -650,7 +650,9 @@ def evaluate(args: list[str]) -> None:
             raise UserError(f"eval takes KEY=VALUE arguments; got {arg!r}")
         options[key] = value
     if "checkpoint" not in options:
-        raise UserError("eval needs checkpoint=PATH (a .pt file or a run directory)")
+        near = [k for k in options if difflib.get_close_matches(k, ["checkpoint"], n=1)]
+        did_you_mean = f"; {near[0]}= is no option: did you mean checkpoint=?" if near else ""
+        raise UserError(f"eval needs checkpoint=PATH (a .pt file or a run directory){did_you_mean}")
     from trainkit import checkpoint, rundir
     from trainkit.registry import load_components
 
@@ -712,6 +714,10 @@ def predict(args: list[str]) -> None:
             hint = difflib.get_close_matches(key, [*known, "input"], n=1)
             did_you_mean = f"did you mean {hint[0]}=...? " if hint and sep else ""
             raise UserError(f"predict: {arg!r} is not an option; {did_you_mean}{_PREDICT_USAGE}")
+    if "checkpoint" in options and "model" in options:
+        raise UserError(
+            "predict takes checkpoint=PATH or model=FILE.onnx, not both: they name two models"
+        )
     if ("checkpoint" in options) == ("model" in options) or not inputs:
         raise UserError(
             f"predict needs checkpoint=PATH (or model=FILE.onnx) and input=PATH; {_PREDICT_USAGE}"
