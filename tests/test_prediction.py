@@ -99,6 +99,27 @@ def test_any_image_mode_and_size_and_an_npy_array_are_read(
     assert predicted[1]["prediction"] == predicted[2]["prediction"] == "0"
 
 
+def test_npy_pixels_are_0_to_255_or_floats_from_0_to_1_as_float_images_are(
+    digits_run, tmp_path, monkeypatch, capsys
+):
+    """The same three digits as uint8 pixels, as floats 0..255 and as floats 0..1: the
+    same predictions (floats 0..1 were taken for nearly black pixels, one class for all)."""
+    from sklearn.datasets import load_digits
+
+    unit = load_digits().images[:3] / 16  # a 0, a 1, a 2
+    np.save(tmp_path / "uint8.npy", np.round(unit * 255).astype(np.uint8))
+    np.save(tmp_path / "float255.npy", np.round(unit * 255).astype(np.float32))
+    np.save(tmp_path / "float01.npy", np.round(unit * 255) / 255)
+    predicted, _ = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=uint8.npy",
+        "input=float255.npy", "input=float01.npy", "output=out.csv",
+    )  # fmt: skip
+    by_file = [[row["prediction"] for row in predicted[i : i + 3]] for i in (0, 3, 6)]
+    assert by_file == [["0", "1", "2"]] * 3
+    probabilities = [row["probability"] for row in predicted]
+    assert probabilities[6:] == probabilities[:3]
+
+
 def test_an_npy_image_is_one_sample_in_any_layout_and_a_stack_is_many(
     digits_run, tmp_path, monkeypatch, capsys
 ):

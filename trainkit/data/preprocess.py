@@ -430,8 +430,10 @@ def convert_image(image, mode: str):
 
 
 def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
-    """An image file, or an array of pixels (0..255) laid out (C, H, W) as the model takes
-    it (``_images_of``), as the run's evaluation transform made its images."""
+    """An image file, or an array of pixels laid out (C, H, W) as the model takes it
+    (``_images_of``), as the run's evaluation transform made its images. An array's pixels
+    are 0..255 as image files' are, whatever its type; float arrays whose every value fits
+    0..1 are read as float images are (value x 255)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
@@ -447,6 +449,8 @@ def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(item, dtype=np.float32))
         if not torch.isfinite(x).all():
             raise _BadInput("a pixel is not a finite number")
+        if np.asarray(item).dtype.kind == "f" and x.numel() and x.min() >= 0 and x.max() <= 1:
+            x = x * 255
     x = x.float()
     size = record["size"]
     if record["resize"]:
