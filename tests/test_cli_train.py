@@ -41,6 +41,12 @@ def test_run_dir_holds_the_composed_config_and_a_log(default_run):
     assert "name: resnet_cifar" in config and "name: sgd" in config
     log = (default_run / "train.log").read_text()
     assert "epoch  30" in log
+    summary = json.loads((default_run / "summary.json").read_text())
+    # The test metrics the console printed as a table, as one line (once: not the console's).
+    (tested,) = [line for line in log.splitlines() if "test metrics: " in line]
+    assert f"test/acc {summary['test/acc']:.4f}" in tested
+    console = (default_run / "console.txt").read_text()
+    assert "test metrics: " not in console
 
 
 def test_metrics_jsonl_has_one_record_per_epoch(default_run):

@@ -591,6 +591,7 @@ def _train_job_in(cfg, run_dir: Path, sweep_job: str) -> float | None:
         log_summary(summary)
         print(sweep_job + job_line(summary, run_dir), flush=True)
     else:
+        log_summary(summary, console_too=False)  # train.log has them too
         print_summary(summary, run_dir)
     return sweeps.objective(summary)
 

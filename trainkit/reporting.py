@@ -389,7 +389,15 @@ def job_line(summary: dict[str, Any], output_dir: Path) -> str:
     return f"{how}: {', '.join(parts)} -> {output_dir}"
 
 
-def log_summary(summary: dict[str, Any]) -> None:
-    """The test metrics into the log (a sweep's job: its file, not the console)."""
+def log_summary(summary: dict[str, Any], console_too: bool = True) -> None:
+    """The test metrics into the log (a sweep's job: its file, as its console is one line a
+    job); ``console_too=False``: into the log's files only (a run prints them as a table)."""
     names = [f"test/{name}" for name in _SUMMARY_METRICS if f"test/{name}" in summary]
-    log.info("test metrics: " + ", ".join(f"{n} {_format(summary[n])}" for n in names))
+    message = "test metrics: " + ", ".join(f"{n} {_format(summary[n])}" for n in names)
+    if console_too:
+        log.info(message)
+        return
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:  # Hydra's job logging: the root's handlers
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
