@@ -98,6 +98,7 @@ def test_breast_cancer_mlp_reaches_its_reference_and_auroc_matches_scikit_learn(
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert "test/pr_curve" in events.Tags()["tensors"]
+    assert "test/confusion_matrix" in events.Tags()["images"]
 
 
 def read_predictions(run_dir):

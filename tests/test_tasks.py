@@ -86,6 +86,25 @@ def test_bce_on_two_logits_is_bce_on_their_difference_and_agrees_with_the_softma
     assert torch.allclose(torch.sigmoid(z), logits.softmax(dim=1)[:, 1])
 
 
+def test_a_binary_test_logs_the_confusion_matrix_and_the_pr_curve():
+    """The README promises the confusion matrix of every classification test, binary too."""
+    from trainkit.tasks import Outputs
+
+    logged = []
+
+    class Recorder:
+        def log_confusion_matrix(self, tag, *args):
+            logged.append(tag)
+
+        def log_pr_curve(self, tag, *args):
+            logged.append(tag)
+
+    task = Classification(splits(2, class_names=["no", "yes"]), {"name": "cross_entropy"})
+    outputs = Outputs(torch.arange(3), torch.tensor([0, 1, 1]), torch.randn(3, 2))
+    task.log_test(Recorder(), {"test/confusion_matrix": torch.eye(2)}, outputs, step=1)
+    assert logged == ["test/confusion_matrix", "test/pr_curve"]
+
+
 def test_bce_needs_two_classes():
     with pytest.raises(UserError, match="loss=bce takes one logit per sample, for two classes"):
         Classification(splits(3), {"name": "bce"})

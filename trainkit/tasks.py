@@ -250,16 +250,12 @@ class Classification(Task):
         _write_rows(path, header, rows)
 
     def log_test(self, logger, values, outputs, step):
+        logger.log_confusion_matrix(
+            "test/confusion_matrix", values["test/confusion_matrix"], self.splits.class_names, step
+        )
         if self.splits.num_classes == 2:
             probabilities = outputs.outputs.float().softmax(dim=1)[:, 1]
             logger.log_pr_curve("test/pr_curve", outputs.targets, probabilities, step)
-        else:
-            logger.log_confusion_matrix(
-                "test/confusion_matrix",
-                values["test/confusion_matrix"],
-                self.splits.class_names,
-                step,
-            )
 
 
 # --- regression ------------------------------------------------------------------------------
