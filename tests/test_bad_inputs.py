@@ -102,6 +102,12 @@ mistake("unknown-option-name", train("optimizer.name=adamm"), "unknown optimizer
 mistake("unknown-key", train("optimizer.lrr=0.1"), "unknown key optimizer.lrr; did you mean 'lr'")
 mistake("unknown-key-plus", train("+optimizer.lrr=0.1"), "unknown key optimizer.lrr")
 mistake("unknown-top-key", train("+foo=1"), "unknown key foo")
+mistake("group-given-true", train("debug=true"), "debug=true names no debug option; use debug=NAME")
+mistake(
+    "key-of-an-unchosen-regularizer",
+    train("regularization.early_stopping.patience=5"),
+    "(early_stopping is not chosen); add it: regularization=[early_stopping] (or to your list)",
+)
 mistake("wrong-type", train("trainer.max_epochs=ten"), "trainer.max_epochs='ten' has the wrong")
 mistake("float-for-int", train("trainer.max_epochs=1.5"), "trainer.max_epochs=1.5 has the wrong")
 mistake("zero-epochs", train("trainer.max_epochs=0"), "trainer.max_epochs=0 is out of range")

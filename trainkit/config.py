@@ -198,9 +198,9 @@ def compose(
             key = _overridden_key(str(error))
             if key is not None:
                 raise UserError(_unknown_key(key, overrides, config_name)) from None
-            raise UserError(one_line(str(error))) from None
+            raise UserError(_group_value(overrides) or one_line(str(error))) from None
         except (OmegaConfBaseException, ValueError) as error:
-            raise UserError(one_line(str(error))) from None
+            raise UserError(_group_value(overrides) or one_line(str(error))) from None
 
 
 def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
@@ -529,6 +529,18 @@ def _unknown_option(group: str, option: str, options: Iterable[str]) -> str:
     return f"unknown {kind} '{option}'; {did_you_mean}available: {', '.join(options)}"
 
 
+def _group_value(overrides: list[str]) -> str | None:
+    """``debug=true``: a group given a value that names no option (Hydra reads true, 1 or
+    null as such and says only that a group wants a string)."""
+    for override, text in zip(_parse_overrides(overrides), overrides, strict=True):
+        group, value = override.key_or_group, override.value()
+        if (paths.config_dir() / group).is_dir() and not isinstance(value, (str, list)):
+            options = ", ".join(sorted(_group_options(group)))
+            given = text.partition("=")[2]
+            return f"{group}={given} names no {group} option; use {group}=NAME: {options}"
+    return None
+
+
 def _overridden_key(message: str) -> str | None:
     prefix = "Could not override '"
     if message.startswith(prefix):
@@ -550,6 +562,9 @@ def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
         value = next((o.partition("=")[2] for o in overrides if o.lstrip("+~").startswith(key)), "")
         fixed = _fix_prefix(key, node)
         hint = f"; did you mean {fixed}={value}?" if fixed else ""
+        group, _, option = parent.partition(".")
+        if group in MULTI_GROUPS and (paths.config_dir() / group / f"{option}.yaml").is_file():
+            hint = f" ({option} is not chosen); add it: {group}=[{option}] (or to your list)"
         return f"unknown key {key}: the config has no {parent}{hint}"
     if not isinstance(siblings, Mapping):
         return f"unknown key {key}"
