@@ -48,3 +48,12 @@ def test_a_folder_refused_for_what_it_holds_is_not_even_written_to_and_removed_f
         claim_new(full, "hydra.run.dir")
     assert full.stat().st_mtime_ns == 10**18
     assert os.listdir(full) == ["mine.txt"]
+
+
+def test_a_path_back_out_of_a_missing_folder_makes_no_folder(tmp_path):
+    """nonexist/../x.png: the shell refuses it too; made, nonexist/ would be left behind."""
+    with pytest.raises(UserError, match=r"goes through a folder that does not exist"):
+        write_new_file(tmp_path / "nonexist" / ".." / "x.png", b"x", "output")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "there").mkdir()
+    assert write_new_file(tmp_path / "there" / ".." / "x.png", b"x", "output").is_file()

@@ -269,8 +269,13 @@ def _has_job_dirs(path: Path) -> bool:
 
 def _make_parents(directory: Path, key: str) -> list[Path]:
     """Make ``directory`` and any missing ancestors; the ones made, outermost first."""
-    missing = []
+    missing, named = [], directory
     while not directory.exists():
+        if directory.name in ("..", "."):  # made, "nonexist/.." would leave nonexist behind
+            raise UserError(
+                f"{key}: {named} goes through a folder that does not exist ({directory.parent}); "
+                "name the folder without '..'"
+            )
         missing.append(directory)
         directory = directory.parent
     made: list[Path] = []
