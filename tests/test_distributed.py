@@ -68,6 +68,7 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
     two.mkdir()
     result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
+    assert "on cpu in 2 processes (DDP)" in result.stdout + result.stderr
     (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
     one = tmp_path / "one"
     one.mkdir()

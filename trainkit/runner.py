@@ -397,10 +397,12 @@ class Runner:
                     log.warning(f"warning: {warning}")
         if self.resumed_from:
             log.info(f"resumed from {self.resumed_from}: epoch {self.epoch + 1}, step {self.step}")
+        world = distributed.world_size()
+        processes = f" in {world} processes (DDP)" if world > 1 else ""
         log.info(
             f"training {self.cfg.model.name} on {self.cfg.data.name} "
             f"({len(self.splits.train)} train / {len(self.splits.val)} val / "
-            f"{len(self.splits.test)} test) on {self.device}"
+            f"{len(self.splits.test)} test) on {self.device}{processes}"
         )
         self._segment_started = time.perf_counter()
         if self.settings.nonfinite == "rollback" and self.step == 0:
