@@ -465,6 +465,12 @@ def _(cwd, run):
     return ["lr-plot", "output=mine.png"]
 
 
+@case("lr-plot-output-links-to-nothing", "output=mine.png exists, and trainkit does not overwrite")
+def _(cwd, run):
+    (cwd / "mine.png").symlink_to(cwd / "nowhere" / "x.png")  # writing would make that file
+    return ["lr-plot", "output=mine.png"]
+
+
 @case("lr-find-existing-png", "output=mine.png exists, and trainkit does not overwrite files")
 def _(cwd, run):
     write(cwd / "mine.png", b"my picture")
@@ -755,6 +761,12 @@ def _(cwd, run):
 @case("drop-path-on-mlp", "needs a model with a drop_path parameter")
 def _(cwd, run):
     return train("regularization=[drop_path]")
+
+
+@case("text-path-a-folder", "data.path=texts is a folder; name the CSV, TSV or JSONL file in it")
+def _(cwd, run):
+    (cwd / "texts").mkdir()
+    return train_mlp_on("data=text_csv", "data.path=texts")
 
 
 @case("text-missing-file", "data.path=reviews.csv: no such file")

@@ -810,8 +810,10 @@ def _new_output(value: str | None, suffixes: tuple[str, ...], wrong: str) -> Pat
     output = Path(value).expanduser()
     if output.suffix.lower() not in suffixes:
         raise UserError(f"output={output}{wrong}")
-    if output.exists():
-        raise UserError(f"output={output} exists, and trainkit does not overwrite files")
+    if os.path.lexists(output):  # (a link, even to nothing, is not written through)
+        raise UserError(
+            f"output={output} exists, and trainkit does not overwrite files; name a new file"
+        )
     return output
 
 

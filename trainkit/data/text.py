@@ -120,6 +120,8 @@ def _read(
 ) -> tuple[list, list]:
     """The texts and labels (as strings) of one file; ``key`` names it in errors."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise UserError(f"{key}={path} is a folder; name the CSV, TSV or JSONL file in it")
     if not file.is_file():
         raise UserError(f"{key}={path}: no such file")
     suffix = file.suffix.lower()
