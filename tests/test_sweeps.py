@@ -491,6 +491,18 @@ def test_the_pareto_front_keeps_the_jobs_nothing_beats_on_both(tmp_path):
     assert {row["job"]: row["pareto"] for row in document["jobs"]}["2"] is False
 
 
+def test_the_table_shows_every_objective_so_the_front_can_be_checked(tmp_path, capsys):
+    for name, (acc, seconds) in {"0": (0.9, 10.0), "1": (0.95, 20.0)}.items():
+        summary = {"monitor": "val/acc", "val/acc": acc, "train_time_s": seconds}
+        fake_job(tmp_path, name, [f"x={name}"], summary)
+    objectives = ["val/acc", "train_time_s"]
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max", objectives)
+    sweeps.print_table(jobs, "val/acc", "max", tmp_path, objectives)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "status" in line)
+    assert "train_time_s" in header and "20.0000" in out and "10.0000" in out
+
+
 def test_the_sweeps_extra_pins_no_optuna_below_its_current_releases():
     import tomllib
 

@@ -499,9 +499,10 @@ def print_table(
     table.add_column("rank", justify="right")
     table.add_column("job")
     table.add_column("status")
-    table.add_column(monitor, justify="right")
-    if test_metric != monitor:
-        table.add_column(test_metric, justify="right")
+    metrics = [monitor] + ([test_metric] if test_metric != monitor else [])
+    metrics += [name for name in objectives or [] if name not in metrics]  # the front's axes
+    for name in metrics:
+        table.add_column(name, justify="right")
     table.add_column("overrides", overflow="fold")
     any_failed = any(job.status == "failed" for job in jobs)
     if any_failed:
@@ -514,7 +515,6 @@ def print_table(
             "failed": "[red]failed[/red]",
         }[job.status]
         cells = [str(position) if ok else "-", _job_label(job), status]
-        metrics = [monitor] + ([test_metric] if test_metric != monitor else [])
         cells += [_cell(job.summary.get(name)) for name in metrics]
         cells.append(" ".join(o for o in job.overrides if o not in shared))
         if any_failed:
