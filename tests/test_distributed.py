@@ -128,6 +128,27 @@ def test_torchrun_started_processes_make_one_run(tmp_path):
 
 
 @pytest.mark.distributed
+def test_a_mistake_under_torchrun_is_said_once(tmp_path):
+    """Each process torchrun starts checks the same command line; only rank 0 says so."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "trainkit", "train", "optimizer=adamm"]
+    env = {**os.environ, **ONE_THREAD, "COLUMNS": "200"}
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trainkit: error:")]
+    assert errors == [
+        "trainkit: error: unknown optimizer 'adamm'; did you mean 'adam'? available: adadelta, "
+        "adagrad, adam, adamax, adamw, nadam, radam, rmsprop, sgd"
+    ]
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_a_sweep_of_ddp_jobs_gives_each_job_its_run(tmp_path):
     result = run_trainkit(

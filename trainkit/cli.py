@@ -188,6 +188,12 @@ def fail(error: UserError | str) -> None:
     """The one way a user's mistake ends: one line on stderr, exit status 2."""
     if _SIGNALLED:  # the signal's exception, caught and re-worded inside a library
         _exit_interrupted(_SIGNALLED[0])
+    rank = os.environ.get("RANK", "0") if os.environ.get("TORCHELASTIC_RUN_ID") else "0"
+    if rank != "0":
+        distributed = sys.modules.get("torch.distributed")
+        if distributed is None or not distributed.is_initialized():
+            sys.exit(2)  # torchrun's processes each checked the same command: rank 0 says it
+        error = f"[rank {rank}] {error}"
     print(f"trainkit: error: {error}", file=sys.stderr)
     sys.exit(2)
 
