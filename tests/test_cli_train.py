@@ -221,6 +221,7 @@ def test_eval_accepts_a_run_dir_and_overrides(default_run, tmp_path):
     [
         (["checkpoint=nowhere.pt"], "does not exist"),
         (["checkpoint={run}", "data.nope=1"], "unknown key data.nope"),
+        (["checkpoint={run}", "optimizer=adamw"], "optimizer=adamw: eval tests the checkpoint's"),
         ([], "eval needs checkpoint=PATH"),
     ],
 )

@@ -37,6 +37,11 @@ def check_checkpoint(path: Path, overrides: list[str], plugins: list[str]) -> Ch
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise UserError(f"unknown key {key}: the checkpoint's config has no such key")
+        if isinstance(OmegaConf.select(cfg, key), DictConfig):  # optimizer=adamw: a group
+            raise UserError(
+                f"{override}: eval tests the checkpoint's model as it was trained, and changes "
+                f"keys of its config (data.batch_size=256), not its components"
+            )
     return Checked(
         path, state, config.resolve(OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)))
     )
