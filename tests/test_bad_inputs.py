@@ -102,6 +102,12 @@ mistake("unknown-option-name", train("optimizer.name=adamm"), "unknown optimizer
 mistake("unknown-key", train("optimizer.lrr=0.1"), "unknown key optimizer.lrr; did you mean 'lr'")
 mistake("unknown-key-plus", train("+optimizer.lrr=0.1"), "unknown key optimizer.lrr")
 mistake("unknown-top-key", train("+foo=1"), "unknown key foo")
+mistake(
+    "list-split-by-the-shell",
+    train("augmentation=pipeline", "augmentation.steps=[{name:", "RandomCrop,", "padding:", "1}]"),
+    "the shell split one override at its spaces; quote it whole: "
+    "'augmentation.steps=[{name: RandomCrop, padding: 1}]'",
+)
 mistake("group-given-true", train("debug=true"), "debug=true names no debug option; use debug=NAME")
 mistake(
     "key-of-an-unchosen-regularizer",

@@ -504,6 +504,17 @@ def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
     overrides, flags, index = [], [], 0
     while index < len(args):
         arg = args[index]
+        if index and _unclosed(args[index - 1]) and "=" not in arg.partition(":")[0]:
+            # regularization=[l1 grad_clip] unquoted: the shell cut it at the space
+            pieces = [args[index - 1]]
+            for piece in args[index:]:
+                pieces.append(piece)
+                if not _unclosed(" ".join(pieces)):
+                    break
+            raise UserError(
+                f"{args[index - 1]!r} and {arg!r}: the shell split one override at its spaces; "
+                f"quote it whole: {' '.join(pieces)!r}"
+            )
         if arg.startswith("-") and arg.partition("=")[0] not in _HYDRA_FLAGS:
             _habit(args[index : index + 2], "options are KEY=VALUE overrides, not flags")
         if not arg.startswith("-") and "=" not in arg and not arg.startswith("~"):
@@ -518,6 +529,11 @@ def _split_hydra_args(args: list[str]) -> tuple[list[str], list[str]]:
             overrides.append(arg)
         index += 1
     return overrides, flags
+
+
+def _unclosed(arg: str) -> bool:
+    """Whether an override opens more brackets or braces than it closes."""
+    return "=" in arg and (arg.count("[") > arg.count("]") or arg.count("{") > arg.count("}"))
 
 
 def _habit(words: list[str], rule: str) -> None:
