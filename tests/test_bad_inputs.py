@@ -285,8 +285,6 @@ mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.p
 mistake(
     "eval-misspelt", ["eval", "checkpint=x"], "checkpint= is no option: did you mean checkpoint=?"
 )
-mistake("predict-two-models", ["predict", "checkpoint=a.pt", "model=m.onnx", "input=x.png"],
-        "predict takes checkpoint=PATH or model=FILE.onnx, not both")  # fmt: skip
 mistake("eval-folder-of-no-run", ["eval", "checkpoint=."], "checkpoint . is a folder without best")
 mistake("eval-empty-checkpoint", ["eval", "checkpoint="], "checkpoint= names no file")
 mistake("export-empty-checkpoint", ["export", "checkpoint="], "checkpoint= names no file")
@@ -1007,7 +1005,7 @@ def arrays(path: Path, *shape: int) -> Path:
 mistake("predict-no-input", ["predict", "checkpoint=run"],
         "predict needs checkpoint=PATH (or model=FILE.onnx) and input=PATH")  # fmt: skip
 mistake("predict-both-models", ["predict", "checkpoint=run", "model=m.onnx", "input=x.npy"],
-        "predict needs checkpoint=PATH (or model=FILE.onnx)")  # fmt: skip
+        "predict takes checkpoint=PATH or model=FILE.onnx, not both")  # fmt: skip
 mistake("predict-unknown-option", ["predict", "checkpoint=run", "input=x", "topk5"],
         "predict: 'topk5' is not an option")  # fmt: skip
 mistake("predict-no-checkpoint", ["predict", "checkpoint=nowhere", "input=x.npy"],
