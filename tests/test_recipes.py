@@ -151,6 +151,7 @@ def test_digit_strings_ctc_reads_strings_far_better_than_chance(tmp_path):
     assert right == pytest.approx(summary["test/seq_acc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_imagefolder_starts_from_a_run_and_unfreezes_its_stem(tmp_path):
     """The recipe from a trainkit run of 5 classes, on a folder of 3: the stem and layer1
     stay frozen for two epochs, the head starts fresh."""

@@ -152,6 +152,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
 def test_cpu_runs_reuse_freed_memory_instead_of_faulting_it_in_again():
     # Each in a fresh process: the allocator settings are the process's.

@@ -466,6 +466,7 @@ def test_a_search_prunes_hopeless_trials_and_records_them_as_pruned(tmp_path):
     assert "pruned at epoch" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_grid_search_runs_every_point_once_and_continues(tmp_path):
     grid = ["-m", "hparams_search=grid", "optimizer=choice(sgd,adam)", "scheduler=constant",
             "hydra.sweep.dir=grid", *SHORT, "trainer.max_epochs=1"]  # fmt: skip
