@@ -475,6 +475,12 @@ def _(cwd, run):
     return ["lr-plot", "output=mine.png"]
 
 
+@case("compare-a-file", "mine.png is a file; compare takes run and sweep directories")
+def _(cwd, run):
+    write(cwd / "mine.png", b"my picture")
+    return ["compare", "mine.png"]
+
+
 @case("lr-find-existing-png", "output=mine.png exists, and trainkit does not overwrite files")
 def _(cwd, run):
     write(cwd / "mine.png", b"my picture")

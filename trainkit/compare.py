@@ -101,6 +101,8 @@ def expand(paths: list[Path]) -> list[Path]:
     sweep directory. UserError for a path that is neither."""
     runs: list[Path] = []
     for path in paths:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is a file; compare takes run and sweep directories")
         if not path.is_dir():
             raise UserError(f"{path}: no such directory")
         found = [path] if (path / ".hydra").is_dir() else job_dirs(path)
