@@ -118,10 +118,11 @@ def test_where_names_the_node_in_messages():
     ("params", "message"),
     [
         ({"steps": "3"}, "optimizer.steps='3' has the wrong type: it must be an integer"),
-        ({"steps": True}, "optimizer.steps=True has the wrong type: it must be an integer"),
+        ({"steps": True}, "optimizer.steps=true has the wrong type: it must be an integer"),
+        ({"lr": None}, "optimizer.lr=null has the wrong type: it must be a number"),
         ({"steps": 2.0}, "optimizer.steps=2.0 has the wrong type: it must be an integer"),
         ({"lr": "fast"}, "optimizer.lr='fast' has the wrong type: it must be a number"),
-        ({"lr": False}, "optimizer.lr=False has the wrong type: it must be a number"),
+        ({"lr": False}, "optimizer.lr=false has the wrong type: it must be a number"),
         ({"lr": -1}, "optimizer.lr=-1 is out of range: it must be > 0"),
         ({"lr": 0}, "optimizer.lr=0 is out of range: it must be > 0"),
         ({"lr": 0.0}, "optimizer.lr=0.0 is out of range: it must be > 0"),

@@ -163,7 +163,11 @@ def _type_error(key: str, value: Any, annotation: Any) -> UserError:
     wanted = _type_name(annotation)
     if wanted.startswith("a list") and isinstance(value, str | int | float):  # no brackets
         wanted += f" in brackets: {key}=[{value}]"
-    return UserError(f"{key}={value!r} has the wrong type: it must be {wanted}")
+    # As the user wrote it on the command line or in YAML: null and true, not None and True.
+    spelled = (
+        "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+    )
+    return UserError(f"{key}={spelled} has the wrong type: it must be {wanted}")
 
 
 def check_params(
