@@ -98,7 +98,7 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
         _refuse_unless_free(absolute, key, [], continue_study)
     check_writable(Path(path).expanduser(), key)
     path = absolute
-    made = _make_parents(path.parent, key)
+    made = make_folders(path.parent, key)
     try:
         os.mkdir(path)
         made.append(path)
@@ -210,10 +210,12 @@ def write_new_file(path: str | Path, data: bytes, key: str, or_next_free: bool =
     meanwhile. Returns the path written. On failure, what was made is removed and the error
     is one line."""
     path = first = Path(path).expanduser()
-    made = _make_parents(path.absolute().parent, key)
+    made = make_folders(path.absolute().parent, key)
     while True:
+        created = False
         try:
             with open(path, "xb") as handle:
+                created = True
                 handle.write(data)
             return path
         except FileExistsError:
@@ -224,7 +226,7 @@ def write_new_file(path: str | Path, data: bytes, key: str, or_next_free: bool =
                 ) from None
             path = free_file_name(first)
         except OSError as error:
-            if path.is_file():
+            if created:
                 path.unlink()  # made by this open: what was written of it is of no use
             remove_made(made)
             raise _cannot_make(path, key, error) from None
@@ -267,8 +269,9 @@ def _has_job_dirs(path: Path) -> bool:
     return any((path / entry / ".hydra").is_dir() for entry in _listdir(path))
 
 
-def _make_parents(directory: Path, key: str) -> list[Path]:
-    """Make ``directory`` and any missing ancestors; the ones made, outermost first."""
+def make_folders(directory: Path, key: str) -> list[Path]:
+    """Make ``directory`` and any missing ancestors; the ones this call made (none another
+    process made meanwhile), outermost first. ``key`` names the option in errors."""
     missing, named = [], directory
     while not directory.exists():
         if directory.name in ("..", "."):  # made, "nonexist/.." would leave nonexist behind

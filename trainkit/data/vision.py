@@ -40,6 +40,7 @@ from trainkit.data.preprocess import convert_image, image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
+from trainkit.rundir import make_folders
 
 # Per socket operation (connect, each read), not per file: a machine without network fails in
 # seconds instead of hanging, while a slow but working download still finishes. (Name lookups
@@ -83,18 +84,16 @@ def _ensure_files(
                 ) from None
     missing = [path for path in needed if not path.is_file()]
     if missing and download:
-        # The folders the download makes (data/, data/MNIST/raw/): what a failed one leaves in
-        # them is its own, and goes with them.
-        absent = [
-            folder for folder in (missing[0].parent, *missing[0].parents) if not folder.exists()
-        ]
+        # The download's folders (data/, data/MNIST/raw/), made here: what a failed download
+        # leaves in the ones this process made is its own, and goes with them.
+        made = make_folders(missing[0].parent, "data.root")
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             fetch()
         except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
-            if absent:
-                shutil.rmtree(absent[-1], ignore_errors=True)
+            if made:
+                shutil.rmtree(made[0], ignore_errors=True)
             raise UserError(
                 f"data {name}: download failed ({_one_line(error)}); without network, {hint}"
             ) from None
