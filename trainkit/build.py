@@ -8,7 +8,6 @@ evaluation builds no optimizer, planning puts nothing on a GPU.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import random
@@ -286,11 +285,9 @@ def check_monitor(monitor: str, task: Task) -> None:
 def _check_model_reads_tokens(name: str, splits: Splits, data: str) -> None:
     """Token ids are indices, not numbers: a model that does not ask for the vocabulary
     would multiply them as features (and fail on their integer type)."""
-    if splits.vocab_size is None or "vocab_size" in inspect.signature(MODELS.get(name)).parameters:
+    if splits.vocab_size is None or MODELS.takes(name, "vocab_size"):
         return
-    readers = [
-        m for m in MODELS.names() if "vocab_size" in inspect.signature(MODELS.get(m)).parameters
-    ]
+    readers = [model for model in MODELS.names() if MODELS.takes(model, "vocab_size")]
     raise UserError(
         f"model {name} reads numbers, and data={data} gives the token ids of texts; use "
         f"model={' or model='.join(readers)}"

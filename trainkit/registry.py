@@ -317,14 +317,16 @@ class Registry:
         builder = self.get(params.pop("name"))
         return check_params(where, params, builder, self.runtime)
 
+    def takes(self, name: str, parameter: str) -> bool:
+        """Whether the builder of ``name`` takes ``parameter`` (by name, or as ``**kwargs``)."""
+        accepted = inspect.signature(self.get(name)).parameters
+        return parameter in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+
     def build(self, node: Mapping[str, Any], where: str | None = None, **runtime: Any) -> Any:
         """Check ``node`` and call its builder; runtime objects go to builders that take them."""
         params = self.check(node, where)
-        builder = self._builders[node["name"]]
-        accepted = inspect.signature(builder).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        wanted = {k: v for k, v in runtime.items() if takes_any or k in accepted}
-        return builder(**params, **wanted)
+        wanted = {k: v for k, v in runtime.items() if self.takes(node["name"], k)}
+        return self._builders[node["name"]](**params, **wanted)
 
 
 MODELS = Registry("model", runtime=("num_classes", "input_shape", "vocab_size"))
