@@ -94,6 +94,15 @@ def copy_run(run: Path, to: Path) -> Path:
     return to
 
 
+def resume_with_override(run: Path, cwd: Path, override: str) -> list[str]:
+    """Resume a stopped copy of ``run`` whose saved overrides were given ``override`` (its
+    files edited after the run, or a run directory from elsewhere)."""
+    folder = unfinished(run, cwd / "run")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- {override}\n")
+    return ["train", f"resume={folder}"]
+
+
 # --- config: caught before any directory exists ---
 
 mistake("unknown-command", ["trian"], "unknown command 'trian'; did you mean 'train'?")
@@ -553,10 +562,7 @@ def _(cwd, run):
 def _(cwd, run):
     write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
     write(cwd / "rec.yaml", "# @package _global_\nplugins: [helpers]\n")
-    folder = unfinished(run, cwd / "run")
-    overrides = folder / ".hydra" / "overrides.yaml"
-    overrides.write_text(overrides.read_text() + f"- recipe={cwd / 'rec.yaml'}\n")
-    return ["train", f"resume={folder}"]
+    return resume_with_override(run, cwd, f"recipe={cwd / 'rec.yaml'}")
 
 
 CALLBACK_RECIPE = """# @package _global_
@@ -577,11 +583,10 @@ def _(cwd, run):
 @case("resume-recipe-names-a-callback", "hydra.callbacks.pwn._target_=helpers.Callback names")
 def _(cwd, run):
     write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\nclass Callback: pass\n")
-    folder = unfinished(run, cwd / "run")
-    write(folder / ".hydra" / "notes.yaml", CALLBACK_RECIPE)
-    overrides = folder / ".hydra" / "overrides.yaml"
-    overrides.write_text(overrides.read_text() + f"- recipe={folder / '.hydra' / 'notes.yaml'}\n")
-    return ["train", f"resume={folder}"]
+    notes = cwd / "run" / ".hydra" / "notes.yaml"  # a recipe in the run's own files
+    args = resume_with_override(run, cwd, f"recipe={notes}")
+    write(notes, CALLBACK_RECIPE)
+    return args
 
 
 @case("recipe-callback-of-a-trusted-module", "hydra.callbacks.pwn._target_=logging.FileHandler")
@@ -621,10 +626,7 @@ def _(cwd, run):
 def _(cwd, run):
     write(cwd / "evil" / "sitecustomize.py", "open('IMPORTED', 'w').write('code ran')\n")
     write(cwd / "rec.yaml", ENV_RECIPE % (cwd / "evil"))
-    folder = unfinished(run, cwd / "run")
-    overrides = folder / ".hydra" / "overrides.yaml"
-    overrides.write_text(overrides.read_text() + f"- recipe={cwd / 'rec.yaml'}\n")
-    return ["train", f"resume={folder}"]
+    return resume_with_override(run, cwd, f"recipe={cwd / 'rec.yaml'}")
 
 
 @case("recipe-moves-the-log-by-the-job-name", "hydra.job.name=../../v names the run's log")
@@ -1284,11 +1286,8 @@ def _(cwd, run):
 
 @case("resume-plugin-in-overrides", "the run was trained with plugins=[helpers], and trainkit")
 def _(cwd, run):
-    folder = unfinished(run, cwd / "run")
-    overrides = folder / ".hydra" / "overrides.yaml"
-    overrides.write_text(overrides.read_text() + "- plugins=[helpers]\n")
     write(cwd / "helpers.py", "open('IMPORTED', 'w').write('code ran')\n")
-    return ["train", f"resume={folder}"]
+    return resume_with_override(run, cwd, "plugins=[helpers]")
 
 
 @case("resume-corrupt-last", "is truncated or corrupt")
