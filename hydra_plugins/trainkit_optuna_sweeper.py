@@ -29,16 +29,61 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trainkit.errors import UserError
+from trainkit.registry import NonNegativeInt, PositiveInt, check_params
+from trainkit.rundir import holds_study
 
 log = logging.getLogger(__name__)
+
+
+def check_search(launch: DictConfig, arguments: list[str], sweep_dir: str) -> None:
+    """The search a command asks for, checked before its sweep directory is made or locked
+    (Hydra makes the sweeper only after that): ``hydra.sweeper``'s keys and values, the search
+    space, objectives, sampler and pruner, the folder of a SQLite study, and that a study
+    it continues searched the same space. ``launch`` is the composed config, Hydra's part
+    included; ``arguments`` the command line's overrides of the run's keys. Nothing to check
+    for another sweeper."""
+    from trainkit.config import one_line
+
+    node = launch.hydra.sweeper
+    if node.get("_target_") != f"{__name__}.{TrainkitOptunaSweeper.__name__}":
+        return
+    try:
+        values = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as error:
+        raise UserError(f"hydra.sweeper: {one_line(str(error))}") from None
+    del values["_target_"]
+    check_params("hydra.sweeper", values, TrainkitOptunaSweeper)
+    sweeper = TrainkitOptunaSweeper(**values)
+    sweeper.config = launch
+    space = sweeper.search(arguments)[0]
+    _check_storage(sweeper.storage, OmegaConf.to_container(node)["storage"])
+    # (Optuna writes its tables into a file it opens: only a study of trainkit's is opened.)
+    earlier = sweeper.earlier_study(Path(sweep_dir)) if holds_study(Path(sweep_dir)) else None
+    if earlier is not None:
+        _check_same_space(earlier, space)
+
+
+def _check_storage(storage: str | None, written: str | None) -> None:
+    """A SQLite study's folder exists (unless it is in the sweep directory, which is made
+    for it: ``written`` is the value before ``${hydra.sweep.dir}`` was filled in)."""
+    prefix = "sqlite:///"
+    if not storage or not storage.startswith(prefix) or "${" in str(written):
+        return
+    folder = Path(storage[len(prefix) :]).parent
+    if not folder.is_dir():
+        raise UserError(
+            f"hydra.sweeper.storage={storage}: there is no folder {folder}; make it, or "
+            "leave storage as it is to keep the study in the sweep directory"
+        )
 
 
 class TrainkitOptunaSweeper(Sweeper):
@@ -46,22 +91,21 @@ class TrainkitOptunaSweeper(Sweeper):
 
     def __init__(
         self,
-        sampler: str = "tpe",
+        sampler: Literal["tpe", "random", "grid"] = "tpe",
         seed: int | None = None,
-        n_startup_trials: int = 10,
-        n_trials: int = 20,
-        n_jobs: int = 1,
+        n_startup_trials: NonNegativeInt = 10,
+        n_trials: PositiveInt = 20,
+        n_jobs: PositiveInt = 1,
         study_name: str = "trainkit",
         storage: str | None = None,
-        pruner: str = "median",
-        pruner_startup_trials: int = 5,
-        pruner_warmup_epochs: int = 2,
-        objectives: list[str] | None = None,
-        params: dict[str, str] | None = None,
+        pruner: Literal["median", "hyperband", "none"] = "median",
+        pruner_startup_trials: NonNegativeInt = 5,
+        pruner_warmup_epochs: NonNegativeInt = 2,
+        objectives: str | list[str] | None = None,
+        params: dict | None = None,
     ) -> None:
         self.sampler_name, self.seed, self.n_startup_trials = sampler, seed, n_startup_trials
-        self.n_trials, self.requested_jobs = n_trials, n_jobs
-        self.n_jobs = n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else 1
+        self.n_trials, self.n_jobs = n_trials, n_jobs
         self.study_name, self.storage = study_name, storage
         self.pruner_name = pruner
         self.pruner_startup_trials, self.pruner_warmup_epochs = (
@@ -89,9 +133,7 @@ class TrainkitOptunaSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage, at INFO
         # Everything is checked before anything is written (a continued study included).
-        self.check_settings()
-        space, fixed = self.search_space(arguments)
-        names, directions = self.objective_names()
+        space, fixed, names, directions = self.search(arguments)
         sampler, pruner = self.make_sampler(space), make_pruner(self.pruner_spec())
         sweep_dir = Path(self.config.hydra.sweep.dir)
         earlier = self.earlier_study(sweep_dir)
@@ -147,24 +189,22 @@ class TrainkitOptunaSweeper(Sweeper):
             job_idx += len(batch)
             remaining -= len(batch)
 
-    def check_settings(self) -> None:
-        """hydra.sweeper's values, as one line each (Hydra passes them on unchecked)."""
-        for name, least in (
-            ("n_trials", 1), ("n_jobs", 1), ("n_startup_trials", 0),
-            ("pruner_startup_trials", 0), ("pruner_warmup_epochs", 0),
-        ):  # fmt: skip
-            value = getattr(self, name if name != "n_jobs" else "requested_jobs")
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UserError(f"hydra.sweeper.{name}={value} must be a whole number >= {least}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise UserError(f"hydra.sweeper.seed={self.seed} must be a whole number or null")
+    def search(self, arguments: list[str]) -> tuple[dict[str, Any], list[str], list, list]:
+        """The search ``arguments`` ask for, checked: its space (Optuna distributions), the
+        overrides that fix keys, and the objectives' names and directions. Its sampler and
+        pruner are built once, to check them too. UserError for any mistake in them."""
+        from trainkit.sweeps import make_pruner
+
         if not all(isinstance(name, str) and name for name in self.objectives):
             raise UserError(
                 f"hydra.sweeper.objectives={self.objectives}: metric names, e.g. "
                 "[val/acc,train_time_s]"
             )
+        space, fixed = self.search_space(arguments)
+        names, directions = self.objective_names()
+        self.make_sampler(space)
+        make_pruner(self.pruner_spec())
+        return space, fixed, names, directions
 
     def earlier_study(self, sweep_dir: Path):
         """The study a rerun continues (read, not written), or None."""
@@ -193,7 +233,8 @@ class TrainkitOptunaSweeper(Sweeper):
     def search_space(self, arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
         """Optuna distributions of the swept keys (``params``, then the command line's), and
         the overrides that fix a key."""
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        context = getattr(self, "hydra_context", None)  # (None when checked before Hydra runs)
+        parser = OverridesParser.create(config_loader=context and context.config_loader)
         merged: dict[str, Any] = {}
         for override in parser.parse_overrides(
             [f"{key}={value}" for key, value in self.params.items()] + list(arguments)

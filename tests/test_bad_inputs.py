@@ -164,12 +164,12 @@ SEARCH = ["train", "-m", *SMALL, "trainer.max_epochs=1", "hydra.sweeper.n_trials
 mistake(
     "unknown-pruner",
     [*SEARCH, "hparams_search=tpe", "hydra.sweeper.pruner=mediann"],
-    "hydra.sweeper.pruner=mediann: use median, hyperband or none",
+    "hydra.sweeper.pruner='mediann' has the wrong type: it must be one of 'median', 'hyperband'",
 )
 mistake(
     "unknown-sampler",
     [*SEARCH, "hparams_search=tpe", "hydra.sweeper.sampler=cmaes"],
-    "hydra.sweeper.sampler=cmaes: use tpe, random or grid",
+    "hydra.sweeper.sampler='cmaes' has the wrong type: it must be one of 'tpe', 'random', 'grid'",
 )
 mistake(
     "grid-of-an-interval",
@@ -180,12 +180,12 @@ SEARCH_ANY = ["train", "-m", *SMALL, "trainer.max_epochs=1"]
 mistake(
     "search-no-trials",
     [*SEARCH_ANY, "hparams_search=random", "hydra.sweeper.n_trials=0"],
-    "hydra.sweeper.n_trials=0 must be a whole number >= 1",
+    "hydra.sweeper.n_trials=0 is out of range: it must be >= 1",
 )
 mistake(
     "search-seed-not-a-number",
     [*SEARCH, "hparams_search=tpe", "hydra.sweeper.seed=abc"],
-    "hydra.sweeper.seed=abc must be a whole number or null",
+    "hydra.sweeper.seed='abc' has the wrong type: it must be an integer or null",
 )
 mistake(
     "search-interval-backwards",
@@ -216,7 +216,12 @@ mistake(
 mistake(
     "search-storage-unwritable",
     [*SEARCH, "hparams_search=random", "hydra.sweeper.storage=sqlite:////nonexistent/x.db"],
-    "hydra.sweeper.storage=sqlite:////nonexistent/x.db: (sqlite3.OperationalError)",
+    "hydra.sweeper.storage=sqlite:////nonexistent/x.db: there is no folder /nonexistent",
+)
+mistake(
+    "search-unknown-setting",
+    [*SEARCH, "hparams_search=random", "+hydra.sweeper.n_trail=5"],
+    "unknown key hydra.sweeper.n_trail; did you mean 'n_trials'?",
 )
 
 
@@ -750,9 +755,10 @@ def _(cwd, run):
     return train("trainer.monitor=val/auc")
 
 
-@case("depth-not-6n2", "model.depth=9 is not 6n+2")
-def _(cwd, run):
-    return ["train", "model=resnet_cifar", "model.depth=9", *QUIET]
+mistake("depth-not-6n2", ["train", "model=resnet_cifar", "model.depth=9", *QUIET],
+        "model.depth=9 is not 6n+2; use 8, 14, 20, 32, 44, 56 or 110")  # fmt: skip
+mistake("ema-decay-above-one", train("regularization=[ema]", "regularization.ema.decay=2"),
+        "regularization.ema.decay=2 is out of range: it must be > 0 and < 1")  # fmt: skip
 
 
 @case("too-few-to-stratify", "cannot split 20 samples of 10 classes")
@@ -1369,6 +1375,32 @@ def _(cwd, run):
     return ["train", "-m", *SMALL, "trainer.max_epochs=1", "optimizer=adamm,sgd"]
 
 
+# Mistakes found only as the run is built, in the run directory, which is then removed again
+# (its parent's modification time changes). Every other mistake is found before any
+# directory is made or touched.
+FOUND_IN_RUN = {
+    # in the data (its files, its size, its classes)
+    "cifar-batch-not-a-pickle", "cifar-batches-that-run-code", "download-offline",
+    "empty-run-dir-data-mistake", "folds-more-than-a-class-has", "folds-with-a-given-val-split",
+    "images-missing-root", "images-no-classes", "images-no-val", "images-one-class",
+    "images-resize-below-size", "jsonl-bad-line", "jsonl-not-object", "text-empty-file",
+    "text-missing-column", "text-missing-file", "text-missing-label", "text-not-utf8",
+    "text-one-label", "text-path-a-folder", "text-suffix", "text-unknown-encoding",
+    "text-val-label-unseen", "too-few-to-stratify",
+    # in what the data is: its number of classes, its kind of target, its tokens
+    "class-weights-count", "monitor-not-logged", "sampler-balanced-regression",
+    "text-read-by-an-mlp",
+    # in a checkpoint's contents, or the model built from it
+    "eval-other-model", "finetune-freeze-everything", "finetune-freeze-matches-nothing",
+    "init-from-another-model", "init-from-garbage", "init-from-no-state-dict",
+    "init-from-nowhere", "init-from-objects", "init-from-plugin-in-checkpoint",
+    # in the machine (its memory)
+    "out-of-memory", "out-of-memory-ddp",
+    # in the built augmentation: config alone decides it, but is read only as the run builds it
+    "on-device-rotation",
+}  # fmt: skip
+
+
 # --- the runner -----------------------------------------------------------------------------
 
 
@@ -1384,6 +1416,13 @@ def snapshot(root: Path) -> dict[str, str]:
         else:
             found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
+
+
+def folder_times(root: Path) -> dict[str, int]:
+    """The modification time of every directory under ``root``, and of ``root``: making a
+    run directory and removing it again changes its parent's."""
+    folders = [root, *(path for path in root.rglob("*") if path.is_dir())]
+    return {str(path): path.lstat().st_mtime_ns for path in folders if not path.is_symlink()}
 
 
 def hold_lock(directory: Path, holder: dict) -> None:
@@ -1441,6 +1480,7 @@ def run_in_process(args: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int
 def test_the_catalog_is_large():
     assert len(CASES) >= 100, len(CASES)
     assert len({c.id for c in CASES}) == len(CASES)
+    assert FOUND_IN_RUN <= {c.id for c in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -1450,7 +1490,7 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(
     cwd = tmp_path / "work"
     cwd.mkdir()
     args = case.make(cwd, finished_run)
-    before = snapshot(tmp_path)
+    before, times_before = snapshot(tmp_path), folder_times(tmp_path)
     if case.process:
         result = run_trainkit(*args, cwd=cwd)
         status, out, err = result.returncode, result.stdout, result.stderr
@@ -1470,6 +1510,10 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(
     assert not changed, f"changed or removed: {sorted(changed)}"
     if not case.leaves_record:
         assert after == before, f"new: {sorted(after.keys() - before.keys())}"
+    if not (case.leaves_record or case.id in FOUND_IN_RUN):
+        times = folder_times(tmp_path)
+        touched = sorted(path for path, time in times_before.items() if times.get(path) != time)
+        assert not touched, f"a directory was made and removed in: {touched}"
 
 
 # --- faults: signals, a full disk, two processes --------------------------------------------

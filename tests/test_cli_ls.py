@@ -28,7 +28,7 @@ def test_ls_shows_the_defaults_a_run_uses_and_plain_descriptions(capsys, monkeyp
     sgd = out[out.index("│ sgd ") : out.index("│ sgd ") + 2500]
     assert "weight_decay: a number >= 0 = 0.0005" in sgd  # conf/optimizer/sgd.yaml
     assert "nesterov: true or false = false" in sgd
-    assert any("depth: an integer >= 1 = 8" in row for row in rows)  # conf/model/resnet_cifar
+    assert any("depth: an integer >= 8 of the form 6n+2 = 8" in row for row in rows)  # conf/model
     assert "``" not in out and ":class:" not in out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 from omegaconf import OmegaConf
@@ -19,10 +19,13 @@ from trainkit.registry import (
     REGULARIZERS,
     SCHEDULERS,
     TASKS,
+    Form,
     PositiveFloat,
     PositiveInt,
     Probability,
+    Range,
     Registry,
+    describe_parameters,
     load_components,
 )
 
@@ -197,6 +200,43 @@ def test_optional_accepts_none_and_checks_the_value():
         registry.check({"name": "ce", "smoothing": -1})
     with pytest.raises(UserError, match=r"^loss\.weight='x' has the wrong type"):
         registry.check({"name": "ce", "weight": "x"})
+
+
+def test_a_class_is_checked_against_the_hints_of_its_init():
+    # This module reads its annotations as strings (from __future__ import annotations): a
+    # class's hints are its __init__'s, not its attributes'.
+    registry = Registry("regularizer")
+
+    @registry.register("ema")
+    class Ema:
+        decay: str  # an attribute's hint, which is not the parameter's
+
+        def __init__(self, decay: Probability = 0.9):
+            self.decay = decay
+
+    assert registry.build({"name": "ema", "decay": 0.5}).decay == 0.5
+    with pytest.raises(UserError, match=r"^regularizer\.decay=2 is out of range: it must be >= 0"):
+        registry.check({"name": "ema", "decay": 2})
+    assert dict(describe_parameters(Ema))["decay"] == "a number >= 0 and < 1 = 0.9"
+
+
+Depth = Annotated[int, Range(ge=8), Form("6n+2", lambda d: (d - 2) % 6 == 0, "use 8 or 14")]
+
+
+def test_a_form_is_checked_and_described():
+    registry = Registry("model")
+
+    @registry.register("resnet")
+    def resnet(depth: Depth = 8):
+        return depth
+
+    assert registry.build({"name": "resnet", "depth": 14}) == 14
+    with pytest.raises(UserError) as error:
+        registry.check({"name": "resnet", "depth": 9})
+    assert str(error.value) == "model.depth=9 is not 6n+2; use 8 or 14"
+    with pytest.raises(UserError, match=r"^model\.depth=2 is out of range: it must be >= 8$"):
+        registry.check({"name": "resnet", "depth": 2})
+    assert describe_parameters(resnet) == [("depth", "an integer >= 8 of the form 6n+2 = 8")]
 
 
 def test_list_items_are_checked():

@@ -221,6 +221,7 @@ def train(args: list[str]) -> None:
 
 
 def _train(args: list[str]) -> None:
+    from hydra_plugins.trainkit_optuna_sweeper import check_search
     from trainkit import checkpoint, config, rundir, sweeps
     from trainkit.overrides import override, quote_value
 
@@ -250,6 +251,7 @@ def _train(args: list[str]) -> None:
         config.check_sweep(rewritten, config.plugins_named(rewritten))
         continues = any(o.lstrip("+").startswith("hparams_search=") for o in rewritten)
         sweep_dir = config.output_dir(launch, "hydra.sweep.dir")
+        check_search(launch, config.task_overrides(rewritten), sweep_dir)
         owned = rundir.claim_new(sweep_dir, "hydra.sweep.dir", continues)
         earlier = set(sweeps.job_dirs(owned.path))  # a continued study's: not this sweep's
         passed_on.append(override("hydra.sweep.dir", str(owned.path)))

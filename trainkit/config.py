@@ -221,6 +221,15 @@ def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
         return compose(own, with_hydra=True)
 
 
+def task_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of the run's keys and groups: ``overrides`` without Hydra's own."""
+    return [
+        override.input_line
+        for override in _parse_overrides(overrides)
+        if not override.key_or_group.startswith(("hydra.", "hydra/"))
+    ]
+
+
 def check_sweep(overrides: list[str], plugins: list[str]) -> None:
     """Every job of a grid sweep (``-m a=1,2 b=x,y``) composes and resolves: a mistake in
     any of them is one line before anything runs or any directory exists, not one failed
@@ -234,11 +243,7 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.types import IntervalSweep
 
-    parsed = [
-        override
-        for override in _parse_overrides(overrides)
-        if not override.key_or_group.startswith(("hydra.", "hydra/"))
-    ]
+    parsed = _parse_overrides(task_overrides(overrides))
     if any(o.key_or_group == "hparams_search" for o in parsed):
         fixed_lines = [o.input_line for o in parsed if not o.is_sweep_override()]
         fixed = compose(fixed_lines)

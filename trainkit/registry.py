@@ -60,6 +60,19 @@ class Range:
         )
 
 
+@dataclass(frozen=True)
+class Form:
+    """A form a number must have that a Range cannot say, used as
+    ``Annotated[int, Form("6n+2", lambda d: (d - 2) % 6 == 0, "use 8, 14, 20 or 32")]``."""
+
+    name: str
+    test: Callable[[Any], bool]
+    fix: str
+
+    def describe(self) -> str:
+        return f"of the form {self.name}"
+
+
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 PositiveInt = Annotated[int, Range(ge=1)]
@@ -104,6 +117,8 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
         for bound in extras:
             if isinstance(bound, Range) and not bound.allows(value):
                 raise UserError(f"{key}={value!r} is out of range: it must be {bound.describe()}")
+            if isinstance(bound, Form) and not bound.test(value):
+                raise UserError(f"{key}={value!r} is not {bound.name}; {bound.fix}")
         return
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -178,7 +193,7 @@ def check_params(
     ``where`` is the config key of the node (``optimizer``), used in every message.
     """
     signature = inspect.signature(target)
-    hints = typing.get_type_hints(target, include_extras=True) if _has_hints(target) else {}
+    hints = _hints(target)
     runtime = set(runtime)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     settable = {
@@ -218,12 +233,15 @@ def _plain_data(value: Any) -> Any:
     return value
 
 
-def _has_hints(target: Callable) -> bool:
+def _hints(target: Callable) -> dict[str, Any]:
+    """The type hints of ``target``'s parameters (a class's are its ``__init__``'s, not its
+    attributes'); none when they cannot be resolved (forward references in a user's plugin:
+    its keys are checked, not its values)."""
+    function = target.__init__ if isinstance(target, type) else target
     try:
-        typing.get_type_hints(target, include_extras=True)
-        return True
-    except Exception:  # unresolvable forward references in a user's plugin: check keys only
-        return False
+        return typing.get_type_hints(function, include_extras=True)
+    except Exception:
+        return {}
 
 
 def describe_parameters(
@@ -232,7 +250,7 @@ def describe_parameters(
     """``(name, "type = default")`` for each parameter a config may set, for ``trainkit ls``;
     ``defaults`` (the option's YAML) win over the signature's, as they do in a run."""
     defaults = defaults or {}
-    hints = typing.get_type_hints(target, include_extras=True) if _has_hints(target) else {}
+    hints = _hints(target)
     rows = []
     for name, parameter in inspect.signature(target).parameters.items():
         if name in runtime or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -255,7 +273,7 @@ def _type_with_range(annotation: Any) -> str:
         return " or ".join(_type_with_range(a) for a in typing.get_args(annotation))
     if origin is Annotated:
         base, *extras = typing.get_args(annotation)
-        bounds = [bound.describe() for bound in extras if isinstance(bound, Range)]
+        bounds = [bound.describe() for bound in extras if isinstance(bound, Range | Form)]
         return " ".join([_type_name(base), *bounds])
     return _type_name(annotation)
 

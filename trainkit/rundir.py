@@ -94,8 +94,14 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
             "a reference to a config key); choose another name"
         )
     absolute = Path(os.path.abspath(Path(path).expanduser()))  # (brandnew/.. is the cwd)
-    if absolute.is_dir():  # refused for what it holds before the write test touches it
+    # Refusals that need no write first: the write test touches the folder it writes in.
+    _check_name_lengths(absolute, key)
+    if absolute.is_dir():
         _refuse_unless_free(absolute, key, [], continue_study)
+        if (absolute / LOCK_FILE).is_symlink():
+            raise _lock_file_is_a_link(absolute, key)
+    elif os.path.lexists(absolute):
+        raise _not_a_directory(absolute, key)
     check_writable(Path(path).expanduser(), key)
     path = absolute
     made = make_folders(path.parent, key)
@@ -103,12 +109,9 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
         os.mkdir(path)
         made.append(path)
     except FileExistsError:
-        if not path.is_dir():
+        if not path.is_dir():  # (made meanwhile by another process)
             remove_made(made)
-            what = "a link to nothing" if path.is_symlink() and not path.exists() else "a file"
-            raise UserError(
-                f"{key}={path} is {what}, not a directory; name a new directory"
-            ) from None
+            raise _not_a_directory(path, key) from None
     except OSError as error:
         remove_made(made)
         raise _cannot_make(path, key, error) from None
@@ -124,17 +127,42 @@ def claim_new(path: str | Path, key: str, continue_study: bool = False) -> Owned
     return OwnedDirectory(path, made, lock, new=not entries)
 
 
+def _not_a_directory(path: Path, key: str) -> UserError:
+    what = "a link to nothing" if path.is_symlink() and not path.exists() else "a file"
+    return UserError(f"{key}={path} is {what}, not a directory; name a new directory")
+
+
+def _lock_file_is_a_link(path: Path, key: str) -> UserError:
+    return UserError(
+        f"{key}={path}: {LOCK_FILE} there is a link, not trainkit's lock file; "
+        "name another directory"
+    )
+
+
+def _check_name_lengths(path: Path, key: str) -> None:
+    """UserError for a part of ``path`` longer than a file name may be."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    if any(len(os.fsencode(part)) > limit for part in path.parts):
+        raise _cannot_make(path, key, OSError(errno.ENAMETOOLONG, "File name too long"))
+
+
 def _refuse_unless_free(path: Path, key: str, made: list[Path], continue_study: bool):
     """What ``path`` holds (besides a lock file); UserError unless that is nothing, or the
     study a sweep continues."""
     entries = [] if path in made else sorted(e for e in _listdir(path) if e != LOCK_FILE)
-    if entries and not (continue_study and _holds_study(path)):
+    if entries and not (continue_study and holds_study(path)):
         remove_made(made)
         raise UserError(_not_empty(path, key, entries, continue_study))
     return entries
 
 
-def _holds_study(path: Path) -> bool:
+def holds_study(path: Path) -> bool:
     """Whether ``path`` holds a trainkit sweep's Optuna study: an SQLite file ``optuna.db``
     with Optuna's tables and a study named ``trainkit`` (conf/hparams_search)."""
     import sqlite3
@@ -296,10 +324,10 @@ def make_folders(directory: Path, key: str) -> list[Path]:
 
 def _cannot_make(path: Path, key: str, error: OSError) -> UserError:
     if error.errno == errno.ENAMETOOLONG:
-        longest = max(path.parts, key=lambda part: len(part.encode()))
+        longest = max(path.parts, key=lambda part: len(os.fsencode(part)))
         return UserError(
-            f"{key}={path}: the name {longest[:40]!r}... ({len(longest.encode())} bytes) is "
-            "longer than the file system allows (usually 255 bytes); choose a shorter name"
+            f"{key}={path}: the name {longest[:40]!r}... ({len(os.fsencode(longest))} bytes) "
+            "is longer than the file system allows (usually 255 bytes); choose a shorter name"
         )
     reason = (error.strerror or type(error).__name__).lower()
     if isinstance(error, IsADirectoryError | NotADirectoryError):
@@ -321,10 +349,7 @@ def _lock(path: Path, key: str, made: list[Path]) -> int:
         except OSError as error:
             remove_made(made)
             if error.errno == errno.ELOOP:
-                raise UserError(
-                    f"{key}={path}: {LOCK_FILE} there is a link, not trainkit's lock file; "
-                    "name another directory"
-                ) from None
+                raise _lock_file_is_a_link(path, key) from None
             raise _cannot_make(lock_file, key, error) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torchvision.ops import StochasticDepth
 from trainkit import checkpoint
 from trainkit.errors import UserError
 from trainkit.models.layers import Init, Norm2d, initialize, norm2d
-from trainkit.registry import MODELS, PositiveInt, Probability
+from trainkit.registry import MODELS, Form, PositiveInt, Probability, Range
 from trainkit.reporting import log
 
 
@@ -97,11 +97,19 @@ class ResNetCifar(nn.Module):
         return self.classifier(self.dropout(x))
 
 
+# Three stages of n blocks of two layers each, plus the stem and the head.
+CifarDepth = Annotated[
+    int,
+    Range(ge=8),
+    Form("6n+2", lambda depth: (depth - 2) % 6 == 0, "use 8, 14, 20, 32, 44, 56 or 110"),
+]
+
+
 @MODELS.register("resnet_cifar")
 def resnet_cifar(
     num_classes: int,
     input_shape: tuple[int, ...],
-    depth: PositiveInt = 20,
+    depth: CifarDepth = 20,
     width: PositiveInt = 16,
     dropout: Probability = 0.0,
     init: Init = "default",
@@ -109,8 +117,6 @@ def resnet_cifar(
     drop_path: Probability = 0.0,
 ) -> nn.Module:
     """ResNet-(6n+2) for small images: depth 8, 14, 20, 32, 44, 56, 110."""
-    if (depth - 2) % 6 or depth < 8:
-        raise UserError(f"model.depth={depth} is not 6n+2; use 8, 14, 20, 32, 44, 56 or 110")
     _need_image("resnet_cifar", input_shape)
     model = ResNetCifar(
         input_shape[0], num_classes, (depth - 2) // 6, width, dropout, norm2d(norm), drop_path
