@@ -49,6 +49,7 @@ def test_compare_two_runs_prints_their_metrics_and_draws_their_curves(sweep_dir,
         summary = summary_of(run)
         row = next(line for line in console.splitlines() if f"optimizer={optimizer}" in line)
         assert f"{summary['val/acc']:.4f}" in row and f"{summary['test/acc']:.4f}" in row
+        assert f" {summary['train_time_s']:.1f} " in row  # seconds, not 0.8000
     assert "every run: data=synthetic" in console  # what they share is said once
 
     image = Image.open(tmp_path / "plots" / "curves.png")

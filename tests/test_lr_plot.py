@@ -109,6 +109,13 @@ def test_lr_plot_writes_the_png_and_prints_the_lrs(tmp_path, monkeypatch, capsys
     assert "first lr 0.1, peak 0.1, last 1.0e-03" in out
     assert f"{tmp_path}/lr.png" in out
     assert not (tmp_path / "outputs").exists()
+    assert "optimizer=sgd scheduler=step: 30 epochs x " in out
+
+
+def test_lr_plot_says_the_warmup_in_its_title(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["lr-plot", "scheduler=cosine", "scheduler.warmup_epochs=2.5"])
+    assert "scheduler=cosine after 2.5 warmup epochs: 30 epochs x " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -963,9 +963,11 @@ def lr_plot(args: list[str]) -> None:
         raise UserError("lr-plot plans a run from its overrides; leave out resume=")
     plan = build(cfg, "plan")
     lrs, settings = plan.planned_lrs, plan.settings
+    warmup = plan.cfg.scheduler.get("warmup_epochs") or 0
     title = (
-        f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}: "
-        f"{settings.max_epochs} epochs x {plan.steps_per_epoch} optimizer steps"
+        f"optimizer={plan.cfg.optimizer.name} scheduler={plan.cfg.scheduler.name}"
+        + (f" after {warmup:g} warmup epochs" if warmup else "")
+        + f": {settings.max_epochs} epochs x {plan.steps_per_epoch} optimizer steps"
     )
     png = png_bytes(lr_figure(lrs, title, log_scale))
     output = rundir.write_new_file(output or "lr_schedule.png", png, "output", output is None)

@@ -18,6 +18,7 @@ from trainkit.plotting import band_figure, curves_figure, png_bytes
 from trainkit.rundir import write_new_file
 from trainkit.sweeps import (
     Job,
+    cell,
     group_repeats,
     groups_table,
     job_dirs,
@@ -159,9 +160,7 @@ def _table(runs: list[Job], labels: list[str], metrics: list[str]):
         cells = [str(number), escape(label)]
         for metric in metrics:
             value = run.summary.get(metric)
-            text = (
-                "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-            )
+            text = cell(metric, value)
             cells.append(f"[bold]{text}[/bold]" if value == best.get(metric) else text)
         if failed:
             cells.append(

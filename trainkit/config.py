@@ -198,9 +198,9 @@ def compose(
             key = _overridden_key(str(error))
             if key is not None:
                 raise UserError(_unknown_key(key, overrides, config_name)) from None
-            raise UserError(_group_value(overrides) or one_line(str(error))) from None
+            raise UserError(_value_hint(overrides) or one_line(str(error))) from None
         except (OmegaConfBaseException, ValueError) as error:
-            raise UserError(_group_value(overrides) or one_line(str(error))) from None
+            raise UserError(_value_hint(overrides) or one_line(str(error))) from None
 
 
 def compose_launch(overrides: list[str], sweep: bool) -> DictConfig:
@@ -534,15 +534,30 @@ def _unknown_option(group: str, option: str, options: Iterable[str]) -> str:
     return f"unknown {kind} '{option}'; {did_you_mean}available: {', '.join(options)}"
 
 
-def _group_value(overrides: list[str]) -> str | None:
-    """``debug=true``: a group given a value that names no option (Hydra reads true, 1 or
-    null as such and says only that a group wants a string)."""
+def _value_hint(overrides: list[str]) -> str | None:
+    """What is wrong with a value Hydra refuses without saying it: a sweep (``adam,sgd``)
+    in a run of one; a group given a value that names no option (``debug=true``: Hydra
+    reads true, 1 or null as such and says only that a group wants a string)."""
     for override, text in zip(_parse_overrides(overrides), overrides, strict=True):
-        group, value = override.key_or_group, override.value()
-        if (paths.config_dir() / group).is_dir() and not isinstance(value, (str, list)):
-            options = ", ".join(sorted(_group_options(group)))
-            given = text.partition("=")[2]
-            return f"{group}={given} names no {group} option; use {group}=NAME: {options}"
+        key, value = override.key_or_group, override.value()
+        given = text.partition("=")[2]
+        group = (paths.config_dir() / key).is_dir()
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            return (
+                f"{key}={given} is a range to search: add -m and a search, e.g. trainkit "
+                f"train -m hparams_search=random '{key}={given}'"
+            )
+        if override.is_sweep_override():
+            each = f"to train one run for each, add -m (trainkit train -m {key}={given})"
+            if not group and override.is_choice_sweep() and "(" not in given:
+                return f"{key}={given} is a sweep: {each}; for a list, write {key}=[{given}]"
+            if not group:
+                return f"{key}={given} is a sweep: {each}"
+            both = f"{key}=[{given}] uses them all in one run; " if key in MULTI_GROUPS else ""
+            return f"{key}={given} is a sweep: {both}{each}"
+        if group and not isinstance(value, (str, list)):
+            options = ", ".join(sorted(_group_options(key)))
+            return f"{key}={given} names no {key} option; use {key}=NAME: {options}"
     return None
 
 

@@ -515,7 +515,7 @@ def print_table(
             "failed": "[red]failed[/red]",
         }[job.status]
         cells = [str(position) if ok else "-", _job_label(job), status]
-        cells += [_cell(job.summary.get(name)) for name in metrics]
+        cells += [cell(name, job.summary.get(name)) for name in metrics]
         cells.append(" ".join(o for o in job.overrides if o not in shared))
         if any_failed:
             cells.append(job.error)
@@ -608,10 +608,14 @@ def _nan_to_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _cell(value: Any) -> str:
+def cell(metric: str, value: Any) -> str:
+    """A summary's value in a table: ``-`` for none, seconds to a tenth (``22.0``),
+    other numbers to four places (``0.9712``)."""
     if value is None:
         return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.1f}" if metric.endswith("time_s") else f"{value:.4f}"
 
 
 class SweepCallback(Callback):
