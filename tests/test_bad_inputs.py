@@ -123,9 +123,9 @@ mistake("sweep-without-m", train("optimizer=adam,sgd"),
 mistake("sweep-of-a-key-without-m", train("optimizer.lr=0.1,0.01"),
         "add -m (trainkit train -m optimizer.lr=0.1,0.01); for a list, write")  # fmt: skip
 mistake("sweep-of-regularizers-without-m", train("regularization=l1,grad_clip"),
-        "regularization=[l1,grad_clip] uses them all in one run; to train one run for each")  # fmt: skip
+        "regularization=[l1,grad_clip] uses them all in one run; to train one run")  # fmt: skip
 mistake("search-range-without-m", train("optimizer.lr=interval(0.01,0.1)"),
-        "is a range to search: add -m and a search, e.g. trainkit train -m hparams_search")  # fmt: skip
+        "is a range to search: add -m and a search, e.g. trainkit train -m")  # fmt: skip
 mistake(
     "key-of-an-unchosen-regularizer",
     train("regularization.early_stopping.patience=5"),
