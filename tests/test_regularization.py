@@ -278,6 +278,22 @@ def test_penalty_include_patterns_choose_parameters():
         L1(include=["classifier.*"]).penalty(_linear_model())
 
 
+def test_a_penalty_leaves_out_frozen_parameters_and_takes_them_in_once_unfrozen():
+    """finetune.freeze, then finetune.unfreeze_at_epoch: the penalty is chosen at the first
+    step, while some parameters are frozen, and follows them as they are unfrozen."""
+    from trainkit.regularization import L2
+
+    model, l2 = _linear_model(), L2(strength=2.0, include=["0.*"])
+    expected = (model[0].weight.detach() ** 2).sum().item()
+    model[0].weight.requires_grad_(False)
+    assert l2.penalty(model).item() == pytest.approx(expected)  # a constant while frozen
+    model[0].weight.requires_grad_(True)
+    penalty = l2.penalty(model)
+    assert penalty.item() == pytest.approx(expected)
+    penalty.backward()
+    assert torch.allclose(model[0].weight.grad, 2.0 * model[0].weight.detach())
+
+
 def test_settings_regularizers_configure_the_other_nodes():
     from trainkit import config
     from trainkit.errors import UserError

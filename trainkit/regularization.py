@@ -175,12 +175,14 @@ class _NormPenalty(Regularizer):
         self._chosen: list[torch.Tensor] | None = None
 
     def parameters(self, model: nn.Module) -> list[torch.Tensor]:
+        """The parameters ``include`` names, frozen ones too: chosen at the first step, they
+        must not leave out those that finetune.unfreeze_at_epoch unfreezes later (while
+        frozen, their penalty is a constant, and has no gradient)."""
         if self._chosen is None:  # chosen once: names do not change during a run
             self._chosen = [
                 parameter
                 for name, parameter in model.named_parameters()
-                if parameter.requires_grad
-                and not (self.weights_only and parameter.ndim <= 1)
+                if not (self.weights_only and parameter.ndim <= 1)
                 and any(fnmatch.fnmatchcase(name, pattern) for pattern in self.include)
             ]
             if not self._chosen:
@@ -190,6 +192,11 @@ class _NormPenalty(Regularizer):
                     f"names look like {names}"
                 )
         return self._chosen
+
+    def norms(self, model: nn.Module, order: int) -> torch.Tensor:
+        """The ``order``-norm of each parameter penalized, in one batched call for all of
+        them (not one Python call each); the L1 norm's gradient at 0 is 0, as abs()'s is."""
+        return torch.stack(torch._foreach_norm(self.parameters(model), order))
 
 
 @REGULARIZERS.register("l1")
@@ -205,10 +212,7 @@ class L1(_NormPenalty):
         super().__init__(strength, include, weights_only)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        # One batched call for all the tensors, not one Python call each; its gradient at 0 is
-        # 0, as abs()'s is.
-        norms = torch._foreach_norm(self.parameters(model), 1)
-        return self.strength * torch.stack(norms).sum()
+        return self.strength * self.norms(model, 1).sum()
 
 
 @REGULARIZERS.register("l2")
@@ -224,8 +228,7 @@ class L2(_NormPenalty):
         super().__init__(strength, include, weights_only)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        norms = torch._foreach_norm(self.parameters(model), 2)  # one batched call, as in l1
-        return 0.5 * self.strength * torch.stack(norms).square().sum()
+        return 0.5 * self.strength * self.norms(model, 2).square().sum()
 
 
 @REGULARIZERS.register("ema")
