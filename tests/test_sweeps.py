@@ -129,10 +129,14 @@ def test_every_job_of_a_sweep_has_its_hparams_in_its_own_event_file(grid_sweep):
 # --- ranking, files and failure records, without training ----------------------------------
 
 
-def fake_job(sweep_dir: Path, name: str, overrides: list[str], summary=None, failed=None):
+def fake_job(
+    sweep_dir: Path, name: str, overrides: list[str], summary=None, failed=None, config=None
+):
     job = sweep_dir / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if config is not None:
+        (job / ".hydra" / "config.yaml").write_text(json.dumps(config))  # (JSON is YAML)
     if summary is not None:
         (job / "summary.json").write_text(json.dumps(summary))
     if failed is not None:
@@ -197,6 +201,57 @@ def test_repeats_over_seeds_are_grouped_with_mean_std_and_count(tmp_path, capsys
     sweeps.print_table(jobs, "val/acc", "max", tmp_path)
     out = capsys.readouterr().out
     assert "over trainer.seed" in out and "0.9200 ± 0.0200 (3)" in out
+
+
+def test_repeats_are_grouped_by_what_they_train_not_how_their_overrides_are_written(
+    tmp_path, capsys
+):
+    """The same configuration given in another order, with a bool spelled False (as Hydra
+    writes a sweep job's) or false, or shown otherwise (logger.*), is one configuration."""
+    acc = {"0": 0.2, "1": 0.4, "2": 0.6, "3": 0.9}
+    runs = {
+        "0": ["optimizer=adam", "scheduler=step", "logger.progress_bar=False"],
+        "1": ["scheduler=step", "optimizer=adam", "logger.progress_bar=false"],
+        "2": ["optimizer=adam", "scheduler=step"],
+        "3": ["optimizer=sgd", "scheduler=step"],
+    }
+    for seed, (name, overrides) in enumerate(runs.items()):
+        optimizer = overrides[0].partition("=")[2] if name != "1" else "adam"
+        config = {
+            "optimizer": {"name": optimizer},
+            "trainer": {"seed": seed, "max_epochs": 2},
+            "logger": {"progress_bar": name == "2"},
+        }
+        summary = {"monitor": "val/acc", "val/acc": acc[name]}
+        fake_job(tmp_path, name, [*overrides, f"trainer.seed={seed}"], summary, config=config)
+    fake_job(
+        tmp_path,
+        "4",
+        ["trainer.seed=4", "optimizer=sgd", "scheduler=step"],
+        {"monitor": "val/acc", "val/acc": 0.7},
+    )  # fmt: skip  (no config.yaml: overrides)
+    fake_job(tmp_path, "5", ["scheduler=step", "optimizer=sgd", "trainer.seed=5"],
+             {"monitor": "val/acc", "val/acc": 0.5})  # fmt: skip
+
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max")
+    groups = sweeps.group_repeats(jobs, "val/acc", "max")
+
+    assert [[job.name for job in group.jobs] for group in groups] == [
+        ["3"],
+        ["4", "5"],
+        ["0", "1", "2"],
+    ]
+    assert groups[2].stats("val/acc") == (pytest.approx(0.4), pytest.approx(0.2), 3)
+
+
+def test_identical_runs_without_a_seed_are_grouped_as_repeated_runs(tmp_path, capsys):
+    for number in range(2):
+        fake_job(
+            tmp_path, str(number), ["optimizer.lr=0.1"], {"monitor": "val/acc", "val/acc": 0.5}
+        )
+    jobs = sweeps.summarize(tmp_path, "val/acc", "max")
+    sweeps.print_table(jobs, "val/acc", "max", tmp_path)
+    assert "1 configuration over repeated runs: mean ± std (n)" in capsys.readouterr().out
 
 
 def test_a_sweep_without_repeats_has_no_groups(tmp_path):

@@ -304,9 +304,36 @@ def _key_of(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
 
-def configuration(job: Job) -> tuple[str, ...]:
-    """A job's overrides but its seed and fold: what its repeats have in common."""
-    return tuple(o for o in job.overrides if _key_of(o) not in REPEAT_KEYS)
+# Top-level config nodes that change how a run is shown or continued, not what it trains.
+_NOT_TRAINED = ("logger", "resume")
+
+
+def configuration(job: Job) -> str:
+    """What a job trains, but its seed and fold: what its repeats have in common. Read from
+    the config it ran with (``.hydra/config.yaml``), so that overrides given in another
+    order or spelled otherwise (``false``, ``False``) are one configuration; from its
+    overrides where that file is missing or damaged."""
+    config = _read(job.dir / ".hydra" / "config.yaml", dict)
+    if config is not None:
+        config = {key: value for key, value in config.items() if key not in _NOT_TRAINED}
+        for key in REPEAT_KEYS:
+            node, _, leaf = key.partition(".")
+            if isinstance(config.get(node), dict):
+                config[node] = {k: v for k, v in config[node].items() if k != leaf}
+        return json.dumps(config, sort_keys=True, default=str)
+    overrides = [o for o in job.overrides if _key_of(o) not in REPEAT_KEYS]
+    return json.dumps(sorted(_as_written(o) for o in overrides))
+
+
+def _as_written(override: str) -> str:
+    """``key=value`` with the value as YAML reads it (False and false alike)."""
+    import yaml
+
+    key, _, value = override.partition("=")
+    try:
+        return f"{key.lstrip('+~')}={json.dumps(yaml.safe_load(value), default=str)}"
+    except yaml.YAMLError:
+        return override
 
 
 def spread(values: list[float]) -> tuple[float, float | None]:
@@ -346,9 +373,10 @@ def group_repeats(jobs: list[Job], monitor: str, mode: str) -> list[Group]:
     """The jobs grouped by configuration, ranked by the mean of ``monitor`` (groups without a
     finished job last); empty unless some configuration ran more than once (a sweep over
     ``trainer.seed`` or ``data.fold``)."""
-    groups: dict[tuple[str, ...], Group] = {}
+    groups: dict[str, Group] = {}
     for job in sorted(jobs, key=lambda j: (job_number(j.dir) is None, job_number(j.dir) or 0)):
-        groups.setdefault(configuration(job), Group(list(configuration(job)), [])).jobs.append(job)
+        shown = [o for o in job.overrides if _key_of(o) not in REPEAT_KEYS]
+        groups.setdefault(configuration(job), Group(shown, [])).jobs.append(job)
     if all(len(group.jobs) < 2 for group in groups.values()):
         return []
 
@@ -553,7 +581,7 @@ def groups_table(groups: list[Group], monitor: str, shared: set[str] = frozenset
     )
     table = Table(
         title=f"{len(groups)} configuration{'s' if len(groups) != 1 else ''} over "
-        f"{', '.join(repeated)}: mean ± std (n)",
+        f"{', '.join(repeated) or 'repeated runs'}: mean ± std (n)",
         title_justify="left",
     )
     table.add_column("rank", justify="right")
