@@ -746,6 +746,14 @@ def _(cwd, run):
     return ["compare", str(folder)]
 
 
+@case("eval-of-a-run-being-written", "is being written by process 4242 on elsewhere (started")
+def _(cwd, run):
+    """Evaluating best.pt while the run trains: eval would write into the run's folder."""
+    held = copy_run(run, cwd / "held")
+    hold_lock(held, {"pid": 4242, "host": "elsewhere", "started": "2026-01-01 00:00:00"})
+    return ["eval", f"checkpoint={held}"]
+
+
 @case("new-run-into-a-run-being-written", "is being written by process 4242 on elsewhere")
 def _(cwd, run):
     """A run still training (no checkpoint yet): named as busy, not as stopped."""

@@ -690,12 +690,23 @@ def evaluate(args: list[str]) -> None:
 
     # Before the output folder exists: a refused checkpoint leaves its folder as it was.
     checked = check_checkpoint(checkpoint_path, [f"{k}={v}" for k, v in options.items()], plugins)
+    run = None
     if given is None:  # beside the checkpoint, never over an earlier evaluation's files
         output_dir = _unused_name(checkpoint_path.parent / f"eval_{checkpoint_path.stem}")
         key = "output_dir (eval writes beside the checkpoint by default)"
+        run_dir = checkpoint.run_dir_of(checkpoint_path)
+        if (run_dir / ".hydra").is_dir():  # in a run: not while another process writes it
+            fix = "evaluate it when that ends, or now with output_dir=A_NEW_FOLDER"
+            named = f"checkpoint={checkpoint_path}: its run {run_dir}"
+            run = rundir.lock_run(run_dir, "checkpoint", fix, named)
     else:
         output_dir, key = Path(given).expanduser(), "output_dir"
-    owned = rundir.claim_new(output_dir, key)
+    try:
+        owned = rundir.claim_new(output_dir, key)
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
 
     from trainkit.reporting import print_summary, setup_console_logging
 
@@ -707,6 +718,8 @@ def evaluate(args: list[str]) -> None:
         raise
     finally:
         owned.release()
+        if run is not None:
+            run.release()
     print_summary(summary, owned.path, eval_only=True)
 
 

@@ -81,6 +81,9 @@ class OwnedDirectory:
         return True
 
 
+_WAIT = "wait for it to end, or name another directory"
+
+
 def claim_new(path: str | Path, key: str, continue_study: bool = False) -> OwnedDirectory:
     """Make the directory ``path`` for a new run (or sweep) and lock it.
 
@@ -190,7 +193,20 @@ def claim_run(run_dir: str | Path, key: str = "resume") -> OwnedDirectory:
     when a file the run goes on writing is not one a run writes (see ``_check_run_files``)."""
     path = Path(run_dir).absolute()
     _check_run_files(path, key)
-    return OwnedDirectory(path, [], _lock(path, key, []), new=False)
+    return lock_run(path, key)
+
+
+def lock_run(
+    run_dir: str | Path,
+    key: str,
+    fix: str = _WAIT,
+    named: str | None = None,
+) -> OwnedDirectory:
+    """Lock an existing run's directory while this process writes into it; UserError saying
+    that ``named`` (``KEY=RUN_DIR``) is being written by the process that holds it, and
+    ``fix``."""
+    path = Path(run_dir).absolute()
+    return OwnedDirectory(path, [], _lock(path, key, [], fix, named), new=False)
 
 
 def _check_run_files(path: Path, key: str) -> None:
@@ -335,7 +351,13 @@ def _cannot_make(path: Path, key: str, error: OSError) -> UserError:
     return UserError(f"cannot write {path} ({reason}); set {key}=SOMEWHERE_WRITABLE")
 
 
-def _lock(path: Path, key: str, made: list[Path]) -> int:
+def _lock(
+    path: Path,
+    key: str,
+    made: list[Path],
+    fix: str = _WAIT,
+    named: str | None = None,
+) -> int:
     """Take the directory's lock, or raise UserError naming the process that holds it.
 
     The lock is an flock on ``LOCK_FILE``, which holds who took it. A lock file whose
@@ -356,7 +378,9 @@ def _lock(path: Path, key: str, made: list[Path]) -> int:
         except OSError:
             os.close(descriptor)
             remove_made(made)
-            raise UserError(_holder_message(path, key, lock_file)) from None
+            raise UserError(
+                f"{_holder_message(named or f'{key}={path}', lock_file)}; {fix}"
+            ) from None
         # The holder before us may have unlinked the file between our open and our flock:
         # then we hold a lock on a file nobody else will open. Try again on the new one.
         try:
@@ -403,7 +427,8 @@ def _unlock(path: Path, descriptor: int) -> None:
     os.close(descriptor)
 
 
-def _holder_message(path: Path, key: str, lock_file: Path) -> str:
+def _holder_message(named: str, lock_file: Path) -> str:
+    """``named`` (``hydra.run.dir=PATH``) is being written by whom the lock file names."""
     try:
         descriptor = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(descriptor) as handle:
@@ -411,7 +436,7 @@ def _holder_message(path: Path, key: str, lock_file: Path) -> str:
         who = f"process {holder['pid']} on {holder['host']} (started {holder['started']})"
     except (OSError, ValueError, KeyError, TypeError):
         who = "another process"
-    return f"{key}={path} is being written by {who}; wait for it to end, or name another directory"
+    return f"{named} is being written by {who}"
 
 
 def _held(path: Path) -> bool:
@@ -431,7 +456,7 @@ def _held(path: Path) -> bool:
 
 def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -> str:
     if _held(path):
-        return _holder_message(path, key, path / LOCK_FILE)
+        return f"{_holder_message(f'{key}={path}', path / LOCK_FILE)}; {_WAIT}"
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     if ".hydra" in entries:
         from trainkit.overrides import resume_command
