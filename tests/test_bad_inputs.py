@@ -1100,6 +1100,7 @@ def _(cwd, run):
 for _id, _option, _expect in (
     ("predict-topk-zero", "topk=0", "topk=0 must be a whole number >= 1"),
     ("predict-batch-negative", "batch_size=-1", "batch_size=-1 must be a whole number >= 1"),
+    ("predict-topk-superscript", "topk=²", "topk=² must be a whole number >= 1"),
     ("predict-tta-unknown", "tta=vflip", "tta=vflip: use tta=none or tta=hflip"),
     ("predict-tta-not-images", "tta=hflip", "tta=hflip flips images; this model reads array"),
     ("predict-on-bad-input", "on_bad_input=ignore", "on_bad_input=ignore"),
@@ -1133,6 +1134,36 @@ def _(cwd, run):
     arrays(cwd / "ok.npy", 2, 1, 8, 8)
     write(cwd / "model.onnx", b"\x08\x07")  # a valid ONNX header and nothing else
     return ["predict", "model=model.onnx", "input=ok.npy"]
+
+
+@case("predict-onnx-damaged", "is not an ONNX file that trainkit export wrote (it cannot be read")
+def _(cwd, run):
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    write(cwd / "model.onnx", b"not onnx")
+    return ["predict", "model=model.onnx", "input=ok.npy"]
+
+
+for _id, _metadata in (
+    ("predict-onnx-metadata-not-json", "{damaged"),
+    ("predict-onnx-metadata-without-task", '{"loss": {}, "data": {}}'),
+    ("predict-onnx-metadata-task-a-word", '{"task": "classification", "loss": {}}'),
+):
+
+    @case(_id, "is not an ONNX file that trainkit export wrote (its trainkit metadata is damaged)")
+    def _(cwd, run, metadata=_metadata):
+        import onnx
+
+        arrays(cwd / "ok.npy", 2, 1, 8, 8)
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], []))
+        model.metadata_props.add(key="trainkit", value=metadata)
+        onnx.save(model, str(cwd / "model.onnx"))
+        return ["predict", "model=model.onnx", "input=ok.npy"]
+
+
+@case("predict-a-number-for-an-array", "an array of shape (); this model's samples have shape")
+def _(cwd, run):
+    np.save(cwd / "one.npy", np.float32(3))
+    return ["predict", f"checkpoint={run}", "input=one.npy", "on_bad_input=error"]
 
 
 mistake("export-unknown-format", ["export", "checkpoint=run", "format=tflite"],

@@ -864,7 +864,7 @@ def _path_option(value: str, key: str) -> Path:
 
 def _positive_int(options: dict[str, str], key: str, default: int) -> int:
     value = options.get(key, str(default))
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # (not ², which int refuses)
         raise UserError(f"{key}={value} must be a whole number >= 1")
     return int(value)
 

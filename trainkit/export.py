@@ -200,8 +200,23 @@ def read_metadata(path: Path) -> dict[str, Any]:
     """The trainkit metadata of an exported ONNX file (what ``predict model=`` needs)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    not_ours = f"model={path} is not an ONNX file that trainkit export wrote"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # (protobuf's DecodeError, among others): damaged, or not ONNX
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{not_ours} (it cannot be read as ONNX: {reason})") from None
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
-    raise UserError(f"model={path} is not an ONNX file that trainkit export wrote (no metadata)")
+            try:
+                meta = json.loads(prop.value)
+            except ValueError:
+                meta = None
+            if not (
+                isinstance(meta, dict)
+                and isinstance(meta.get("task"), dict)
+                and isinstance(meta.get("loss"), dict)
+            ):
+                raise UserError(f"{not_ours} (its trainkit metadata is damaged)")
+            return meta
+    raise UserError(f"{not_ours} (no metadata)")

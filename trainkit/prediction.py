@@ -157,7 +157,11 @@ def _from_onnx(path: Path):
     task = TASKS.build(
         meta["task"], "task", splits=Splits.described(description), loss=meta["loss"]
     )
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # a graph edited or damaged after export
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"model={path} cannot be run by onnxruntime ({reason})") from None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         (out,) = session.run(None, {"input": x.numpy()})

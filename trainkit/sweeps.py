@@ -65,7 +65,7 @@ def job_name(number: Any, overrides: str = "") -> str:
 def job_number(directory: Path) -> int | None:
     """The number a job's directory name starts with (``3`` of ``3_optimizer=adam``)."""
     head = directory.name.split("_", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isascii() and head.isdigit() else None
 
 
 # conf/train.yaml names its sweep's job directories with it (hydra.sweep.subdir); Hydra

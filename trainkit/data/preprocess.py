@@ -297,6 +297,13 @@ def _file_items(path: Path, record: dict[str, Any]) -> Iterator[tuple[str, Any]]
                 return
         elif array.ndim == len(_sample_shape(record)):  # one sample
             array = array[None]
+        elif array.ndim == 0:  # a single number: no rows to go through
+            shape = tuple(_sample_shape(record))
+            yield (
+                str(path),
+                _BadInput(f"an array of shape (); this model's samples have shape {shape}"),
+            )
+            return
         for row, sample in enumerate(array):
             yield f"{path}:{row}", sample
         return
