@@ -294,6 +294,26 @@ def test_texts_use_the_runs_vocabulary(tmp_path, monkeypatch, capsys):
     assert {row["prediction"] for row in predicted} <= classes
 
 
+def test_texts_are_read_in_the_encoding_the_run_read_its_own(tmp_path, monkeypatch, capsys):
+    from tests.fake_text import make_text_csv
+
+    utf8 = make_text_csv(tmp_path / "texts.csv", n=60)
+    rows = list(csv.DictReader(open(utf8)))
+    data = tmp_path / "latin1.csv"
+    with open(data, "w", newline="", encoding="latin-1") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": row["text"] + " café", "label": row["label"]} for row in rows)
+    best = trained(
+        tmp_path / "run", "recipe=text_transformer", f"data.path={data}",
+        "data.encoding=latin-1", "trainer.max_epochs=1", "debug=limit",
+    )  # fmt: skip
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", f"input={data}", "output=out.csv"
+    )
+    assert len(predicted) == 60, said
+
+
 def test_metric_learning_writes_the_embeddings(tmp_path, monkeypatch, capsys):
     best = trained(
         tmp_path / "run", "data=synthetic", "data.num_samples=200", "task=metric_learning",

@@ -17,6 +17,7 @@ it cannot use with the reason, rather than stopping (unless asked to).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import io
@@ -88,7 +89,12 @@ def array_record(shape: Sequence[int], mean: Sequence[float], std: Sequence[floa
 
 
 def tokens_record(
-    vocabulary: dict[str, int], level: str, lowercase: bool, max_len: int, column: str
+    vocabulary: dict[str, int],
+    level: str,
+    lowercase: bool,
+    max_len: int,
+    column: str,
+    encoding: str = "utf-8",
 ) -> dict:
     return {
         "kind": "tokens",
@@ -97,6 +103,7 @@ def tokens_record(
         "lowercase": bool(lowercase),
         "max_len": int(max_len),
         "column": column,
+        "encoding": encoding,  # of the run's text files, and so of those predict reads
     }
 
 
@@ -158,6 +165,8 @@ def _record_problem(record: dict[str, Any], shape: list[int]) -> str | None:
             return f"level={record['level']!r}, column={record['column']!r}"
         if not _whole(record["max_len"]) or shape != [record["max_len"]]:
             return f"max_len={record['max_len']!r} for input_shape={shape}"
+        if not _known_encoding(record.get("encoding", "utf-8")):  # (absent before 2026-11-30)
+            return f"encoding={record['encoding']!r}"
         return None
     mean, std = record["mean"], record["std"]
     if not all(isinstance(v, list) and all(_number(x) for x in v) for v in (mean, std)):
@@ -311,7 +320,7 @@ def _file_items(path: Path, record: dict[str, Any]) -> Iterator[tuple[str, Any]]
         yield str(path), path
         return
     try:
-        rows = _table_rows(path)
+        rows = _table_rows(path, record.get("encoding", "utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
         yield str(path), _BadInput(f"cannot be read as {suffix[1:].upper()} ({error})")
         return
@@ -364,8 +373,17 @@ def _sample_shape(record: dict[str, Any]) -> list[int]:
     return record.get("shape", [])
 
 
-def _table_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8-sig")
+def _known_encoding(encoding: Any) -> bool:
+    try:
+        return isinstance(encoding, str) and bool(codecs.lookup(encoding))
+    except LookupError:
+        return False
+
+
+def _table_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
+    """A CSV, TSV or JSONL file's rows, read as ``encoding`` (UTF-8 with or without a BOM)."""
+    utf8 = codecs.lookup(encoding).name == "utf-8"
+    text = path.read_text(encoding="utf-8-sig" if utf8 else encoding)
     if path.suffix.lower() == ".jsonl":
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         if not all(isinstance(row, dict) for row in rows):

@@ -108,7 +108,7 @@ def text_csv(
         input_shape=(max_len,),
         class_names=class_names,
         vocab_size=len(vocabulary) + 2,
-        preprocessing=tokens_record(vocabulary, level, lowercase, max_len, text_column),
+        preprocessing=tokens_record(vocabulary, level, lowercase, max_len, text_column, encoding),
     )
 
 
