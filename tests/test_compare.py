@@ -78,6 +78,29 @@ def test_a_failed_run_is_listed_with_its_error(sweep_dir, tmp_path, capsys, monk
     assert "failed: boom" in console and "optimizer.lr=-1" in console
 
 
+def test_a_run_still_training_is_listed_as_such_not_as_failed(
+    sweep_dir, tmp_path, capsys, monkeypatch
+):
+    import fcntl
+    import os
+    import shutil
+
+    from trainkit.rundir import LOCK_FILE
+
+    busy = tmp_path / "busy"
+    shutil.copytree(job_dir(sweep_dir, 0), busy)
+    (busy / "summary.json").unlink()  # not written until its test is done
+    descriptor = os.open(busy / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)  # as its training process holds it
+    try:
+        monkeypatch.setenv("COLUMNS", "200")
+        cli.main(["compare", str(busy), str(job_dir(sweep_dir, 1)), f"output={tmp_path / 'c.png'}"])
+    finally:
+        os.close(descriptor)
+    console = capsys.readouterr().out
+    assert "still training" in console and "failed" not in console
+
+
 def test_overrides_with_brackets_are_shown_as_typed(sweep_dir, tmp_path, capsys, monkeypatch):
     """A run's overrides are text, not Rich markup: [stem.*] is kept, and [/x] (a closing
     tag to Rich) breaks nothing."""

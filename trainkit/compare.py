@@ -168,6 +168,8 @@ def _table(runs: list[Job], labels: list[str], metrics: list[str]):
                 if run.status == "ok"
                 else f"pruned at epoch {run.summary.get('pruned_at_epoch')}"
                 if run.status == "pruned"
+                else "still training"
+                if run.status == "training"
                 else f"failed: {escape(str(run.error))}"
             )
         table.add_row(*cells)

@@ -439,7 +439,7 @@ def _holder_message(named: str, lock_file: Path) -> str:
     return f"{named} is being written by {who}"
 
 
-def _held(path: Path) -> bool:
+def is_held(path: Path) -> bool:
     """Whether a process holds ``path``'s lock (asked without changing the lock file)."""
     try:
         descriptor = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
@@ -455,7 +455,7 @@ def _held(path: Path) -> bool:
 
 
 def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -> str:
-    if _held(path):
+    if is_held(path):
         return f"{_holder_message(f'{key}={path}', path / LOCK_FILE)}; {_WAIT}"
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     if ".hydra" in entries:

@@ -209,7 +209,7 @@ class Job:
 
     dir: Path
     overrides: list[str]
-    status: str  # "ok", "pruned" (stopped early by a search) or "failed"
+    status: str  # "ok", "pruned" (stopped early by a search), "failed" or "training"
     summary: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -239,6 +239,10 @@ def read_job(run_dir: Path) -> Job:
         return Job(run_dir, overrides, "failed", error=str(failed.get("error", "failed")))
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
+        from trainkit.rundir import is_held
+
+        if is_held(run_dir):  # its process holds its lock: not failed, not done yet
+            return Job(run_dir, overrides, "training", error="still training")
         return Job(run_dir, overrides, "failed", error="no summary.json: interrupted?")
     summary = _read(summary_file, dict)
     if summary is None or not isinstance(summary.get("monitor"), str):
@@ -269,11 +273,11 @@ def _read(path: Path, kind: type) -> Any:
 def rank(jobs: list[Job], monitor: str, mode: str) -> list[Job]:
     """Finished jobs best first by ``monitor`` (``mode`` "max" or "min"), then those
     without that metric, then the pruned ones (by their value when stopped), then the failed
-    ones, each group in job order."""
+    ones and those still training, each group in job order."""
 
     def key(job: Job):
         value = job.summary.get(monitor)
-        if job.status == "failed":
+        if job.status in ("failed", "training"):
             return (3, 0.0)
         if not _finite(value):
             return (1, 0.0)
@@ -541,6 +545,7 @@ def print_table(
             "ok": "ok",
             "pruned": f"pruned at epoch {job.summary.get('pruned_at_epoch')}",
             "failed": "[red]failed[/red]",
+            "training": "training",
         }[job.status]
         cells = [str(position) if ok else "-", _job_label(job), status]
         cells += [cell(name, job.summary.get(name)) for name in metrics]
