@@ -64,12 +64,12 @@ def check_search(launch: DictConfig, arguments: list[str], sweep_dir: str) -> No
     check_params("hydra.sweeper", values, TrainkitOptunaSweeper)
     sweeper = TrainkitOptunaSweeper(**values)
     sweeper.config = launch
-    space = sweeper.search(arguments)[0]
+    space, fixed = sweeper.search(arguments)[:2]
     _check_storage(sweeper.storage, OmegaConf.to_container(node)["storage"])
     # (Optuna writes its tables into a file it opens: only a study of trainkit's is opened.)
     earlier = sweeper.earlier_study(Path(sweep_dir)) if holds_study(Path(sweep_dir)) else None
     if earlier is not None:
-        _check_same_space(earlier, space)
+        _check_same_study(earlier, space, fixed)
 
 
 def _check_storage(storage: str | None, written: str | None) -> None:
@@ -138,7 +138,7 @@ class TrainkitOptunaSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         earlier = self.earlier_study(sweep_dir)
         if earlier is not None:
-            _check_same_space(earlier, space)
+            _check_same_study(earlier, space, fixed)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         try:
@@ -156,6 +156,7 @@ class TrainkitOptunaSweeper(Sweeper):
             )
             raise UserError(f"hydra.sweeper.storage={self.storage}: {first}") from None
         study.set_user_attr("objectives", names)
+        study.set_user_attr("fixed", sorted(fixed))  # what every trial trains with
         trials = study.get_trials(deepcopy=False)
         for trial in trials:  # a trial whose sweep was stopped: it will not report any more
             if trial.state == TrialState.RUNNING:
@@ -335,8 +336,19 @@ def _grid_of(space: dict[str, Any]) -> dict[str, list]:
     return grid
 
 
-def _check_same_space(study, space: dict[str, Any]) -> None:
-    """A continued study must search the space it searched: Optuna cannot mix two."""
+def _check_same_study(study, space: dict[str, Any], fixed: list[str]) -> None:
+    """A continued study must search the space it searched (Optuna cannot mix two), and its
+    new trials train as its earlier ones did (or they would be ranked against trials of
+    another config: fewer epochs, say)."""
+    earlier = study.user_attrs.get("fixed")
+    if isinstance(earlier, list) and sorted(earlier) != sorted(fixed):
+        before = " ".join(sorted(set(earlier) - set(fixed))) or "nothing more"
+        now = " ".join(sorted(set(fixed) - set(earlier))) or "nothing more"
+        raise UserError(
+            f"the study in this sweep directory trained its trials with {before}, and this "
+            f"command gives {now}; give its overrides to continue it, or use a new "
+            "hydra.sweep.dir"
+        )
     for trial in study.get_trials(deepcopy=False):
         for key, distribution in trial.distributions.items():
             if key in space and space[key] != distribution:

@@ -252,6 +252,19 @@ def _(cwd, run):
     ]
 
 
+@case("search-continued-with-other-overrides", "trained its trials with trainer.max_epochs=4, and")
+def _(cwd, run):
+    """Trials of another config (fewer epochs) would be ranked against the earlier ones."""
+    import optuna
+
+    (cwd / "sweep").mkdir()
+    study = optuna.create_study(
+        study_name="trainkit", storage=f"sqlite:///{cwd}/sweep/optuna.db", direction="maximize"
+    )
+    study.set_user_attr("fixed", ["trainer.max_epochs=4"])
+    return [*SEARCH, "hparams_search=random", "hydra.sweep.dir=sweep"]
+
+
 mistake(
     "unknown-objective",
     [*SEARCH, "hparams_search=random", "hydra.sweeper.objectives=[val/acc,val/acuracy]"],
