@@ -321,6 +321,14 @@ mistake(
     "eval-misspelt", ["eval", "checkpint=x"], "checkpint= is no option: did you mean checkpoint=?"
 )
 mistake("eval-folder-of-no-run", ["eval", "checkpoint=."], "checkpoint . is a folder without best")
+
+
+@case("eval-run-without-a-best", "has no checkpoints/best.pt yet; name one it has: checkpoint=")
+def _(cwd, run):
+    """A run stopped before its first validation keeps last.pt only."""
+    stopped = copy_run(run, cwd / "stopped")
+    (stopped / "checkpoints" / "best.pt").unlink()
+    return ["eval", "checkpoint=stopped"]
 mistake("eval-empty-checkpoint", ["eval", "checkpoint="], "checkpoint= names no file")
 mistake("export-empty-checkpoint", ["export", "checkpoint="], "checkpoint= names no file")
 mistake("lr-plot-sweep", ["lr-plot", "-m", "optimizer=sgd,adam"], "lr-plot plans one run; -m")
@@ -1177,6 +1185,16 @@ for _id, _metadata in (
 def _(cwd, run):
     np.save(cwd / "one.npy", np.float32(3))
     return ["predict", f"checkpoint={run}", "input=one.npy", "on_bad_input=error"]
+
+
+@case("eval-an-exported-program", "model.pt2 is a torch.export program (.pt2), not a checkpoint")
+def _(cwd, run):
+    import zipfile
+
+    with zipfile.ZipFile(cwd / "model.pt2", "w") as archive:  # as torch.export.save lays it out
+        archive.writestr("archive/archive_format", "pt2")
+        archive.writestr("archive/models/model.json", "{}")
+    return ["eval", "checkpoint=model.pt2"]
 
 
 mistake("export-unknown-format", ["export", "checkpoint=run", "format=tflite"],

@@ -86,6 +86,14 @@ def find(path: str | Path, name: str = "best.pt") -> Path:
         folder = path
         path = path / "checkpoints" / name if (path / "checkpoints").is_dir() else path / name
         if not path.is_file():
+            others = (
+                sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+            )
+            if others:  # (a run stopped before its first validation has last.pt only)
+                raise UserError(
+                    f"checkpoint {folder} has no {path.relative_to(folder)} yet; name one it has: "
+                    + ", ".join(f"checkpoint={path.parent / other}" for other in others)
+                )
             raise UserError(
                 f"checkpoint {folder} is a folder without {path.relative_to(folder)}: not a run "
                 "directory, or one whose run saved none yet; name a run directory or a .pt file"
@@ -129,7 +137,23 @@ def read(path: Path, named: str, map_location: str | torch.device = "cpu") -> An
             raise UserError(
                 f"{named} is not a PyTorch file (a .pt file torch.save wrote)"
             ) from None
+        if _is_exported_program(path):
+            raise UserError(
+                f"{named} is a torch.export program (.pt2), not a checkpoint; give "
+                "the run's checkpoints/best.pt (or its folder)"
+            ) from None
         raise UserError(f"{named} is truncated or corrupt ({_reason(error)})") from None
+
+
+def _is_exported_program(path: Path) -> bool:
+    """Whether the file is a torch.export archive (``torch.export.save``'s .pt2)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/archive_format") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _looks_like_a_torch_file(path: Path) -> bool:
