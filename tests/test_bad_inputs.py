@@ -1181,6 +1181,13 @@ for _id, _metadata in (
         return ["predict", "model=model.onnx", "input=ok.npy"]
 
 
+@case("predict-beyond-float32", "big.npy:0: a value is not a finite number", process=True)
+def _(cwd, run):
+    """1e39 fits float64, not the model's float32: refused without numpy's warning."""
+    np.save(cwd / "big.npy", np.full((2, 1, 8, 8), 1e39))
+    return ["predict", f"checkpoint={run}", "input=big.npy", "on_bad_input=error"]
+
+
 @case("predict-a-number-for-an-array", "an array of shape (); this model's samples have shape")
 def _(cwd, run):
     np.save(cwd / "one.npy", np.float32(3))
@@ -1576,6 +1583,7 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(
         status, out, err = run_in_process(args, cwd, monkeypatch, capsys)
     assert status == case.status, out + err
     assert "Traceback" not in out + err, out + err
+    assert "Warning:" not in err, err  # (a process's own: pytest keeps in-process warnings)
     if case.status == 0:
         assert case.expect in err, err
     else:
@@ -1694,7 +1702,7 @@ def test_a_sweep_job_locks_its_directory_while_it_trains(tmp_path, monkeypatch):
     real, held = launch.train_in_processes, []
 
     def train_checking_the_lock(cfg, run_dir, sweep_job=""):
-        held.append(rundir._held(run_dir))
+        held.append(rundir.is_held(run_dir))
         return real(cfg, run_dir, sweep_job)
 
     monkeypatch.setattr(launch, "train_in_processes", train_checking_the_lock)

@@ -471,7 +471,8 @@ def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
             raise _BadInput(f"not an image this machine can decode ({error})") from None
         x = F.pil_to_tensor(image)
     else:
-        x = torch.as_tensor(np.asarray(item, dtype=np.float32))
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused just below
+            x = torch.as_tensor(np.asarray(item, dtype=np.float32))
         if not torch.isfinite(x).all():
             raise _BadInput("a pixel is not a finite number")
         if np.asarray(item).dtype.kind == "f" and x.numel() and x.min() >= 0 and x.max() <= 1:
@@ -534,7 +535,8 @@ def _array(item: np.ndarray, record: dict[str, Any]) -> torch.Tensor:
         raise _BadInput(
             f"an array of shape {tuple(np.shape(item))}; the model takes {tuple(record['shape'])}"
         )
-    x = torch.as_tensor(np.asarray(item, dtype=np.float32))
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused just below
+        x = torch.as_tensor(np.asarray(item, dtype=np.float32))
     if not torch.isfinite(x).all():
         raise _BadInput("a value is not a finite number")
     return _normalize(x, record)
