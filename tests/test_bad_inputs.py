@@ -329,6 +329,8 @@ def _(cwd, run):
     stopped = copy_run(run, cwd / "stopped")
     (stopped / "checkpoints" / "best.pt").unlink()
     return ["eval", "checkpoint=stopped"]
+
+
 mistake("eval-empty-checkpoint", ["eval", "checkpoint="], "checkpoint= names no file")
 mistake("export-empty-checkpoint", ["export", "checkpoint="], "checkpoint= names no file")
 mistake("lr-plot-sweep", ["lr-plot", "-m", "optimizer=sgd,adam"], "lr-plot plans one run; -m")
