@@ -116,6 +116,13 @@ def test_overrides_with_brackets_are_shown_as_typed(sweep_dir, tmp_path, capsys,
     assert "finetune.freeze=[stem.*,stages.0.*]" in console and "[/x]" in console
 
 
+def test_a_long_label_is_cut_short_in_the_legend():
+    label = "#1 " + " ".join(f"key{i}=value{i}" for i in range(20))
+    (axes,) = curves_figure([(label, [(1, 0.5)])], "val/acc per epoch", "val/acc").axes
+    (text,) = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert len(text) == 60 and text.endswith("…") and label.startswith(text[:-1])
+
+
 def test_curves_have_a_legend_labelled_axes_and_a_gap_at_a_nan():
     curves = [("optimizer=adam", [(1, 0.5), (2, math.nan), (3, 0.7)]), ("optimizer=sgd", [])]
     (axes,) = curves_figure(curves, "val/acc per epoch", "val/acc").axes

@@ -61,17 +61,18 @@ def compare(paths: list[Path], metrics: list[str], output: Path | None) -> None:
     groups = group_repeats(runs, monitor, "min" if lower_is_better(monitor) else "max")
     if groups:
         console.print(groups_table(groups, monitor, shared))
-        curves = [
-            (" ".join(o for o in group.overrides if o not in shared) or "(the same)",
-             [_curve(run.dir, monitor) for run in group.jobs])
-            for group in groups
+        curves = [  # numbered by their rank in the table
+            (f"#{rank} " + (" ".join(o for o in g.overrides if o not in shared) or "(the same)"),
+             [_curve(run.dir, monitor) for run in g.jobs])
+            for rank, g in enumerate(groups, start=1)
         ]  # fmt: skip
         title = f"{monitor} per epoch: mean ± std of {len(runs)} runs in {len(groups)} groups"
         figure = band_figure([(label, _mean_and_std(c)) for label, c in curves], title, monitor)
         drawn = any(points for _, runs_curves in curves for points in runs_curves)
     else:
-        curves = [
-            (label, _curve(run.dir, monitor)) for run, label in zip(runs, labels, strict=True)
+        curves = [  # numbered as in the table: a long label is cut short in the legend
+            (f"#{number} {label}", _curve(run.dir, monitor))
+            for number, (run, label) in enumerate(zip(runs, labels, strict=True), start=1)
         ]
         figure = curves_figure(curves, f"{monitor} per epoch, {len(runs)} runs", monitor)
         drawn = any(points for _, points in curves)

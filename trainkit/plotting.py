@@ -101,6 +101,15 @@ def lr_find_figure(
     return figure
 
 
+# A legend's label beyond this many characters (a run's overrides, say) is cut short: a
+# longer one would push the plot off the figure.
+LEGEND_LABEL_LIMIT = 60
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LEGEND_LABEL_LIMIT else label[: LEGEND_LABEL_LIMIT - 1] + "…"
+
+
 def curves_figure(
     curves: Sequence[tuple[str, Sequence[tuple[int, float]]]], title: str, ylabel: str
 ):
@@ -113,7 +122,9 @@ def curves_figure(
     for index, (label, points) in enumerate(curves):
         epochs = [epoch for epoch, _ in points]
         values = [value if math.isfinite(value) else math.nan for _, value in points]
-        axes.plot(epochs, values, marker="o", markersize=3, color=COLOURS[index % 10], label=label)
+        axes.plot(
+            epochs, values, marker="o", markersize=3, color=COLOURS[index % 10], label=_short(label)
+        )
     axes.set_title(title, fontsize=10)
     axes.set_xlabel("epoch")
     axes.set_ylabel(ylabel)
@@ -137,7 +148,7 @@ def band_figure(
         colour = COLOURS[index % 10]
         epochs = [epoch for epoch, _, _ in rows]
         means = [mean for _, mean, _ in rows]
-        axes.plot(epochs, means, marker="o", markersize=3, color=colour, label=label)
+        axes.plot(epochs, means, marker="o", markersize=3, color=colour, label=_short(label))
         axes.fill_between(
             epochs,
             [mean - std for _, mean, std in rows],
