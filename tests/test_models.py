@@ -39,9 +39,17 @@ def test_mlp_output_shape_on_flat_and_image_inputs():
     assert build("mlp", (1, 8, 8), hidden=[])(torch.randn(4, 1, 8, 8)).shape == (4, 10)
 
 
-@pytest.mark.parametrize("depth", [7, 9, 21, 2])
-def test_resnet_depth_must_be_6n_plus_2(depth):
-    with pytest.raises(UserError, match=rf"model\.depth={depth} is not 6n\+2"):
+@pytest.mark.parametrize(
+    ("depth", "message"),
+    [
+        (9, "is not 6n\\+2; use 8, 14"),
+        (21, "is not 6n\\+2"),
+        (7, "is out of range: it must be >= 8"),
+        (2, "is out of range: it must be >= 8"),
+    ],
+)
+def test_resnet_depth_must_be_6n_plus_2(depth, message):
+    with pytest.raises(UserError, match=rf"model\.depth={depth} {message}"):
         build("resnet_cifar", (1, 8, 8), depth=depth)
 
 
