@@ -72,6 +72,24 @@ def check_search(launch: DictConfig, arguments: list[str], sweep_dir: str) -> No
         _check_same_study(earlier, space, fixed)
 
 
+# The launchers' loggers, whose line for each job lists its overrides.
+_LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
+_TRIAL_VARIABLE = re.compile(r" \+\+hydra\.job\.env_set\.TRAINKIT_OPTUNA_\w+=(?:'[^']*'|\S+)")
+
+
+def _hide_trial_variables(record: logging.LogRecord) -> bool:
+    """A launcher's line for a job without the overrides that tell the job its trial
+    (``trial_variables``): trainkit's own, not the user's."""
+    message = record.getMessage()
+    if "TRAINKIT_OPTUNA_" in message:
+        record.msg, record.args = _TRIAL_VARIABLE.sub("", message), ()
+    return True
+
+
 def _check_storage(storage: str | None, written: str | None) -> None:
     """A SQLite study's folder exists (unless it is in the sweep directory, which is made
     for it: ``written`` is the value before ``${hydra.sweep.dir}`` was filled in)."""
@@ -132,6 +150,8 @@ class TrainkitOptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)  # optuna's storage, at INFO
+        for name in _LAUNCHER_LOGGERS:
+            logging.getLogger(name).addFilter(_hide_trial_variables)
         # Everything is checked before anything is written (a continued study included).
         space, fixed, names, directions = self.search(arguments)
         sampler, pruner = self.make_sampler(space), make_pruner(self.pruner_spec())

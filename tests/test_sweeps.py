@@ -696,3 +696,6 @@ def test_a_trial_left_running_by_a_stopped_sweep_fails_when_the_study_continues(
     states = [t.state for t in load_study(tmp_path / "sweep").trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert "trial 0 was interrupted: counted as failed" in result.stdout + result.stderr
+    # The launcher's line for the job lists the user's overrides, not trainkit's own.
+    (line,) = [line for line in result.stdout.splitlines() if "\t#1 : " in line]
+    assert "optimizer.lr=" in line and "TRAINKIT_OPTUNA" not in result.stdout + result.stderr
