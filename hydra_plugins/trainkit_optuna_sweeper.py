@@ -176,7 +176,7 @@ class TrainkitOptunaSweeper(Sweeper):
             )
             raise UserError(f"hydra.sweeper.storage={self.storage}: {first}") from None
         study.set_user_attr("objectives", names)
-        study.set_user_attr("fixed", sorted(fixed))  # what every trial trains with
+        study.set_user_attr("fixed", _trained_with(fixed))
         trials = study.get_trials(deepcopy=False)
         for trial in trials:  # a trial whose sweep was stopped: it will not report any more
             if trial.state == TrialState.RUNNING:
@@ -356,12 +356,18 @@ def _grid_of(space: dict[str, Any]) -> dict[str, list]:
     return grid
 
 
+def _trained_with(fixed: list[str]) -> list[str]:
+    """What every trial of a study trains with: the overrides that fix keys, but the choice
+    of a sampler (hparams_search=...), which a continued study may change."""
+    return sorted(o for o in fixed if o.partition("=")[0].lstrip("+~") != "hparams_search")
+
+
 def _check_same_study(study, space: dict[str, Any], fixed: list[str]) -> None:
     """A continued study must search the space it searched (Optuna cannot mix two), and its
     new trials train as its earlier ones did (or they would be ranked against trials of
     another config: fewer epochs, say)."""
-    earlier = study.user_attrs.get("fixed")
-    if isinstance(earlier, list) and sorted(earlier) != sorted(fixed):
+    earlier, fixed = study.user_attrs.get("fixed"), _trained_with(fixed)
+    if isinstance(earlier, list) and sorted(earlier) != fixed:
         before = " ".join(sorted(set(earlier) - set(fixed))) or "nothing more"
         now = " ".join(sorted(set(fixed) - set(earlier))) or "nothing more"
         raise UserError(
