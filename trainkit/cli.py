@@ -698,7 +698,7 @@ def evaluate(args: list[str]) -> None:
         if (run_dir / ".hydra").is_dir():  # in a run: not while another process writes it
             fix = "evaluate it when that ends, or now with output_dir=A_NEW_FOLDER"
             named = f"checkpoint={checkpoint_path}: its run {run_dir}"
-            run = rundir.lock_run(run_dir, "checkpoint", fix, named)
+            run = rundir.lock_run(run_dir, key, fix, named)  # (key: where a write fails)
     else:
         output_dir, key = Path(given).expanduser(), "output_dir"
     try:
