@@ -411,6 +411,13 @@ def _(cwd, run):
             "trainer.devices=2"]  # fmt: skip
 
 
+@case("ddp-data-mistake", "cannot split 20 samples of 10 classes", process=True)
+def _(cwd, run):
+    """Found by the main process while the other waits for it: said as it is, not as the
+    peer that went away."""
+    return train("data.num_samples=20", "trainer.devices=2")
+
+
 @case("plugin-imports-missing", "plugins: 'needs_xyz' imports 'absent_xyz', which is not")
 def _(cwd, run):
     write(cwd / "needs_xyz.py", "import absent_xyz\n")
@@ -1473,7 +1480,7 @@ FOUND_IN_RUN = {
     "images-resize-below-size", "jsonl-bad-line", "jsonl-not-object", "text-empty-file",
     "text-missing-column", "text-missing-file", "text-missing-label", "text-not-utf8",
     "text-one-label", "text-path-a-folder", "text-suffix", "text-unknown-encoding",
-    "text-val-label-unseen", "too-few-to-stratify",
+    "text-val-label-unseen", "too-few-to-stratify", "ddp-data-mistake",
     # in what the data is: its number of classes, its kind of target, its tokens
     "class-weights-count", "monitor-not-logged", "sampler-balanced-regression",
     "text-read-by-an-mlp",

@@ -416,3 +416,17 @@ def test_a_fold_of_the_digits_through_the_config():
     cfg = config.resolve(config.compose(config.prepare(["data.folds=4", "data.fold=3"])))
     splits, _ = build_data(cfg, seed=0)
     assert len(splits.test) == 270 and len(splits.val) in (381, 382)  # 1,527 / 4
+
+
+def test_an_eval_split_smaller_than_the_processes_is_refused():
+    """Each process evaluates a share of the val and test splits: an empty share would
+    leave a process out of the gathering of metrics (gloo aborts the run)."""
+    from trainkit import config
+    from trainkit.build import build_data
+
+    overrides = ["data=synthetic", "data.num_samples=40", "data.num_classes=2",
+                 "data.val_fraction=0.05", "data.test_fraction=0.05"]  # fmt: skip
+    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    assert len(build_data(cfg, seed=0, world_size=2)[0].val) == 2
+    with pytest.raises(UserError, match="the val split has 2 samples, fewer than the 3 processes"):
+        build_data(cfg, seed=0, world_size=3)

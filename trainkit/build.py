@@ -226,8 +226,15 @@ def build_data(
         )
     check_labels(splits)
     for split_name in ("val", "test"):
-        if len(getattr(splits, split_name)) == 0:
+        size = len(getattr(splits, split_name))
+        if size == 0:
             raise UserError(f"data.{split_name}_fraction leaves the {split_name} split empty")
+        if size < world_size:  # each process evaluates a share of it: none may be empty
+            raise UserError(
+                f"data: the {split_name} split has {size} samples, fewer than the "
+                f"{world_size} processes (trainer.devices) that each evaluate a share of it; "
+                f"give it more (data.{split_name}_fraction) or train in fewer processes"
+            )
     splits.train.transform = AUGMENTATIONS.build(
         cfg.augmentation, "augmentation", image_size=splits.image_size
     )

@@ -106,12 +106,16 @@ def barrier() -> None:
 
 @contextmanager
 def main_process_first():
-    """The main process runs the block first (a download, say), then the others do."""
+    """The main process runs the block first (a download, say), then the others do; also
+    when it fails there, so that they fail in it as it did (a mistake in the data said as
+    it is, not as a peer that went away)."""
     if not is_main_process():
         barrier()
-    yield
-    if is_main_process():
-        barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

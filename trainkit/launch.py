@@ -82,13 +82,15 @@ def train_distributed(
         last = run_dir / "checkpoints" / "last.pt"
         raise Interrupted(error.sigval, last if last.exists() else None) from None
     except ChildFailedError as error:
-        # A user's mistake found in a worker still ends in its one line.
-        _, failure = error.get_first_failure()
-        message = failure.message  # the worker's error file: {"message": "UserError: ..."}
-        if isinstance(message, dict):
-            message = message.get("message", "")
-        if isinstance(message, str) and "UserError: " in message:
-            raise UserError(message.split("UserError: ", 1)[1].strip()) from None
+        # A user's mistake found in a worker still ends in its one line, whichever worker
+        # failed first (the others may fail first as the peer they lost).
+        _, first = error.get_first_failure()
+        for failure in [first, *error.failures.values()]:
+            message = failure.message  # the worker's error file: {"message": "UserError: ..."}
+            if isinstance(message, dict):
+                message = message.get("message", "")
+            if isinstance(message, str) and "UserError: " in message:
+                raise UserError(message.split("UserError: ", 1)[1].strip()) from None
         raise
 
 
