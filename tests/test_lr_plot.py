@@ -219,6 +219,15 @@ def test_a_run_without_a_plan_trains_and_logs_its_lr(tmp_path, monkeypatch):
 
 
 @pytest.mark.distributed
+def test_the_linear_scaling_rule_reads_the_samples_of_an_optimizer_step():
+    """Half the batch, accumulated twice: the same 64 samples a step, the same lr."""
+    whole = planned(["trainer.lr_reference_batch=256", "data.batch_size=64"])
+    halves = planned(
+        ["trainer.lr_reference_batch=256", "data.batch_size=32", "trainer.accumulate=2"]
+    )
+    assert whole[0] == halves[0] == pytest.approx(0.1 * 64 / 256)
+
+
 @pytest.mark.slow
 def test_the_plan_is_the_lr_of_a_two_process_run(tmp_path):
     """Two processes halve each one's batches per epoch and double the global batch that the

@@ -162,8 +162,9 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     parts.optimizer = OPTIMIZERS.build(cfg.optimizer, "optimizer", model=model)
     if settings.lr_reference_batch:
         # The linear scaling rule (Goyal et al. 2017): the lr grows with the global batch,
-        # so one recipe trains alike on 1 or 8 GPUs. Before the schedule reads the lrs.
-        global_batch = loaders["train"].batch_size * world
+        # the samples of one optimizer step (accumulated batches too), so one recipe trains
+        # alike on 1 or 8 GPUs, or with a batch cut to fit. Before the schedule reads the lrs.
+        global_batch = loaders["train"].batch_size * world * settings.accumulate
         for group in parts.optimizer.param_groups:
             group["lr"] *= global_batch / settings.lr_reference_batch
     batches = len(loaders["train"])

@@ -41,6 +41,7 @@ class TrainerSettings:
     devices: PositiveInt = 1
     sync_batchnorm: bool = False  # batch statistics over all processes' batches
     # Linear lr scaling: lr x (global batch / lr_reference_batch), e.g. 256; 0 keeps the lr.
+    # The global batch: the samples of one optimizer step, over processes and accumulation.
     lr_reference_batch: NonNegativeInt = 0
     # Checkpoints: last.pt at every epoch's end, and every this many optimizer steps (0: only
     # at epoch ends); the newest keep_last of those and the keep_best best stay as files too.
