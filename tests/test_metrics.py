@@ -311,3 +311,28 @@ def test_sequence_accuracy_and_character_error_rate_match_a_hand_count():
     assert values["test/cer"] == pytest.approx(edits / sum(len(e) for e in expected))
     assert values["test/seq_acc"] == pytest.approx(1 / 5)
     assert values["test/loss"] == pytest.approx(1.5)
+
+
+def test_knn_takes_the_majority_and_breaks_a_tie_by_the_nearest_neighbour():
+    """Against scikit-learn's KNeighborsClassifier for majorities, and by hand for the tie
+    (neighbours 6, 8, 8, 0, 6 from nearest: 6 and 8 have two votes, 6 is nearer)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from trainkit.metrics import knn_predict
+
+    angles = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 1.0])  # from the query (angle 0) out
+    gallery = torch.stack([angles.cos(), angles.sin()], dim=1)
+    query = torch.tensor([[1.0, 0.0]])
+    assert knn_predict(gallery, torch.tensor([6, 8, 8, 0, 6, 1]), query, k=5).item() == 6
+    assert knn_predict(gallery, torch.tensor([8, 6, 6, 0, 8, 1]), query, k=5).item() == 8
+
+    generator = torch.Generator().manual_seed(0)
+    points = torch.nn.functional.normalize(torch.randn(200, 8, generator=generator), dim=1)
+    labels = torch.randint(0, 3, (200,), generator=generator)
+    queries = torch.nn.functional.normalize(torch.randn(50, 8, generator=generator), dim=1)
+    ours = knn_predict(points, labels, queries, k=3)  # k odd over 3 labels: ties need 1-1-1
+    theirs = KNeighborsClassifier(3, metric="cosine").fit(points, labels).predict(queries)
+    counts = [torch.bincount(labels[(queries[i] @ points.T).topk(3).indices], minlength=3)
+              for i in range(50)]  # fmt: skip
+    majority = [i for i in range(50) if counts[i].max() >= 2]
+    assert ours[majority].tolist() == theirs[majority].tolist()

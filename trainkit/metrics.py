@@ -196,8 +196,8 @@ def knn_predict(
     leave_one_out: bool = False,
 ) -> torch.Tensor:
     """The majority label among each query's ``k`` most similar gallery rows (rows are
-    L2-normalized embeddings); with ``leave_one_out`` the queries are the gallery and a row
-    is never its own neighbour."""
+    L2-normalized embeddings); a tie goes to the tied label of the nearest neighbour. With
+    ``leave_one_out`` the queries are the gallery and a row is never its own neighbour."""
     similarity = queries @ gallery.T
     if leave_one_out:
         similarity.fill_diagonal_(-float("inf"))
@@ -205,10 +205,12 @@ def knn_predict(
     nearest = similarity.topk(k, dim=1).indices
     neighbour_labels = gallery_labels[nearest]
     num_labels = int(gallery_labels.max()) + 1
-    votes = F.one_hot(neighbour_labels, num_labels).float()
-    # A tiny bonus by rank breaks ties in favour of the nearer neighbours.
-    votes += torch.linspace(1e-3, 0, k, device=votes.device)[None, :, None] * votes
-    return votes.sum(dim=1).argmax(dim=1)
+    votes = F.one_hot(neighbour_labels, num_labels)  # (queries, k, labels)
+    counts = votes.sum(dim=1)
+    # Ties: the label whose nearest neighbour is nearest wins, by a bonus below one vote.
+    ranks = torch.arange(k, device=votes.device)[None, :, None].expand_as(votes)
+    first = torch.where(votes > 0, ranks, k).min(dim=1).values
+    return (counts + (k - first) / (k + 1)).argmax(dim=1)
 
 
 class EmbeddingMetrics(_LossAndScores):
