@@ -817,6 +817,15 @@ def _(cwd, run):
     return train_mlp_on("data=digits", "augmentation=digits", "data.on_device=true")
 
 
+mistake("mixup-for-regression", train_mlp_on("data=diabetes", "regularization=[mixup]"),
+        "regularization.mixup mixes class labels, and task=regression has none")  # fmt: skip
+
+
+@case("mixup-of-features", "regularization.mixup mixes images, and this data's inputs are not")
+def _(cwd, run):
+    return train_mlp_on("data=breast_cancer", "regularization=[mixup]")
+
+
 @case("mixup-without-cross-entropy", "mixes targets into class probabilities")
 def _(cwd, run):
     return train("regularization=[mixup]", "loss=nll")
@@ -1483,7 +1492,7 @@ FOUND_IN_RUN = {
     "text-val-label-unseen", "too-few-to-stratify", "ddp-data-mistake",
     # in what the data is: its number of classes, its kind of target, its tokens
     "class-weights-count", "monitor-not-logged", "sampler-balanced-regression",
-    "text-read-by-an-mlp",
+    "text-read-by-an-mlp", "mixup-of-features",
     # in a checkpoint's contents, or the model built from it
     "eval-other-model", "finetune-freeze-everything", "finetune-freeze-matches-nothing",
     "init-from-another-model", "init-from-garbage", "init-from-no-state-dict",

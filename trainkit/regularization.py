@@ -330,6 +330,11 @@ class _BatchMix(Regularizer):
         self._transform = None
 
     def configure(self, cfg: DictConfig) -> None:
+        if cfg.task.name != "classification":  # (no loss would make the targets classes)
+            raise UserError(
+                f"regularization.{self.name} mixes class labels, and task={cfg.task.name} has "
+                "none; it is for task=classification: leave it out"
+            )
         # Mixed targets are class probabilities, which only some losses take.
         fit = fit_of(cfg.loss.name) if cfg.loss.name in LOSSES else None
         if fit is not None and not fit.soft_targets:
@@ -340,6 +345,11 @@ class _BatchMix(Regularizer):
             )
 
     def mix_batch(self, inputs, targets, num_classes):
+        if inputs.ndim != 4:  # (torchvision's transforms take batches of images only)
+            raise UserError(
+                f"regularization.{self.name} mixes images, and this data's inputs are not "
+                f"images (each of shape {tuple(inputs.shape[1:])}); leave it out"
+            )
         if targets.ndim > 1 or torch.rand(()).item() >= self.p:
             return inputs, targets  # already mixed by the other one, or not this batch
         if self._transform is None:
