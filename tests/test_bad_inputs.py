@@ -821,6 +821,18 @@ mistake("mixup-for-regression", train_mlp_on("data=diabetes", "regularization=[m
         "regularization.mixup mixes class labels, and task=regression has none")  # fmt: skip
 
 
+@case("augmentation-crop-larger-than-images", "augmentation=pipeline fails on this data's first")
+def _(cwd, run):
+    return train_mlp_on("data=digits", "augmentation=pipeline",
+                        "augmentation.steps=[{name: RandomCrop, size: 12}]")  # fmt: skip
+
+
+@case("augmentation-makes-three-channels", "turns this data's samples into shape (3, 8, 8)")
+def _(cwd, run):
+    step = "{name: Normalize, mean: [0.5, 0.5, 0.5], std: [0.2, 0.2, 0.2]}"
+    return train_mlp_on("data=digits", "augmentation=pipeline", f"augmentation.steps=[{step}]")
+
+
 @case("mixup-of-features", "regularization.mixup mixes images, and this data's inputs are not")
 def _(cwd, run):
     return train_mlp_on("data=breast_cancer", "regularization=[mixup]")
@@ -1499,8 +1511,9 @@ FOUND_IN_RUN = {
     "init-from-nowhere", "init-from-objects", "init-from-plugin-in-checkpoint",
     # in the machine (its memory)
     "out-of-memory", "out-of-memory-ddp",
-    # in the built augmentation: config alone decides it, but is read only as the run builds it
-    "on-device-rotation",
+    # in the built augmentation, on the data's images
+    "on-device-rotation", "augmentation-crop-larger-than-images",
+    "augmentation-makes-three-channels",
 }  # fmt: skip
 
 

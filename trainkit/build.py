@@ -239,6 +239,7 @@ def build_data(
     splits.train.transform = AUGMENTATIONS.build(
         cfg.augmentation, "augmentation", image_size=splits.image_size
     )
+    _check_augmentation(splits, cfg.augmentation.name)
     if overfit_batches:
         # A model that cannot drive the loss of a few batches to ~0 has a bug.
         few = Subset(
@@ -248,6 +249,33 @@ def build_data(
         splits = dataclasses.replace(splits, train=few, val=few)
     loaders = build_loaders(splits, loader_settings, seed, world_size, rank, device)
     return splits, loaders
+
+
+def _check_augmentation(splits: Splits, name: str) -> None:
+    """The train split's augmentation on its first sample, once, before training: a step
+    torchvision refuses for this data (a crop larger than its images, a zero std) is one
+    line now, not a traceback from a loader's worker. Its random numbers are not the run's."""
+    if getattr(splits.train, "transform", None) is None or len(splits.train) == 0:
+        return
+    with torch.random.fork_rng(devices=[]):
+        try:
+            sample = splits.train[0][0]
+        except UserError:
+            raise
+        except Exception as error:
+            reason = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise UserError(
+                f"augmentation={name} fails on this data's first training sample ({reason}); "
+                "fix its steps for these images, or choose another augmentation"
+            ) from None
+    shape = tuple(getattr(sample, "shape", ()))
+    if isinstance(sample, torch.Tensor) and shape != tuple(splits.input_shape):
+        raise UserError(
+            f"augmentation={name} turns this data's samples into shape {shape}, and the model "
+            f"takes {tuple(splits.input_shape)}; fix its steps for these images"
+        )
 
 
 def class_counts(splits: Splits) -> list[int] | None:
