@@ -64,11 +64,14 @@ UNFREEZING = ["finetune.freeze=[1.*]", "finetune.unfreeze_at_epoch=2"]
     "extra", [[], pytest.param(UNFREEZING, marks=pytest.mark.slow)], ids=["plain", "unfreezing"]
 )
 def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_path, extra):
-    two = tmp_path / "two"
+    two, temporary = tmp_path / "two", tmp_path / "tmp"
     two.mkdir()
-    result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=ONE_THREAD)
+    temporary.mkdir()
+    env = {**ONE_THREAD, "TMPDIR": str(temporary)}
+    result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=env)
     assert result.returncode == 0, result.stderr
     assert "on cpu in 2 processes (DDP)" in result.stdout + result.stderr
+    assert not list(temporary.iterdir())  # (torch's launcher left a torchelastic_* folder)
     (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
     one = tmp_path / "one"
     one.mkdir()

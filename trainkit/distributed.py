@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -161,6 +163,7 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
     The worker runs in a fresh interpreter (spawn), so it and its arguments must be
     importable and picklable. A failing worker stops them all and raises here.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # The agent logs every start and stop, and a failed worker's traceback; the failure
@@ -179,6 +182,13 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
+        # The workers' error files (which the failure raised here has read by then) go to
+        # a folder of this process's own, removed after: torch's default is one more
+        # /tmp/torchelastic_* left behind by every run.
+        logs_specs=DefaultLogsSpecs(log_dir=(logs := tempfile.mkdtemp(prefix="trainkit-ddp-"))),
     )
-    results = elastic_launch(config, worker)(*args)
+    try:
+        results = elastic_launch(config, worker)(*args)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
     return results[0]
