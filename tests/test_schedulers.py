@@ -54,6 +54,13 @@ def test_every_registered_schedule_has_a_test():
     assert set(SCHEDULERS.names()) == tested
 
 
+def test_a_schedule_by_epoch_after_a_fractional_warmup_takes_its_epochs_to_the_last():
+    """warmup_epochs=1.5 of 4: cosine over the 2 epochs after epoch 2, the last at half the
+    lr (it trained at 0 before)."""
+    used = run(node("cosine", interval="epoch", warmup_epochs=1.5), 3, 4)
+    assert used[6:9] == pytest.approx([LR] * 3) and used[9:] == pytest.approx([LR / 2] * 3)
+
+
 def test_constant():
     assert_close(run(node("constant"), 3, 2), [LR] * 6)
 

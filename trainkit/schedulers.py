@@ -34,10 +34,16 @@ class Schedule:
     """The runner's view of a schedule: ``step_batch`` after every optimizer step,
     ``step_epoch`` after every validation; one ``state_dict`` for checkpoints."""
 
-    def __init__(self, main, interval: str, warmup=None, warmup_steps: int = 0, monitor=None):
+    def __init__(
+        self, main, interval: str, warmup=None, warmup_steps: int = 0, monitor=None,
+        steps_per_epoch: int = 1,
+    ):  # fmt: skip
         self.main, self.interval, self.monitor = main, interval, monitor
         self.warmup, self.warmup_steps = warmup, warmup_steps
         self.batches = 0
+        # A schedule by epoch starts after the last epoch with warmup in it (warmup_epochs=1.5:
+        # after epoch 2), so that it takes its `total` epochs, down to the run's last.
+        self.epoch_steps_from = (math.ceil(warmup_steps / steps_per_epoch) + 1) * steps_per_epoch
 
     def step_batch(self) -> None:
         self.batches += 1
@@ -47,7 +53,7 @@ class Schedule:
             self.main.step()
 
     def step_epoch(self, metrics: Mapping[str, float]) -> None:
-        if self.interval != "epoch" or self.batches <= self.warmup_steps:
+        if self.interval != "epoch" or self.batches < self.epoch_steps_from:
             return
         if isinstance(self.main, lr_scheduler.ReduceLROnPlateau):
             self.main.step(metrics[self.monitor])
@@ -114,7 +120,7 @@ def build_schedule(
         warmup = lr_scheduler.LinearLR(
             optimizer, settings.warmup_start_factor, 1.0, total_iters=warmup_steps
         )
-    return Schedule(main, settings.interval, warmup, warmup_steps, monitor)
+    return Schedule(main, settings.interval, warmup, warmup_steps, monitor, steps_per_epoch)
 
 
 # --- the schedules -------------------------------------------------------------------------
