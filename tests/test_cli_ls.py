@@ -16,6 +16,8 @@ def test_ls_lists_every_component_of_a_group(capsys, monkeypatch):
     for name in SCHEDULERS.names():
         assert f"│ {name} " in out
     assert "step_size: an integer >= 1 or null = null" in out
+    assert "every scheduler also takes interval: one of 'step', 'epoch'" in out
+    assert "warmup_epochs: a number >= 0 = 0.0" in out
     assert "optimizer" not in out.split("\n")[0]
 
 

@@ -902,9 +902,11 @@ def list_components(args: list[str]) -> None:
         describe_parameters,
         load_components,
     )
+    from trainkit.settings import LoaderSettings, ScheduleSettings
 
     load_components()
     groups = {**GROUP_REGISTRIES, **MULTI_GROUPS}
+    shared = {"scheduler": ScheduleSettings, "data": LoaderSettings}
     for group in args:
         if group not in groups:
             hint = difflib.get_close_matches(group, groups, n=1)
@@ -929,6 +931,11 @@ def list_components(args: list[str]) -> None:
                 for key, text in describe_parameters(builder, registry.runtime, defaults)
             )
             table.add_row(name, parameters or "-", _plain_text(builder.__doc__ or ""))
+        if group in shared:  # keys every option of the group takes besides its own
+            table.caption = f"every {group} also takes " + "; ".join(
+                f"{key}: {text}" for key, text in describe_parameters(shared[group])
+            )
+            table.caption_justify = "left"
         console.print(table)
 
 
