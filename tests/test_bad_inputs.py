@@ -817,6 +817,8 @@ def _(cwd, run):
     return train_mlp_on("data=digits", "augmentation=digits", "data.on_device=true")
 
 
+mistake("warmup-before-a-schedule-with-its-own", train("scheduler=inverse_sqrt",
+        "scheduler.warmup_epochs=1"), "scheduler=inverse_sqrt warms up by itself")  # fmt: skip
 mistake("mixup-for-regression", train_mlp_on("data=diabetes", "regularization=[mixup]"),
         "regularization.mixup mixes class labels, and task=regression has none")  # fmt: skip
 

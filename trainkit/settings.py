@@ -148,9 +148,24 @@ def split_data_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], LoaderSett
     return dataset_node, settings
 
 
+# Schedules that warm up by themselves, and the keys that say how: a warmup_epochs before
+# theirs would hold the lr at their starting point (0 for inverse_sqrt), not ramp it.
+OWN_WARMUP = {
+    "inverse_sqrt": "scheduler.warmup (steps) and scheduler.warmup_lr",
+    "onecycle": "scheduler.pct_start",
+}
+
+
 def split_scheduler_node(node: Mapping[str, Any]) -> tuple[dict[str, Any], ScheduleSettings]:
     """Separate the schedule's own keys from the shared interval and warmup settings."""
     shared = set(ScheduleSettings.__dataclass_fields__)
     own = {k: v for k, v in node.items() if k not in shared}
     settings = {k: v for k, v in node.items() if k in shared}
-    return own, ScheduleSettings(**check_params("scheduler", settings, ScheduleSettings))
+    checked = ScheduleSettings(**check_params("scheduler", settings, ScheduleSettings))
+    name = own.get("name")
+    if checked.warmup_epochs and name in OWN_WARMUP:
+        raise UserError(
+            f"scheduler={name} warms up by itself ({OWN_WARMUP[name]}); leave out "
+            f"scheduler.warmup_epochs={checked.warmup_epochs:g}"
+        )
+    return own, checked
