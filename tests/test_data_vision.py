@@ -485,3 +485,20 @@ def test_on_bad_image_takes_skip_or_error(tmp_path):
     make_imagefolder(tmp_path)
     with pytest.raises(UserError, match=r"^data\.on_bad_image='ignore' .*'skip', 'error'"):
         folder_splits(tmp_path, on_bad_image="ignore")
+
+
+def test_the_augmentation_check_reads_the_first_image_as_the_loader_does(tmp_path):
+    """Before training, the train transform runs on the first sample (a mistake in it is one
+    line then): under on_bad_image=skip, a first image that cannot be decoded is left out
+    there too, not taken for a mistake."""
+    from trainkit import config
+    from trainkit.build import build_data
+
+    root = make_imagefolder(tmp_path / "images", splits=("train", "val", "test"))
+    first = sorted((root / "train").rglob("*.png"))[0]
+    first.write_bytes(b"not an image")
+    overrides = ["data=imagefolder", f"data.root={root}", "data.image_size=16",
+                 "data.resize=16", "augmentation=basic"]  # fmt: skip
+    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    splits, _ = build_data(cfg, seed=0)
+    assert len(splits.train) == 30

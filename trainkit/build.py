@@ -257,9 +257,15 @@ def _check_augmentation(splits: Splits, name: str) -> None:
     line now, not a traceback from a loader's worker. Its random numbers are not the run's."""
     if getattr(splits.train, "transform", None) is None or len(splits.train) == 0:
         return
+    train = splits.train
     with torch.random.fork_rng(devices=[]):
         try:
-            sample = splits.train[0][0]
+            # As its loader reads it (an image folder leaves out an image it cannot decode):
+            # a batch of one, whose first input is the sample.
+            if callable(getattr(train, "__getitems__", None)):
+                sample = train.__getitems__([0])[0][0]
+            else:
+                sample = train[0][0]
         except UserError:
             raise
         except Exception as error:
