@@ -159,6 +159,21 @@ def test_a_failed_download_leaves_no_folder_it_made(name, tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.rglob("*")] == ["data", "mine.txt"]
 
 
+def test_a_download_that_fails_midway_removes_what_it_wrote_and_nothing_else(tmp_path):
+    """Its partial archive goes; a file another process put in the folder meanwhile stays,
+    and so does the folder that holds it."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+
+    def fetch():  # the connection drops after part of the archive, while another job writes
+        (raw / "train.gz").write_bytes(b"part of it")
+        (raw / "theirs.txt").write_text("another process's")
+        raise OSError("connection reset")
+
+    with pytest.raises(UserError, match="download failed"):
+        vision._ensure_files("mnist", [raw / "train"], [raw / "train.gz"], True, fetch, "hint")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["MNIST", "data", "raw", "theirs.txt"]
+
+
 def test_mnist_offline_error_lists_the_four_files(tmp_path, monkeypatch):
     no_network(monkeypatch)
     with pytest.raises(UserError) as error:

@@ -22,7 +22,6 @@ import functools
 import logging
 import os
 import pickle
-import shutil
 import socket
 import struct
 import warnings
@@ -40,7 +39,7 @@ from trainkit.data.preprocess import convert_image, image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
-from trainkit.rundir import make_folders
+from trainkit.rundir import make_folders, remove_made
 
 # Per socket operation (connect, each read), not per file: a machine without network fails in
 # seconds instead of hanging, while a slow but working download still finishes. (Name lookups
@@ -84,16 +83,19 @@ def _ensure_files(
                 ) from None
     missing = [path for path in needed if not path.is_file()]
     if missing and download:
-        # The download's folders (data/, data/MNIST/raw/), made here: what a failed download
-        # leaves in the ones this process made is its own, and goes with them.
+        # The download's folders (data/, data/MNIST/raw/), made here: on failure, what the
+        # download writes in them (its archives and files, by name: not whatever another
+        # process put beside them) goes, then the folders, where empty.
         made = make_folders(missing[0].parent, "data.root")
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
             fetch()
         except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
-            if made:
-                shutil.rmtree(made[0], ignore_errors=True)
+            for path in [*archives, *needed]:
+                if path.parent in made:
+                    path.unlink(missing_ok=True)
+            remove_made(made)
             raise UserError(
                 f"data {name}: download failed ({_one_line(error)}); without network, {hint}"
             ) from None
