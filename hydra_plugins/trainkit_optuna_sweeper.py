@@ -37,7 +37,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 from trainkit.registry import NonNegativeInt, PositiveInt, check_params
 from trainkit.rundir import holds_study
 
@@ -171,10 +171,7 @@ class TrainkitOptunaSweeper(Sweeper):
                 load_if_exists=True,
             )
         except Exception as error:  # the storage cannot be opened or written
-            first = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            raise UserError(f"hydra.sweeper.storage={self.storage}: {first}") from None
+            raise UserError(f"hydra.sweeper.storage={self.storage}: {first_line(error)}") from None
         study.set_user_attr("objectives", names)
         study.set_user_attr("fixed", _trained_with(fixed))
         trials = study.get_trials(deepcopy=False)

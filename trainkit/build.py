@@ -23,7 +23,7 @@ from torch.utils.data import Subset
 from trainkit import config, distributed, finetune
 from trainkit.data import Splits, build_loaders
 from trainkit.data.splits import check_labels, k_fold
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 from trainkit.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -269,11 +269,9 @@ def _check_augmentation(splits: Splits, name: str) -> None:
         except UserError:
             raise
         except Exception as error:
-            reason = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
             raise UserError(
-                f"augmentation={name} fails on this data's first training sample ({reason}); "
+                f"augmentation={name} fails on this data's first training sample "
+                f"({first_line(error)}); "
                 "fix its steps for these images, or choose another augmentation"
             ) from None
     shape = tuple(getattr(sample, "shape", ()))

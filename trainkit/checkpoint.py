@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainkit.errors import UserError, file_system_reason
+from trainkit.errors import UserError, file_system_reason, first_line
 from trainkit.registry import plugins_not_named
 
 
@@ -262,12 +262,7 @@ def _reason(error: BaseException) -> str:
         return found.group(1).strip()
     if "Weights only load failed" in message:
         return "not a pickle of tensors"
-    return _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, what: str) -> None:
@@ -295,7 +290,7 @@ def load_weights(module: torch.nn.Module, weights: dict[str, Any], path: Path, w
     try:
         module.load_state_dict(weights)
     except RuntimeError as error:
-        raise UserError(f"checkpoint {path} does not fit {what}: {_first_line(error)}") from None
+        raise UserError(f"checkpoint {path} does not fit {what}: {first_line(error)}") from None
 
 
 # --- what a checkpoint holds besides weights, and which files are kept ---------------------

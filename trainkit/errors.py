@@ -26,6 +26,13 @@ class UserError(Exception):
     """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (a library's may run to pages), or the name of
+    its type when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def file_system_reason(error: BaseException) -> str | None:
     """Why the file system refused, for an OSError of the file system (or torch's
     RuntimeError around one, which torch.save raises on a full disk); None for anything else

@@ -24,7 +24,7 @@ from trainkit import __version__, checkpoint, config
 from trainkit.build import build
 from trainkit.data import Splits
 from trainkit.data.preprocess import check_description
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 from trainkit.rundir import write_new_file
 
 METADATA_KEY = "trainkit"  # the ONNX metadata property, and the .pt2 extra file's stem
@@ -204,8 +204,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # (protobuf's DecodeError, among others): damaged, or not ONNX
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{not_ours} (it cannot be read as ONNX: {reason})") from None
+        raise UserError(f"{not_ours} (it cannot be read as ONNX: {first_line(error)})") from None
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             try:

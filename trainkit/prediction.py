@@ -24,7 +24,7 @@ from trainkit import checkpoint, config
 from trainkit.build import build
 from trainkit.data import Splits
 from trainkit.data.preprocess import check_description, list_inputs, prepare
-from trainkit.errors import UserError
+from trainkit.errors import UserError, first_line
 from trainkit.reporting import is_terminal
 from trainkit.rundir import free_file_name, write_new_file
 from trainkit.tasks import MetricLearning
@@ -160,8 +160,9 @@ def _from_onnx(path: Path):
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # a graph edited or damaged after export
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"model={path} cannot be run by onnxruntime ({reason})") from None
+        raise UserError(
+            f"model={path} cannot be run by onnxruntime ({first_line(error)})"
+        ) from None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         (out,) = session.run(None, {"input": x.numpy()})

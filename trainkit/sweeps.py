@@ -325,8 +325,12 @@ def configuration(job: Job) -> str:
             if isinstance(config.get(node), dict):
                 config[node] = {k: v for k, v in config[node].items() if k != leaf}
         return json.dumps(config, sort_keys=True, default=str)
-    overrides = [o for o in job.overrides if _key_of(o) not in REPEAT_KEYS]
-    return json.dumps(sorted(_as_written(o) for o in overrides))
+    return json.dumps(sorted(_as_written(o) for o in _without_repeats(job.overrides)))
+
+
+def _without_repeats(overrides: list[str]) -> list[str]:
+    """``overrides`` without the seed and fold they repeat a configuration over."""
+    return [o for o in overrides if _key_of(o) not in REPEAT_KEYS]
 
 
 def _as_written(override: str) -> str:
@@ -379,8 +383,8 @@ def group_repeats(jobs: list[Job], monitor: str, mode: str) -> list[Group]:
     ``trainer.seed`` or ``data.fold``)."""
     groups: dict[str, Group] = {}
     for job in sorted(jobs, key=lambda j: (job_number(j.dir) is None, job_number(j.dir) or 0)):
-        shown = [o for o in job.overrides if _key_of(o) not in REPEAT_KEYS]
-        groups.setdefault(configuration(job), Group(shown, [])).jobs.append(job)
+        key = configuration(job)
+        groups.setdefault(key, Group(_without_repeats(job.overrides), [])).jobs.append(job)
     if all(len(group.jobs) < 2 for group in groups.values()):
         return []
 
