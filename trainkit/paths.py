@@ -39,6 +39,14 @@ def option_defaults(group: str, name: str) -> dict:
     return {key: value for key, value in node.items() if key != "defaults"}
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists (os.path.exists: not one under a file
+    or a folder this process may not enter)."""
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_writable(directory: Path, key: str) -> None:
     """Raise UserError unless run directories can be made at ``directory`` (relative to the
     working directory; it need not exist yet). ``key`` is the config key that moves it, such
@@ -51,9 +59,7 @@ def check_writable(directory: Path, key: str) -> None:
     fix = f"set {key}=SOMEWHERE_WRITABLE"
     if not Path(directory).is_absolute():
         fix += " or run from a writable directory"
-    existing = Path(directory).absolute()
-    while not os.path.exists(existing) and existing != existing.parent:
-        existing = existing.parent  # os.path.exists: False under a file or a closed directory
+    existing = nearest_existing(Path(directory).absolute())
     if not existing.is_dir():
         raise UserError(
             f"cannot write run directories under {directory}: {existing} is a file, "

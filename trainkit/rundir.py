@@ -22,7 +22,7 @@ import urllib.parse
 from pathlib import Path
 
 from trainkit.errors import UserError
-from trainkit.paths import check_writable
+from trainkit.paths import check_writable, nearest_existing
 
 LOCK_FILE = ".trainkit.lock"
 
@@ -144,11 +144,8 @@ def _lock_file_is_a_link(path: Path, key: str) -> UserError:
 
 def _check_name_lengths(path: Path, key: str) -> None:
     """UserError for a part of ``path`` longer than a file name may be."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
     try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
+        limit = os.pathconf(nearest_existing(path), "PC_NAME_MAX")
     except (OSError, ValueError):
         return
     if any(len(os.fsencode(part)) > limit for part in path.parts):
