@@ -96,6 +96,30 @@ def test_help_and_version_do_not_import_torch():
     assert "usage: trainkit" in result.stdout and "trainkit 0." in result.stdout
 
 
+def test_every_command_answers_help_with_its_usage_and_examples():
+    """``trainkit COMMAND --help`` (or ``-h``): the command's synopsis, what it does and its
+    examples, exit 0, without loading torch (train's is Hydra's, tested below)."""
+    code = (
+        "import sys; from trainkit.cli import main\n"
+        "try: main(['no-such-command'])\n"
+        "except SystemExit: pass\n"
+        "for command in sys.argv[1:]: main([command, 'x=1', '-h']); main([command, '--help'])\n"
+        "assert 'torch' not in sys.modules, 'heavy import'"
+    )
+    verbs = ["eval", "predict", "export", "ls", "lr-plot", "lr-find", "compare"]
+    result = subprocess.run([sys.executable, "-c", code, *verbs], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    listed = result.stderr.strip().rsplit("commands: ", 1)[1].split(", ")  # (every command)
+    assert sorted(listed) == sorted(["train", *verbs])
+    helps = result.stdout.split("usage: trainkit ")[1:]
+    assert len(helps) == 2 * len(verbs)
+    for verb, text in zip([v for v in verbs for _ in "12"], helps, strict=True):
+        synopsis, what, *rest = text.split("\n\n")
+        assert synopsis.startswith(f"{verb} ") and what[0].isupper() and what.endswith(".")
+        assert f"examples:\n  trainkit {verb} " in text, text
+        assert ("OVERRIDES are train's" in text) == (verb in ("lr-plot", "lr-find"))
+
+
 def test_train_help_lists_the_groups_and_options(tmp_path):
     result = run_trainkit("train", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -12,6 +12,7 @@ import gc
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from trainkit import __version__
@@ -55,6 +56,9 @@ examples:
   trainkit lr-plot optimizer=adamw scheduler=inverse_sqrt scheduler.warmup=100
   trainkit lr-find optimizer=adam
   trainkit eval checkpoint=outputs/2026-01-01/12-00-00-000000/checkpoints/best.pt
+  trainkit predict checkpoint=outputs/2026-01-01/12-00-00-000000 input=photos/ output=labels.csv
+  trainkit export checkpoint=outputs/2026-01-01/12-00-00-000000 format=onnx
+  trainkit ls optimizer scheduler
 """
 
 # Hydra's command-line flags that take a value (`--cfg job`): not overrides.
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         "export": export,
     }
     command, args = argv[0], argv[1:]
+    if command in commands and command != "train" and {"-h", "--help"} & set(args):
+        print(command_usage(command), end="")  # (train's lists the config: Hydra answers it)
+        return
     try:
         if command not in commands:
             hint = difflib.get_close_matches(command, commands, n=1)
@@ -161,6 +168,27 @@ def main(argv: list[str] | None = None) -> None:
         name = str(error.filename or "")
         name = name if len(name) < 200 else f"{name[:80]}...{name[-60:]} ({len(name)} characters)"
         fail(f"{name}: {reason}" if name else reason)
+
+
+def command_usage(command: str) -> str:
+    """``trainkit COMMAND --help``: the command's lines of USAGE and its examples."""
+    lines = USAGE.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {command} "))
+    end = start + 1
+    while lines[end].startswith("   "):  # its continuation lines are indented further
+        end += 1
+    # A line's description starts at column 32, after two spaces at least.
+    parts = [
+        (line[:32], line[32:]) if line[30:32] == "  " else (line, "") for line in lines[start:end]
+    ]
+    synopsis = [left.strip() for left, _ in parts if left.strip()]
+    what = " ".join(right.strip() for _, right in parts if right.strip())
+    text = f"usage: trainkit {synopsis[0]}\n" + "".join(f"         {s}\n" for s in synopsis[1:])
+    text += "\n" + textwrap.fill(f"{what[0].upper()}{what[1:]}.", 90) + "\n"
+    if "[OVERRIDES]" in synopsis[0]:
+        text += "\nOVERRIDES are train's; `trainkit train --help` lists the config groups.\n"
+    examples = [line for line in lines if line.startswith(f"  trainkit {command} ")]
+    return text + "".join(f"\nexamples:\n{chr(10).join(examples)}\n" for _ in examples[:1])
 
 
 def _exit_interrupted(number: int) -> None:
