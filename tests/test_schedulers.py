@@ -83,17 +83,28 @@ def test_step_decays_every_step_size_epochs():
     assert_close(run(node("step", step_size=2, gamma=0.5), 3, 5), expected)
 
 
-@pytest.mark.parametrize(("epochs", "decays_at"), [(30, [10, 20]), (10, [4, 8]), (2, [1])])
-def test_step_by_default_decays_twice_within_any_run(epochs, decays_at):
-    """A default that acts: step_size null is a third of the run (the default used to be 30
-    epochs, as long as the default run, so it never decayed)."""
-    expected = [LR * 0.1 ** sum(t // 2 >= e for e in decays_at) for t in range(2 * epochs)]
-    assert_close(run(node("step"), 2, epochs), expected)
+@pytest.mark.parametrize(
+    ("interval", "epochs", "decays_at"),
+    [("step", 30, [20, 40]), ("step", 10, [7, 14]), ("step", 4, [3, 6]), ("step", 3, [2, 4]),
+     ("epoch", 5, [4, 8]), ("epoch", 3, [2, 4])],
+)  # fmt: skip
+def test_step_by_default_decays_twice_within_any_run(interval, epochs, decays_at):
+    """A default that acts: step_size null is a third of the run, in the schedule's steps
+    (the default used to be 30 epochs, as long as the default run, so it never decayed; then
+    a whole number of epochs, so a 4-epoch run decayed once). Two steps an epoch here."""
+    expected = [LR * 0.1 ** sum(t >= s for s in decays_at) for t in range(2 * epochs)]
+    assert_close(run(node("step", interval=interval), 2, epochs), expected)
 
 
-def test_multistep_by_default_decays_at_half_and_three_quarters():
-    expected = [LR * 0.1 ** sum(t // 3 >= e for e in (10, 15)) for t in range(3 * 20)]
-    assert_close(run(node("multistep"), 3, 20), expected)
+@pytest.mark.parametrize(
+    ("interval", "epochs", "decays_at"),
+    [("step", 20, [30, 45]), ("step", 2, [3, 4]), ("epoch", 3, [3, 6]), ("epoch", 20, [30, 45])],
+)
+def test_multistep_by_default_decays_at_half_and_three_quarters(interval, epochs, decays_at):
+    """In the schedule's steps, rounded down (a 3-epoch run by epoch used to decay once, at
+    2). Three steps an epoch here."""
+    expected = [LR * 0.1 ** sum(t >= s for s in decays_at) for t in range(3 * epochs)]
+    assert_close(run(node("multistep", interval=interval), 3, epochs), expected)
 
 
 def test_a_schedule_that_never_acts_in_the_run_is_warned_about():

@@ -140,10 +140,11 @@ def step(
     step_size: PositiveInt | None = None,
     gamma: PositiveFloat = 0.1,
 ) -> lr_scheduler.LRScheduler:
-    """Multiply the lr by ``gamma`` every ``step_size`` epochs; null: every third of the run
-    (two decays within it, whatever ``trainer.max_epochs`` is)."""
-    epochs = step_size or max(1, math.ceil(total / per_epoch / 3))
-    return lr_scheduler.StepLR(optimizer, step_size=epochs * per_epoch, gamma=gamma)
+    """Multiply the lr by ``gamma`` every ``step_size`` epochs; null: every third of the run,
+    counted in the schedule's steps (two decays within it, whatever ``trainer.max_epochs`` is;
+    by epoch, one in a run of 2 or 4 epochs)."""
+    size = step_size * per_epoch if step_size else max(1, math.ceil(total / 3))
+    return lr_scheduler.StepLR(optimizer, step_size=size, gamma=gamma)
 
 
 @SCHEDULERS.register("multistep")
@@ -155,12 +156,12 @@ def multistep(
     gamma: PositiveFloat = 0.1,
 ) -> lr_scheduler.LRScheduler:
     """Multiply the lr by ``gamma`` at each of the ``milestones`` (epochs); null: at half
-    and three quarters of the run."""
-    epochs = total / per_epoch
-    milestones = milestones or sorted({max(1, round(epochs * f)) for f in (0.5, 0.75)})
-    return lr_scheduler.MultiStepLR(
-        optimizer, milestones=[m * per_epoch for m in milestones], gamma=gamma
-    )
+    and three quarters of the run, counted in the schedule's steps."""
+    if milestones:
+        steps = [m * per_epoch for m in milestones]
+    else:  # (floor: a 3-epoch run by epoch decays at 1 and 2, not twice at 2)
+        steps = sorted({max(1, math.floor(total * f)) for f in (0.5, 0.75)})
+    return lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
 
 
 @SCHEDULERS.register("exponential")
