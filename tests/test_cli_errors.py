@@ -17,6 +17,11 @@ EARLY_MISTAKES = [
     (["optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean 'adam'?"),
     (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
     (["+optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
+    (["optimizer.learning_rate=0.1"], "unknown key optimizer.learning_rate; did you mean 'lr'?"),
+    (
+        ["regularization=[l1]", "regularization.l1.weight=0.1"],
+        "unknown key regularization.l1.weight; did you mean 'strength'?",  # not 'weights_only'
+    ),
     (
         ["trainer.max_epochs=ten"],
         "trainer.max_epochs='ten' has the wrong type: it must be an integer",

@@ -112,6 +112,21 @@ def test_unknown_key_suggests_the_closest():
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [("learning_rate", "lr"), ("weight", None), ("lrr", "lr"), ("lambda", None)],
+)
+def test_unknown_key_suggests_its_other_name_where_the_component_has_it(key, meant):
+    """learning_rate is lr here; weight and lambda are a penalty's strength, which this
+    component has not (and spelling alone finds nothing near them)."""
+    with pytest.raises(UserError) as error:
+        make_registry().check({"name": "adam", key: 0.1})
+    hint = f"did you mean '{meant}'? " if meant else ""
+    assert (
+        str(error.value) == f"unknown key optimizer.{key}; {hint}allowed keys: lr, steps, momentum"
+    )
+
+
 def test_where_names_the_node_in_messages():
     with pytest.raises(UserError, match=r"^unknown key regularization\.clip\.lrr;"):
         make_registry().check({"name": "adam", "lrr": 0.1}, where="regularization.clip")

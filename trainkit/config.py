@@ -31,6 +31,7 @@ from trainkit.registry import (
     REGULARIZERS,
     Registry,
     check_params,
+    closest_key,
     load_components,
     plugins_not_named,
 )
@@ -589,8 +590,8 @@ def _unknown_key(key: str, overrides: list[str], config_name: str) -> str:
     if not isinstance(siblings, Mapping):
         return f"unknown key {key}"
     keys = [str(k) for k in siblings]
-    hint = difflib.get_close_matches(leaf, keys, n=1)
-    did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+    hint = closest_key(leaf, keys)
+    did_you_mean = f"did you mean '{hint}'? " if hint else ""
     return f"unknown key {key}; {did_you_mean}allowed keys: {', '.join(keys)}"
 
 

@@ -102,6 +102,24 @@ def _type_name(annotation: Any) -> str:
 
 
 _LARGEST_INT = 2**63 - 1
+# Names users bring from papers and other tools for a key trainkit calls otherwise; offered
+# where the component has that key (spelling alone would offer l1's weights_only for weight).
+OTHER_NAMES = {
+    "weight": "strength",
+    "lambda": "strength",
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "beta1": "betas",
+    "beta2": "betas",
+}
+
+
+def closest_key(key: str, keys: Iterable[str]) -> str | None:
+    """The key of ``keys`` that ``key`` was meant to be: its other name, or the nearest spelling."""
+    keys = list(keys)
+    if OTHER_NAMES.get(key) in keys:
+        return OTHER_NAMES[key]
+    return next(iter(difflib.get_close_matches(key, keys, n=1)), None)
 
 
 def check_value(key: str, value: Any, annotation: Any) -> None:
@@ -207,8 +225,8 @@ def check_params(
                 f"{where}.{key} is set by trainkit at run time; remove it from the config"
             )
         if key not in settable and not accepts_any:
-            hint = difflib.get_close_matches(key, settable, n=1)
-            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            hint = closest_key(key, settable)
+            did_you_mean = f"did you mean '{hint}'? " if hint else ""
             allowed = ", ".join(settable) or "none"
             raise UserError(f"unknown key {where}.{key}; {did_you_mean}allowed keys: {allowed}")
     for name, parameter in settable.items():
