@@ -50,6 +50,7 @@ class Case:
     status: int = 2
     process: bool = False  # a process of its own: what is tested is process behaviour
     leaves_record: bool = False  # a sweep's failed jobs stay, with their failed.json
+    slow: bool = False  # run with -m slow: a second of its kind that takes long
 
 
 CASES: list[Case] = []
@@ -404,8 +405,11 @@ def _(cwd, run):
     return ["train", *QUIET, "data=synthetic", "plugins=[greedy_xyz]", "model=greedy"]
 
 
-@case("out-of-memory-ddp", "out of memory on the GPU (asked for 20.00 GiB;", process=True)
+@case(
+    "out-of-memory-ddp", "out of memory on the GPU (asked for 20.00 GiB;", process=True, slow=True
+)
 def _(cwd, run):
+    """(ddp-data-mistake is the default run's case with 2 processes.)"""
     write(cwd / "greedy_xyz.py", OUT_OF_MEMORY_MODEL)
     return ["train", *QUIET, "data=synthetic", "plugins=[greedy_xyz]", "model=greedy",
             "trainer.devices=2"]  # fmt: skip
@@ -1601,7 +1605,9 @@ def test_the_catalog_is_large():
     assert FOUND_IN_RUN <= {c.id for c in CASES}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] * c.slow) for c in CASES]
+)
 def test_a_bad_input_ends_in_one_line_and_changes_nothing(
     case, tmp_path, finished_run, monkeypatch, capsys
 ):

@@ -60,7 +60,13 @@ def test_recipe_header_and_composition(recipe, tmp_path):
     config.validate(cfg)
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+# The big models' steps take seconds on a CPU: their recipes train in the slow run.
+BIG = {"resnet18_cifar10", "resnet50_imagenet", "vit_cifar10"}
+
+
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(r, marks=[pytest.mark.slow] * (r in BIG)) for r in RECIPES]
+)
 def test_recipe_trains_a_few_steps(recipe, tmp_path):
     swap = small_data(recipe, tmp_path)
     result = run_trainkit("train", f"recipe={recipe}", "debug=fast", *swap, cwd=tmp_path)
