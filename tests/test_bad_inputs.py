@@ -112,6 +112,11 @@ mistake("unknown-option-name", train("optimizer.name=adamm"), "unknown optimizer
 mistake("unknown-key", train("optimizer.lrr=0.1"), "unknown key optimizer.lrr; did you mean 'lr'")
 mistake("unknown-key-plus", train("+optimizer.lrr=0.1"), "unknown key optimizer.lrr")
 mistake("unknown-top-key", train("+foo=1"), "unknown key foo")
+# Hydra's flags that print and run nothing compose the config too: the same one line.
+mistake("print-config-typo", ["train", "--cfg", "job", "optimizer=adamm"], "unknown optimizer")
+mistake("help-typo", ["train", "--help", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+mistake("two-modes", ["train", "--cfg", "job", "-m", "optimizer=adam,sgd"],
+        "--cfg and -m cannot be given together; give one of them")  # fmt: skip
 mistake(
     "list-split-by-the-shell",
     train("augmentation=pipeline", "augmentation.steps=[{name:", "RandomCrop,", "padding:", "1}]"),

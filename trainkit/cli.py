@@ -91,6 +91,14 @@ _HYDRA_FLAGS = {
     "--config-path",
     "-cp",
 }
+# Hydra's modes, of which a command takes one (its short and long names).
+_HYDRA_MODES = {
+    **dict.fromkeys(("-r", "--run"), "--run"),
+    **dict.fromkeys(("-m", "--multirun"), "-m"),
+    **dict.fromkeys(("-c", "--cfg"), "--cfg"),
+    **dict.fromkeys(("-i", "--info"), "--info"),
+    **dict.fromkeys(("-sc", "--shell-completion"), "--shell-completion"),
+}
 _HYDRA_FLAGS_NO_RUN = {
     "--help",
     "-h",
@@ -254,8 +262,15 @@ def _train(args: list[str]) -> None:
     from trainkit.overrides import override, quote_value
 
     overrides, flags = _split_hydra_args(args)
+    modes = list(dict.fromkeys(_HYDRA_MODES[f] for f in flags if f in _HYDRA_MODES))
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} cannot be given together; give one of them")
     if _HYDRA_FLAGS_NO_RUN & set(flags):  # --help, --cfg job, ...: Hydra prints, nothing runs
-        sys.argv = ["trainkit train", *flags, *config.prepare(overrides)]
+        prepared = config.prepare(overrides)
+        if not {"--shell-completion", "-sc"} & set(flags):  # (it is given words half typed)
+            sweeps.check_overrides(prepared)
+            config.compose_launch(prepared, sweep=_multirun(flags))  # a typo: one line
+        sys.argv = ["trainkit train", *flags, *prepared]
         _run_hydra(_train_job)
         return
     typed = overrides
