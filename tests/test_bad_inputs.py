@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -115,6 +116,21 @@ mistake("unknown-top-key", train("+foo=1"), "unknown key foo")
 # Hydra's flags that print and run nothing compose the config too: the same one line.
 mistake("print-config-typo", ["train", "--cfg", "job", "optimizer=adamm"], "unknown optimizer")
 mistake("help-typo", ["train", "--help", "optimizer.lrr=1"], "unknown key optimizer.lrr")
+
+
+class _OpensAFile:
+    """Unpickled, it makes ``pwned`` in the working directory: code run by reading a file."""
+
+    def __reduce__(self):
+        return (open, ("pwned", "w"))
+
+
+@case("rerun-a-pickle", "--experimental-rerun loads a pickled config, and a pickle can run code")
+def _(cwd, run):
+    write(cwd / "config.pickle", pickle.dumps(_OpensAFile()))
+    return ["train", "--experimental-rerun", "config.pickle"]
+
+
 mistake("two-modes", ["train", "--cfg", "job", "-m", "optimizer=adam,sgd"],
         "--cfg and -m cannot be given together; give one of them")  # fmt: skip
 mistake(

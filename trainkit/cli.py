@@ -71,7 +71,7 @@ _HYDRA_FLAGS_WITH_VALUE = {
     "-cn",
     "--config-dir",
     "-cd",
-    "--experimental-rerun",
+    "--experimental-rerun",  # (refused: see _train)
     "--info",
     "-i",
 }
@@ -262,7 +262,14 @@ def _train(args: list[str]) -> None:
     from trainkit.overrides import override, quote_value
 
     overrides, flags = _split_hydra_args(args)
-    modes = list(dict.fromkeys(_HYDRA_MODES[f] for f in flags if f in _HYDRA_MODES))
+    names = [flag.partition("=")[0] for flag in flags]  # (--cfg=job is --cfg job)
+    if "--experimental-rerun" in names:  # Hydra's: it unpickles the file, which can run code
+        raise UserError(
+            "--experimental-rerun loads a pickled config, and a pickle can run code: trainkit "
+            "does not read one; train a run's config again with the overrides in its "
+            ".hydra/overrides.yaml, or continue it with resume=RUN_DIR"
+        )
+    modes = list(dict.fromkeys(_HYDRA_MODES[n] for n in names if n in _HYDRA_MODES))
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot be given together; give one of them")
     if _HYDRA_FLAGS_NO_RUN & set(flags):  # --help, --cfg job, ...: Hydra prints, nothing runs
