@@ -63,13 +63,23 @@ def test_channels_last_reaches_the_model_and_the_inputs():
     assert speed.inputs(flat) is flat
 
 
-def test_accumulating_two_batches_of_32_steps_like_one_batch_of_64(tmp_path):
-    accumulated = runner(tmp_path, "a", "data.batch_size=32", "trainer.accumulate=2")
-    whole = runner(tmp_path, "b", "data.batch_size=64")
-    assert accumulated.steps_per_epoch == whole.steps_per_epoch == 6
+@pytest.mark.parametrize(
+    ("samples", "train", "steps"),
+    [
+        (640, 384, 6),  # whole batches of 32 and of 64
+        (600, 360, 6),  # the last step: a batch of 32 and one of 8 (40 samples, not 2 x 32)
+        (655, 393, 7),  # the last step: one batch of 9 (it took half its gradient)
+    ],
+)
+def test_accumulating_two_batches_of_32_steps_like_one_batch_of_64(tmp_path, samples, train, steps):
+    size = f"data.num_samples={samples}"
+    accumulated = runner(tmp_path, "a", size, "data.batch_size=32", "trainer.accumulate=2")
+    whole = runner(tmp_path, "b", size, "data.batch_size=64")
+    assert len(whole.loaders["train"].dataset) == train
+    assert accumulated.steps_per_epoch == whole.steps_per_epoch == steps
     accumulated.train_epoch()
     whole.train_epoch()
-    assert accumulated.step == whole.step == 6
+    assert accumulated.step == whole.step == steps
     for (name, a), b in zip(
         accumulated.model.state_dict().items(), whole.model.state_dict().values(), strict=True
     ):

@@ -251,6 +251,7 @@ class Runner:
         started = time.perf_counter()
         batches = itertools.islice(loader, total - progress["batches"])
         self.optimizer.zero_grad(set_to_none=True)
+        self._step_samples = 0  # (a checkpoint is taken between steps: none are half done)
         bad_update = False
         with self.logger.progress(f"epoch {self.epoch + 1}", total) as advance:
             advance(progress["batches"])
@@ -267,7 +268,11 @@ class Runner:
                 no_sync = not steps_now and isinstance(self.model_ddp, DistributedDataParallel)
                 with self.model_ddp.no_sync() if no_sync else contextlib.nullcontext():
                     outputs, loss = batch_loss(self, self.train_model, inputs, targets)
-                    self.speed.scaler.scale(loss / accumulate).backward()
+                    weighted = loss  # accumulated: by its share of a full step's samples
+                    if accumulate > 1:
+                        self._step_samples += labels.shape[0]
+                        weighted = loss * (labels.shape[0] / (accumulate * loader.batch_size))
+                    self.speed.scaler.scale(weighted).backward()
                 if self.settings.nonfinite != "error" and not torch.isfinite(loss.detach()):
                     if self.settings.nonfinite == "rollback":
                         raise NonFinite(f"the loss is {loss.item()}")
@@ -321,6 +326,12 @@ class Runner:
         """One update from the accumulated gradients; False if it was skipped (``skip``: the
         loss was not finite; the gradient norm is checked here)."""
         self.speed.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
+        samples, self._step_samples = self._step_samples, 0
+        full = self.settings.accumulate * self.loaders["train"].batch_size
+        if 0 < samples < full:  # accumulated: an epoch's last step, fewer batches or samples
+            for parameter in self.model.parameters():  # (the mean over the samples it had)
+                if parameter.grad is not None:
+                    parameter.grad.mul_(full / samples)
         if self.settings.nonfinite != "error" and not self.speed.scaler.is_enabled():
             # (With fp16 the grad scaler skips non-finite steps itself: that is its job.)
             norm = torch.nn.utils.get_total_norm(
