@@ -52,6 +52,27 @@ def test_restored_state_continues_bitwise(tmp_path):
     assert resumed.lr == straight.lr
 
 
+@pytest.mark.parametrize("eval_batch", [7, 64])
+def test_a_splits_class_weighted_loss_is_the_weighted_mean_whatever_the_batches(
+    tmp_path, eval_batch
+):
+    """torch's class-weighted cross-entropy divides by the batch's weights, not its size: a
+    split's loss weighs each batch by them (by its size it changed with the batch size)."""
+    from trainkit.runner import evaluate
+
+    weights_ = ",".join(["1"] * 9 + ["20"])
+    runner = make_runner(tmp_path, f"loss.class_weights=[{weights_}]",
+                         f"data.eval_batch_size={eval_batch}")  # fmt: skip
+    loader = runner.loaders["test"]
+    values, _ = evaluate(runner.model, loader, runner.loss_fn, runner.task,
+                         runner.task.metrics(), runner.device, "test")  # fmt: skip
+    inputs, targets = (torch.cat(parts) for parts in list(zip(*loader, strict=True))[:2])
+    assert len(targets) % eval_batch  # a short last batch
+    with torch.no_grad():
+        whole = runner.loss_fn(runner.model.eval()(inputs), targets).item()
+    assert values["test/loss"] == pytest.approx(whole, rel=1e-5)
+
+
 def test_fit_writes_best_and_last_and_tests_the_best(tmp_path):
     runner = make_runner(tmp_path / "run")
     summary = runner.fit()

@@ -102,6 +102,17 @@ def cross_entropy(
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
+def mean_over(loss_fn: nn.Module, targets: torch.Tensor) -> torch.Tensor | int:
+    """What ``loss_fn``'s mean over a batch divides by, to weigh the batch with when a split's
+    batches are averaged: for a class-weighted cross-entropy the sum of the targets' class
+    weights (torch's mean), else the number of samples."""
+    weight = getattr(loss_fn, "weight", None)
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and weight is not None:
+        if not targets.is_floating_point():  # (class probabilities: a mean over samples)
+            return weight[targets].sum()
+    return targets.shape[0]
+
+
 class NLLFromLogits(nn.Module):
     """Negative log-likelihood of logits: log_softmax over dim 1, then ``nn.NLLLoss``."""
 

@@ -48,9 +48,10 @@ class _LossAndScores:
         self.scores.reset()
         self.loss.reset()
 
-    def _update_loss(self, loss: torch.Tensor, batch_size: int) -> None:
-        """``loss`` is the batch's mean loss; it is weighted by the batch size."""
-        self.loss.update(loss.detach(), weight=batch_size)
+    def _update_loss(self, loss: torch.Tensor, targets: torch.Tensor, weight=None) -> None:
+        """``loss`` is the batch's mean loss, over ``weight`` (the batch size if None; the
+        targets' class weights' sum for a class-weighted loss): a split's mean loss."""
+        self.loss.update(loss.detach(), weight=targets.shape[0] if weight is None else weight)
 
     def scalar_names(self, prefix: str) -> list[str]:
         """The keys of the single-number values ``compute`` returns (what can be monitored)."""
@@ -111,10 +112,12 @@ class ClassificationMetrics(_LossAndScores):
             self.binary.reset()
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
-        """``loss`` is the batch's mean loss; it is weighted by the batch size."""
+    def update(
+        self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, weight=None
+    ) -> None:
+        """``loss`` is the batch's mean loss, over ``weight`` (see ``_update_loss``)."""
         self.scores.update(logits, targets)
-        self._update_loss(loss, targets.shape[0])
+        self._update_loss(loss, targets, weight)
         if self.binary is not None:
             self.binary.update(logits.float().softmax(dim=1)[:, 1], targets)
 
@@ -156,9 +159,11 @@ class RegressionMetrics(_LossAndScores):
         )
 
     @torch.no_grad()
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(
+        self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, weight=None
+    ) -> None:
         self.scores.update(self.to_prediction(outputs).float(), targets.float())
-        self._update_loss(loss, targets.shape[0])
+        self._update_loss(loss, targets, weight)
 
 
 class KNNAccuracy(Metric):
@@ -221,9 +226,11 @@ class EmbeddingMetrics(_LossAndScores):
         self.scores = MetricCollection({"knn_acc": KNNAccuracy(k)})
 
     @torch.no_grad()
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(
+        self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, weight=None
+    ) -> None:
         self.scores.update(outputs, targets)
-        self._update_loss(loss, targets.shape[0])
+        self._update_loss(loss, targets, weight)
 
 
 class SequenceMetrics(_LossAndScores):
@@ -236,9 +243,11 @@ class SequenceMetrics(_LossAndScores):
         self.scores = MetricCollection({"seq_acc": MeanMetric(), "cer": CharErrorRate()})
 
     @torch.no_grad()
-    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(
+        self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, weight=None
+    ) -> None:
         predicted, expected = self.decode(outputs, targets)
         hits = torch.tensor([p == e for p, e in zip(predicted, expected, strict=True)])
         self.scores["seq_acc"].update(hits.float().to(outputs.device))
         self.scores["cer"].update(predicted, expected)
-        self._update_loss(loss, targets.shape[0])
+        self._update_loss(loss, targets, weight)

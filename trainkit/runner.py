@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from trainkit import checkpoint, distributed, finetune
 from trainkit.build import build
 from trainkit.errors import UserError
+from trainkit.losses import mean_over
 from trainkit.reporting import RunLogger, chosen_hparams, log
 from trainkit.schedulers import idle_warning
 from trainkit.settings import logger_settings, trainer_settings
@@ -60,7 +61,7 @@ def evaluate(
         with speed.autocast():
             outputs = model(inputs)
             loss = task.compute_loss(loss_fn, outputs, targets)
-        metrics.update(outputs, targets, loss)
+        metrics.update(outputs, targets, loss, mean_over(loss_fn, targets))
         if keep_outputs:
             kept.append((indices, targets.cpu(), outputs.float().cpu()))
     values = metrics.compute(prefix, task.splits.class_names)  # summed over processes
