@@ -76,6 +76,20 @@ def test_balanced_accuracy_on_imbalanced_classes():
     assert values["val/balanced_acc"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_balanced_accuracy_leaves_out_a_class_the_split_lacks_even_when_predicted():
+    """Class 2 has no sample here but is predicted 17 times: it has no recall to average
+    (scikit-learn: 0.25; it was 0.1667, counting it as 0)."""
+    targets = torch.tensor([0] * 20 + [1] * 20)
+    predicted = torch.tensor([1] * 3 + [2] * 17 + [1] * 10 + [2] * 10)
+    logits = torch.nn.functional.one_hot(predicted, 3).float()
+    metrics = ClassificationMetrics(3)
+    feed(metrics, logits, targets, batches=(15, 25))
+    expected = balanced_accuracy_score(targets.numpy(), predicted.numpy())
+    assert expected == 0.25
+    assert metrics.compute("val")["val/balanced_acc"] == pytest.approx(expected, abs=1e-7)
+
+
 @pytest.mark.parametrize(
     ("name", "score"), [("precision", precision_score), ("recall", recall_score), ("f1", f1_score)]
 )

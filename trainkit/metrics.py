@@ -64,6 +64,28 @@ class _LossAndScores:
         return values
 
 
+class BalancedAccuracy(Metric):
+    """The mean of the recalls of the classes the split has (scikit-learn's
+    balanced_accuracy_score): what accuracy says when classes are imbalanced. A class the
+    split lacks has no recall, predicted or not (torchmetrics' macro accuracy counts one the
+    model predicts as 0)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.add_state("hits", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("support", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        right = logits.argmax(dim=1) == targets
+        self.support += torch.bincount(targets, minlength=self.num_classes)
+        self.hits += torch.bincount(targets[right], minlength=self.num_classes)
+
+    def compute(self) -> torch.Tensor:
+        present = self.support > 0
+        return (self.hits[present] / self.support[present]).mean()
+
+
 class ClassificationMetrics(_LossAndScores):
     """Loss, accuracy, balanced accuracy, top-5 accuracy (with 5+ classes), macro precision,
     recall and F1;
@@ -79,8 +101,7 @@ class ClassificationMetrics(_LossAndScores):
         scores = {
             # average="micro": the fraction of samples right (torchmetrics defaults to macro).
             "acc": MulticlassAccuracy(num_classes, average="micro"),
-            # The mean of the classes' recalls: what accuracy says when classes are imbalanced.
-            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+            "balanced_acc": BalancedAccuracy(num_classes),
             "precision": MulticlassPrecision(num_classes, average="macro"),
             "recall": MulticlassRecall(num_classes, average="macro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
