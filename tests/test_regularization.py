@@ -349,6 +349,23 @@ def test_ema_follows_its_formula_and_round_trips():
     assert torch.equal(restored.evaluation_model(model).weight, averaged.weight)
 
 
+def test_ema_warmup_starts_from_the_first_steps_weights_then_decays_as_documented():
+    """The first step's weights, then d = (1 + n) / (10 + n) at the n-th update: 2/11, 3/12."""
+    from trainkit.regularization import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(decay=0.999, warmup=True)
+    expected = None
+    for n, value in enumerate((1.0, 3.0, 7.0)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.after_optimizer_step(model)
+        decay = (1 + n) / (10 + n)
+        expected = value if expected is None else decay * expected + (1 - decay) * value
+    average = ema.evaluation_model(model).weight
+    assert torch.allclose(average, torch.full_like(average, expected))
+
+
 def checkpoint_round_trip(state):
     import io
 

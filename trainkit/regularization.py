@@ -237,9 +237,10 @@ class EMA(Regularizer):
     every optimizer step: ema = d * ema + (1 - d) * w. Validation, the best checkpoint and
     the test use the average; training continues on the raw weights.
 
-    With ``warmup``, d = min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
-    ExponentialMovingAverage does), so that a short run is not judged on the average of its
-    random initial weights.
+    The average starts as the weights after the first optimizer step (never the random
+    initial ones). With ``warmup``, the n-th update after that takes d = min(decay, (1 + n) /
+    (10 + n)) (TensorFlow's ExponentialMovingAverage's rule), so that a short run is judged
+    on an average of its recent weights.
     """
 
     def __init__(self, decay: Annotated[float, Range(gt=0, lt=1)] = 0.999, warmup: bool = True):
