@@ -54,7 +54,8 @@ def run_dirs(root: Path) -> list[Path]:
 def default_run(tmp_path_factory) -> Path:
     """`trainkit train` with no override, as a user first runs it; returns its run dir."""
     cwd = tmp_path_factory.mktemp("default_run")
-    result = run_trainkit("train", cwd=cwd)
+    # 15 s on an idle machine; minutes when the cores are shared (the timeout is for a hang).
+    result = run_trainkit("train", cwd=cwd, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     (run_dir,) = run_dirs(cwd)
     run_dir.joinpath("console.txt").write_text(result.stdout + result.stderr)

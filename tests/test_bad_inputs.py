@@ -194,12 +194,12 @@ SEARCH = ["train", "-m", *SMALL, "trainer.max_epochs=1", "hydra.sweeper.n_trials
 mistake(
     "unknown-pruner",
     [*SEARCH, "hparams_search=tpe", "hydra.sweeper.pruner=mediann"],
-    "hydra.sweeper.pruner='mediann' has the wrong type: it must be one of 'median', 'hyperband'",
+    "hydra.sweeper.pruner='mediann' is not a choice; did you mean 'median'? choices: 'median', ",
 )
 mistake(
     "unknown-sampler",
     [*SEARCH, "hparams_search=tpe", "hydra.sweeper.sampler=cmaes"],
-    "hydra.sweeper.sampler='cmaes' has the wrong type: it must be one of 'tpe', 'random', 'grid'",
+    "hydra.sweeper.sampler='cmaes' is not a choice; choices: 'tpe', 'random', 'grid'",
 )
 mistake(
     "grid-of-an-interval",
@@ -1312,7 +1312,7 @@ mistake("class-weights-word", train("loss.class_weights=heavy"),
 mistake("class-weights-negative", train("loss.class_weights=[1,1,1,1,1,1,1,1,1,-1]"),
         "loss.class_weights[9]=-1 is out of range: it must be >= 0")  # fmt: skip
 mistake("sampler-unknown", train("data.sampler=random"),
-        "data.sampler='random' has the wrong type: it must be one of 'shuffle'")  # fmt: skip
+        "data.sampler='random' is not a choice; choices: 'shuffle'")  # fmt: skip
 mistake("sampler-balanced-regression", train_mlp_on("data=diabetes", "data.sampler=balanced"),
         "data.sampler=balanced draws each class equally often, and this data's")  # fmt: skip
 

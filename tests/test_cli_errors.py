@@ -18,6 +18,7 @@ EARLY_MISTAKES = [
     (["optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
     (["+optimizer.lrr=0.1"], "unknown key optimizer.lrr; did you mean 'lr'?"),
     (["optimizer.learning_rate=0.1"], "unknown key optimizer.learning_rate; did you mean 'lr'?"),
+    (["model.init=xavier"], "model.init='xavier' is not a choice; did you mean 'xavier_normal'?"),
     (
         ["regularization=[l1]", "regularization.l1.weight=0.1"],
         "unknown key regularization.l1.weight; did you mean 'strength'?",  # not 'weights_only'

@@ -170,9 +170,7 @@ def test_literal_values():
     assert registry.build({"name": "clip", "by": "value"}) == "value"
     with pytest.raises(UserError) as error:
         registry.check({"name": "clip", "by": "abs"})
-    assert str(error.value) == (
-        "regularizer.by='abs' has the wrong type: it must be one of 'norm', 'value'"
-    )
+    assert str(error.value) == ("regularizer.by='abs' is not a choice; choices: 'norm', 'value'")
 
 
 def test_required_params():

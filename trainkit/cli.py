@@ -28,14 +28,18 @@ commands:
                                 groups (data, model, loss, optimizer, scheduler, ...)
   eval checkpoint=PATH [KEY=VALUE ...] [output_dir=DIR] [plugins=[MODULE,...]]
                                 evaluate a checkpoint on its run's test split
-  predict checkpoint=PATH input=PATH [input=PATH ...] [output=FILE.csv|.jsonl] [topk=5]
-        [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error] [device=auto|cpu|cuda]
+  predict checkpoint=PATH|model=FILE.onnx input=PATH [input=PATH ...] [output=FILE.csv|.jsonl]
+        [topk=5] [batch_size=N] [tta=none|hflip] [on_bad_input=skip|error]
+        [device=auto|cpu|cuda] [plugins=[MODULE,...]]
                                 the model on new files (images, folders, CSV/TSV/JSONL,
                                 .npy), prepared as its run prepared its data
-  export checkpoint=PATH format=onnx|torch_export [output=FILE] [opset=N]
-                                the model as a file for serving, checked against PyTorch
-  ls [GROUP ...]                every component of each config group, with its
-                                parameters, types, ranges and defaults
+  export checkpoint=PATH [format=onnx|torch_export] [output=FILE] [opset=N]
+        [plugins=[MODULE,...]]
+                                the model as a file for serving (ONNX unless told),
+                                checked against PyTorch
+  ls [GROUP ...] [plugins=[MODULE,...]]
+                                every component of each config group (and your
+                                plugins'), with its parameters, types, ranges and defaults
   lr-plot [OVERRIDES] [output=PATH.png] [scale=linear|log]
                                 the lr at every step of the composed optimizer and
                                 schedule, in the terminal and as a new PNG
@@ -954,10 +958,17 @@ def list_components(args: list[str]) -> None:
     )
     from trainkit.settings import LoaderSettings, ScheduleSettings
 
-    load_components()
+    plugins = [a for a in args if a.startswith("plugins=")]  # your components listed too
+    args = [a for a in args if a not in plugins]
+    load_components([m for option in plugins for m in _plugins_option(option.partition("=")[2])])
     groups = {**GROUP_REGISTRIES, **MULTI_GROUPS}
     shared = {"scheduler": ScheduleSettings, "data": LoaderSettings}
     for group in args:
+        if group in ("trainer", "logger", "finetune", "debug"):  # settings, not components
+            raise UserError(
+                f"{group} is not a group of components: trainkit train --help lists its keys "
+                "with their defaults and what they do"
+            )
         if group not in groups:
             hint = difflib.get_close_matches(group, groups, n=1)
             did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""

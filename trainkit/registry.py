@@ -151,9 +151,15 @@ def check_value(key: str, value: Any, annotation: Any) -> None:
         in_range_errors = [e for e in errors if "out of range" in str(e)]
         raise in_range_errors[0] if in_range_errors else _type_error(key, value, annotation)
     if origin is Literal:
-        if value not in typing.get_args(annotation):
-            raise _type_error(key, value, annotation)
-        return
+        choices = typing.get_args(annotation)
+        if value in choices:
+            return
+        if isinstance(value, str):  # a word, but not one of them
+            hint = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
+            did_you_mean = f"did you mean '{hint[0]}'? " if hint else ""
+            wanted = ", ".join(repr(c) for c in choices)
+            raise UserError(f"{key}={value!r} is not a choice; {did_you_mean}choices: {wanted}")
+        raise _type_error(key, value, annotation)
     if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
             raise _type_error(key, value, annotation)
