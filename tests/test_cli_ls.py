@@ -34,6 +34,17 @@ def test_ls_shows_the_defaults_a_run_uses_and_plain_descriptions(capsys, monkeyp
     assert "``" not in out and ":class:" not in out
 
 
+@pytest.mark.parametrize("group", ["trainer", "logger", "finetune", "debug"])
+def test_ls_of_settings_points_to_train_help(group, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ls", group])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"trainkit: error: {group} is not a group of components: trainkit train --help lists "
+        "its keys with their defaults and what they do\n"
+    )
+
+
 def test_ls_without_a_group_lists_them_all(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     main(["ls"])

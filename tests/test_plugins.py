@@ -56,6 +56,14 @@ def test_plugin_module_from_the_command_line(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
 
 
+def test_ls_lists_a_plugins_components_with_their_parameters(tmp_path):
+    (tmp_path / "my_components.py").write_text(PLUGIN)
+    result = run_trainkit("ls", "model", "plugins=[my_components]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "│ tiny_mlp " in line)
+    assert "hidden: an integer >= 1 = 32" in row
+
+
 def test_plugin_parameters_are_validated(tmp_path):
     (tmp_path / "my_components.py").write_text(PLUGIN)
     result = run_trainkit(
