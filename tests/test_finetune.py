@@ -92,6 +92,33 @@ def test_a_frozen_part_stays_until_its_epoch_and_the_log_counts_what_trains(
     assert lrs[id(runner.model[7].weight)] == 2 * lrs[id(runner.model[4].weight)]
 
 
+@pytest.mark.parametrize(("unfreeze", "until"), [(0, "for the whole run"), (3, "until epoch 3")])
+def test_freezing_what_init_from_started_fresh_is_warned_about(
+    source_run, tmp_path, caplog, unfreeze, until
+):
+    """The head (7.*) has another shape here, so init_from starts it fresh: frozen, it would
+    stay random (the README's stem of another channel count, in small)."""
+    caplog.set_level(logging.INFO, logger="trainkit")
+    make_runner(tmp_path / "run", "data.num_classes=4", f"init_from={source_run}",
+                "finetune.freeze=[1.*,7.*]", f"finetune.unfreeze_at_epoch={unfreeze}")  # fmt: skip
+    assert (
+        "finetune.freeze holds 2 tensors that init_from did not load, at their random initial "
+        f"values {until}: 7.weight, 7.bias; leave them out of finetune.freeze"
+    ) in caplog.text
+    caplog.clear()
+    make_runner(tmp_path / "run2", f"init_from={source_run}", "finetune.freeze=[1.*]")
+    assert "did not load" not in caplog.text and "froze 2 tensors" in caplog.text
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_said_before_init_from_loads(
+    source_run, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="trainkit")
+    with pytest.raises(UserError, match="pattern 'stem.*' matches no parameter"):
+        make_runner(tmp_path / "run", f"init_from={source_run}", "finetune.freeze=[stem.*]")
+    assert "init_from" not in caplog.text  # the mistake is all that is said
+
+
 def test_a_run_resumed_after_its_unfreezing_epoch_trains_as_one_that_ran_through(
     source_run, tmp_path, monkeypatch
 ):

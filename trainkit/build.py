@@ -137,11 +137,13 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     ).to(device)
     if training:
         # Trained weights to start from (a resumed run has its own, from its checkpoint).
+        # Frozen first: a pattern that matches nothing is refused before init_from reports.
+        frozen = finetune.freeze(model, tune.freeze) if tune.freeze else []
         if cfg.get("init_from") and not cfg.get("resume"):
-            finetune.init_from(model, cfg.init_from)
-        frozen = finetune.freeze(model, tune.freeze) if tune.freeze else 0
+            report = finetune.init_from(model, cfg.init_from)
+            finetune.warn_if_frozen_unloaded(frozen, report["loaded"], tune.unfreeze_at_epoch)
         if frozen:
-            log.info(f"finetune: froze {frozen} tensors; {finetune.trainable_summary(model)}")
+            log.info(f"finetune: froze {len(frozen)} tensors; {finetune.trainable_summary(model)}")
         model = speed.prepare(model)
         if settings.sync_batchnorm and world > 1:
             if device.type == "cuda":

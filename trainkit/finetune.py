@@ -70,9 +70,9 @@ def _weights(path: Path) -> dict[str, Any]:
     return state
 
 
-def freeze(model: nn.Module, patterns: list[str]) -> int:
-    """Freeze the parameters whose names match one of ``patterns`` (globs); returns how
-    many tensors were frozen. UserError for a pattern that matches nothing."""
+def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Freeze the parameters whose names match one of ``patterns`` (globs); returns their
+    names. UserError for a pattern that matches nothing."""
     named = list(model.named_parameters())
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name, _ in named):
@@ -81,16 +81,29 @@ def freeze(model: nn.Module, patterns: list[str]) -> int:
                 f"finetune.freeze: pattern '{pattern}' matches no parameter; parameter names "
                 f"look like: {examples} ..."
             )
-    matched = [p for name, p in named if any(fnmatch.fnmatchcase(name, x) for x in patterns)]
+    matched = {n: p for n, p in named if any(fnmatch.fnmatchcase(n, x) for x in patterns)}
     if len(matched) == len(named):
         raise UserError(
             f"finetune.freeze=[{','.join(patterns)}] freezes every parameter, and a model "
             "with nothing to train cannot take a step; leave the head out (its "
             f"parameters: {named[-1][0].rpartition('.')[0] or named[-1][0]}.*)"
         )
-    for parameter in matched:
+    for parameter in matched.values():
         parameter.requires_grad_(False)
-    return len(matched)
+    return list(matched)
+
+
+def warn_if_frozen_unloaded(frozen: list[str], loaded: list[str], unfreeze_at_epoch: int) -> None:
+    """A warning when ``finetune.freeze`` holds tensors that ``init_from`` did not load (a
+    stem of another shape, say): they keep their random initial values while frozen."""
+    unloaded = [name for name in frozen if name not in set(loaded)]
+    if unloaded:
+        until = f"until epoch {unfreeze_at_epoch}" if unfreeze_at_epoch else "for the whole run"
+        log.warning(
+            f"finetune.freeze holds {len(unloaded)} tensors that init_from did not load, at "
+            f"their random initial values {until}: {', '.join(unloaded[:4])}"
+            f"{', ...' if len(unloaded) > 4 else ''}; leave them out of finetune.freeze"
+        )
 
 
 def unfreeze(model: nn.Module) -> None:
