@@ -118,6 +118,21 @@ def test_a_schedule_that_never_acts_in_the_run_is_warned_about():
     assert idle_warning(node("constant"), [0.1] * 10, 5) is None
 
 
+def test_an_inverse_sqrt_warmup_longer_than_the_run_is_warned_about():
+    """Its default warmup of 4000 steps outlasts a default run of 600: the lr never peaks."""
+    from trainkit.schedulers import idle_warning
+
+    short = run(node("inverse_sqrt"), 30, 20)
+    assert max(short) < LR / 6
+    assert idle_warning(node("inverse_sqrt"), short, 20) == (
+        "scheduler=inverse_sqrt warms up over scheduler.warmup=4000 steps, and the run has "
+        f"600: the lr never reaches optimizer.lr (its peak: {max(short):.3g}); lower "
+        "scheduler.warmup"
+    )
+    fits = node("inverse_sqrt", warmup=100)
+    assert idle_warning(fits, run(fits, 30, 20), 20) is None
+
+
 def test_multistep_decays_at_the_milestones():
     def lr_at(epoch):
         return LR * 0.1 ** sum(epoch >= m for m in (1, 3))

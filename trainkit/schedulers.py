@@ -285,8 +285,16 @@ def plateau(
 
 
 def idle_warning(node: Mapping[str, Any], lrs: list[float], max_epochs: int) -> str | None:
-    """A warning when the planned curve ``lrs`` is flat though the schedule is meant to
-    change the lr: its settings never act within the run (step_size=30 in a 30-epoch run)."""
+    """A warning when the planned curve ``lrs`` shows settings that do not act within the
+    run: a flat curve from a schedule meant to change the lr (step_size=30 in a 30-epoch
+    run), or inverse_sqrt's warmup longer than the run (the lr never reaches its peak)."""
+    warmup = node.get("warmup", 0) if node["name"] == "inverse_sqrt" else 0
+    if warmup >= len(lrs) > 1:
+        return (
+            f"scheduler=inverse_sqrt warms up over scheduler.warmup={warmup} steps, and the run "
+            f"has {len(lrs)}: the lr never reaches optimizer.lr (its peak: {max(lrs):.3g}); "
+            "lower scheduler.warmup"
+        )
     if len(lrs) < 2 or max(lrs) != min(lrs) or node["name"] in ("constant", "plateau"):
         return None  # (a run of one step has no schedule to speak of)
     return (
