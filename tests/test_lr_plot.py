@@ -78,6 +78,20 @@ def test_terminal_plot_has_the_rows_asked_for_and_the_max_top_left():
     assert all(len(row.split("┤" if "┤" in row else "│")[1]) == 40 for row in plot_rows)
 
 
+def test_terminal_plot_on_a_log_scale_spaces_each_decade_alike():
+    """Step decays of 10x, 100x from 0.1 (and a warmup's 0) on 10 rows: 0.1 at the top,
+    0.01 halfway, 0.001 and the 0 at the bottom (linearly, 0.01 sat one row above 0.001)."""
+    lrs = [0.0] + [0.1] * 10 + [0.01] * 10 + [0.001] * 10
+    rows = terminal_plot(lrs, width=31, height=11, log_scale=True).splitlines()
+    cells = [row.split("┤" if "┤" in row else "│")[1] for row in rows[:11]]
+
+    def rows_of(column):  # (one column a step: column 0 is the 0, 5 the 0.1, ...)
+        return [r for r in range(11) if cells[r][column] == "•"]
+
+    assert (rows_of(0), rows_of(5), rows_of(15), rows_of(25)) == ([10], [0], [5], [10])
+    assert rows[10].split("┤")[0].strip() == format_lr(0.001)
+
+
 def test_the_lr_figure_starts_at_zero_with_labelled_axes_and_round_ticks(tmp_path):
     """matplotlib draws it: y from 0 (not the curve's minimum), ticks on round steps."""
     lrs = [LR * 0.5 * (1 + math.cos(math.pi * t / 600)) for t in range(600)]

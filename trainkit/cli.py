@@ -1053,7 +1053,7 @@ def lr_plot(args: list[str]) -> None:
     png = png_bytes(lr_figure(lrs, title, log_scale))
     output = rundir.write_new_file(output or "lr_schedule.png", png, "output", output is None)
     print(title)
-    print(terminal_plot(lrs))
+    print(terminal_plot(lrs, log_scale=log_scale))
     print(f"first lr {format_lr(lrs[0])}, peak {format_lr(max(lrs))}, last {format_lr(lrs[-1])}")
     warning = idle_warning(plan.cfg.scheduler, lrs, settings.max_epochs)
     if warning:

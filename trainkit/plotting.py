@@ -201,10 +201,12 @@ def terminal_plot(
     height: int = 12,
     x_ends: tuple[str, str] | None = None,
     label=format_lr,
+    log_scale: bool = False,
 ) -> str:
     """``values`` as text: ``height`` rows of ``width`` columns, the max labelled (by
     ``label``) on the top row and the min on the bottom one, then an axis line and its two
-    ends (``x_ends``; by default 0 and the count of steps).
+    ends (``x_ends``; by default 0 and the count of steps). ``log_scale``: rows by the log
+    of the values, a value of 0 (a warmup's start) on the bottom row with the least above it.
 
     Each column shows the value at its share of the curve. Raises ValueError on an empty
     curve or a plot smaller than 2x2.
@@ -215,9 +217,16 @@ def terminal_plot(
         raise ValueError(f"a plot needs at least 2x2 characters; got {width}x{height}")
     high, low = max(values), min(values)
     last = len(values) - 1
+    logarithmic = log_scale and high > 0
+    if logarithmic:
+        low = min(value for value in values if value > 0)
+
+    def level(value: float) -> float:
+        return math.log10(max(value, low)) if logarithmic else value
 
     def to_row(value: float) -> int:  # row 0 is the top
-        return 0 if high == low else round((high - value) / (high - low) * (height - 1))
+        top, bottom = level(high), level(low)
+        return 0 if top == bottom else round((top - level(value)) / (top - bottom) * (height - 1))
 
     grid = [[" "] * width for _ in range(height)]
     previous = None
