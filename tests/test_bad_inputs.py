@@ -294,7 +294,7 @@ mistake(
     leaves_record=True,  # the job that ran is kept
 )
 mistake("resume-in-sweep", ["train", "-m", "resume=x"], "resume=PATH continues one run")
-mistake("resume-missing", ["train", "resume=no/such/run"], "checkpoint no/such/run")
+mistake("resume-missing", ["train", "resume=no/such/run"], "resume=no/such/run does not exist")
 mistake(
     "unicode-unquoted",
     ["train", "resume=/tmp/é/run"],
@@ -338,11 +338,11 @@ mistake("compare-nothing", ["compare"], "compare needs at least one run or sweep
 mistake("compare-png", ["compare", ".", "output=c.txt"], "output=c.txt must end in .png")
 mistake("eval-no-checkpoint", ["eval"], "eval needs checkpoint=PATH")
 mistake("eval-not-key-value", ["eval", "oops"], "eval takes KEY=VALUE arguments; got 'oops'")
-mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint missing.pt does not exist")
+mistake("eval-missing", ["eval", "checkpoint=missing.pt"], "checkpoint=missing.pt does not exist")
 mistake(
     "eval-misspelt", ["eval", "checkpint=x"], "checkpint= is no option: did you mean checkpoint=?"
 )
-mistake("eval-folder-of-no-run", ["eval", "checkpoint=."], "checkpoint . is a folder without best")
+mistake("eval-folder-of-no-run", ["eval", "checkpoint=."], "checkpoint=. is a folder without best")
 
 
 @case("eval-run-without-a-best", "has no checkpoints/best.pt yet; name one it has: checkpoint=")
@@ -514,10 +514,18 @@ def _(cwd, run):
     return train()
 
 
-@case("new-run-into-finished-run", "holds a run already; continue it with `trainkit train resume=")
+@case("new-run-into-finished-run", "holds a finished run; name a new directory (to start from "
+      "its weights: init_from=")  # fmt: skip
 def _(cwd, run):
+    """Not resume=: a finished run has nothing to resume."""
     copy_run(run, cwd / "done")
     return train("hydra.run.dir=done", "optimizer=adam")
+
+
+@case("new-run-into-stopped-run", "holds a run already; continue it with `trainkit train resume=")
+def _(cwd, run):
+    unfinished(run, cwd / "stopped")
+    return train("hydra.run.dir=stopped", "optimizer=adam")
 
 
 @case("sweep-dir-not-empty", "hydra.sweep.dir=")
@@ -526,7 +534,7 @@ def _(cwd, run):
     return ["train", "-m", *SMALL, "optimizer=adam,sgd", "hydra.sweep.dir=sweep"]
 
 
-@case("sweep-dir-held-by-a-run", "holds a run already")
+@case("sweep-dir-held-by-a-run", "holds a finished run")
 def _(cwd, run):
     copy_run(run, cwd / "done")
     return ["train", "-m", *SMALL, "optimizer=adam,sgd", "hydra.sweep.dir=done"]
@@ -1117,7 +1125,7 @@ mistake("predict-both-models", ["predict", "checkpoint=run", "model=m.onnx", "in
 mistake("predict-unknown-option", ["predict", "checkpoint=run", "input=x", "topk5"],
         "predict: 'topk5' is not an option")  # fmt: skip
 mistake("predict-no-checkpoint", ["predict", "checkpoint=nowhere", "input=x.npy"],
-        "checkpoint nowhere does not exist")  # fmt: skip
+        "checkpoint=nowhere does not exist")  # fmt: skip
 mistake("predict-no-onnx-file", ["predict", "model=nowhere.onnx", "input=x.npy"],
         "model=nowhere.onnx: no such file")  # fmt: skip
 
@@ -1264,7 +1272,7 @@ def _(cwd, run):
 mistake("export-unknown-format", ["export", "checkpoint=run", "format=tflite"],
         "format=tflite: use format=onnx or format=torch_export")  # fmt: skip
 mistake("export-no-checkpoint", ["export", "checkpoint=nowhere", "format=onnx"],
-        "checkpoint nowhere does not exist")  # fmt: skip
+        "checkpoint=nowhere does not exist")  # fmt: skip
 
 
 @case("export-output-suffix", "output=mine.json: format=onnx writes a .onnx file")
@@ -1780,7 +1788,7 @@ def test_two_runs_into_one_directory_at_once_one_trains_the_other_is_refused(tmp
     assert sorted(code for code, _ in results) == [0, 2], results
     (refusal,) = [err for code, err in results if code == 2]
     (line,) = refusal.strip().splitlines()
-    assert "is being written by process" in line or "holds a run already" in line, line
+    assert any(f in line for f in ("is being written by", "holds a run", "holds a finished")), line
     epochs = [json.loads(r)["epoch"] for r in (tmp_path / "shared" / "metrics.jsonl").open()]
     assert epochs == [1, 2, 3]
 

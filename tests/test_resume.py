@@ -193,7 +193,7 @@ def test_a_run_killed_with_sigkill_and_resumed_ends_with_the_same_weights(tmp_pa
 def test_resume_mistakes_are_one_line(tmp_path):
     result = run_trainkit("train", "resume=nowhere", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "trainkit: error: checkpoint nowhere does not exist"
+    assert result.stderr.strip() == "trainkit: error: resume=nowhere does not exist"
     result = run_trainkit("train", *RUN, "trainer.max_epochs=1", cwd=tmp_path)
     (run_dir,) = run_dirs(tmp_path)
     (run_dir / "summary.json").unlink()  # as if it had been stopped after its checkpoint

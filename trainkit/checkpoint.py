@@ -79,8 +79,9 @@ def save_json(data: dict[str, Any], path: str | Path) -> None:
     _write_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
-def find(path: str | Path, name: str = "best.pt") -> Path:
-    """The checkpoint file meant by ``path``: the file itself, or a run directory's ``name``."""
+def find(path: str | Path, name: str = "best.pt", key: str = "checkpoint") -> Path:
+    """The checkpoint file meant by ``path``: the file itself, or a run directory's ``name``;
+    ``key`` is the option it was given as (checkpoint, resume, init_from), for the messages."""
     path = Path(path)
     if path.is_dir():
         folder = path
@@ -91,15 +92,15 @@ def find(path: str | Path, name: str = "best.pt") -> Path:
             )
             if others:  # (a run stopped before its first validation has last.pt only)
                 raise UserError(
-                    f"checkpoint {folder} has no {path.relative_to(folder)} yet; name one it has: "
-                    + ", ".join(f"checkpoint={path.parent / other}" for other in others)
+                    f"{key}={folder} has no {path.relative_to(folder)} yet; name one it has: "
+                    + ", ".join(f"{key}={path.parent / other}" for other in others)
                 )
             raise UserError(
-                f"checkpoint {folder} is a folder without {path.relative_to(folder)}: not a run "
+                f"{key}={folder} is a folder without {path.relative_to(folder)}: not a run "
                 "directory, or one whose run saved none yet; name a run directory or a .pt file"
             )
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{key}={path} does not exist")
     return path
 
 

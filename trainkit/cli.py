@@ -481,7 +481,7 @@ def _resume(overrides: list[str], flags: list[str]) -> tuple[list[str], Path | N
             f"(resume={folder / 'JOB'}), or continue its search with -m and "
             f"hydra.sweep.dir={given}"
         )
-    path = checkpoint.find(folder, "last.pt").absolute()
+    path = checkpoint.find(folder, "last.pt", "resume").absolute()
     run_dir = checkpoint.run_dir_of(path)
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():

@@ -27,7 +27,7 @@ def init_from(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Load what fits of the weights at ``path`` into ``model`` (see ``load_matching``),
     and say what was done; UserError for a file that holds no weights."""
     path = Path(path).expanduser()
-    source = checkpoint.find(path) if path.is_dir() else path
+    source = checkpoint.find(path, key="init_from") if path.is_dir() else path
     if not source.is_file():
         raise UserError(f"init_from={path}: no such file or run directory")
     weights = _weights(source)

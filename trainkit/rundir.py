@@ -458,6 +458,11 @@ def _not_empty(path: Path, key: str, entries: list[str], continue_study: bool) -
     if ".hydra" in entries:
         from trainkit.overrides import resume_command
 
+        if (path / "summary.json").is_file():  # (resume would say: nothing to resume)
+            return (
+                f"{key}={path} holds a finished run; name a new directory (to start from its "
+                f"weights: init_from={path})"
+            )
         if (path / "checkpoints" / "last.pt").is_file():
             return (
                 f"{key}={path} holds a run already; continue it with `{resume_command(path)}`, "

@@ -645,7 +645,7 @@ class Runner:
     def resume(self, path: str | Path) -> None:
         """Continue the run saved in ``path`` (a checkpoint, or a run directory's last.pt):
         every piece of state, after checking that the config trains the same way."""
-        path = checkpoint.find(path, "last.pt")
+        path = checkpoint.find(path, "last.pt", "resume")
         state = checkpoint.load(path, map_location=self.device)
         checkpoint.check_resumable(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
         checkpoint.load_weights(self.model, state["model"], path, "this run's model")
