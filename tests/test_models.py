@@ -60,7 +60,7 @@ def test_resnet_needs_image_inputs():
 
 @pytest.mark.parametrize(("key", "value"), [("init", "he"), ("norm", "batchnorm")])
 def test_bad_init_or_norm_fails_validation(key, value):
-    with pytest.raises(UserError, match=rf"^model\.{key}='{value}' has the wrong type"):
+    with pytest.raises(UserError, match=rf"^model\.{key}='{value}' is not a choice; "):
         MODELS.check({"name": "resnet_cifar", key: value})
     with pytest.raises(UserError, match=rf"^model\.{key}="):
         MODELS.check({"name": "mlp", key: value})

@@ -109,7 +109,7 @@ def test_embed_dim_must_split_into_heads():
 
 @pytest.mark.parametrize(("key", "value"), [("pooling", "max"), ("positional", "rotary")])
 def test_bad_choices_fail_validation(key, value):
-    with pytest.raises(UserError, match=rf"^model\.{key}='{value}' has the wrong type"):
+    with pytest.raises(UserError, match=rf"^model\.{key}='{value}' is not a choice; "):
         MODELS.check({"name": "text_transformer", key: value})
 
 
