@@ -131,6 +131,8 @@ def _(cwd, run):
     return ["train", "--experimental-rerun", "config.pickle"]
 
 
+mistake("shell-completion", ["train", "-sc", "install=bash"],
+        "--shell-completion is Hydra's, for a program of one word")  # fmt: skip
 mistake("two-modes", ["train", "--cfg", "job", "-m", "optimizer=adam,sgd"],
         "--cfg and -m cannot be given together; give one of them")  # fmt: skip
 mistake(

@@ -273,14 +273,19 @@ def _train(args: list[str]) -> None:
             "does not read one; train a run's config again with the overrides in its "
             ".hydra/overrides.yaml, or continue it with resume=RUN_DIR"
         )
+    if {"-sc", "--shell-completion"} & set(names):
+        raise UserError(
+            "--shell-completion is Hydra's, for a program of one word: its script for "
+            "`trainkit train` would complete a program named train too, and not trainkit's "
+            "words; trainkit has no shell completion (trainkit train --help lists the config)"
+        )
     modes = list(dict.fromkeys(_HYDRA_MODES[n] for n in names if n in _HYDRA_MODES))
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot be given together; give one of them")
     if _HYDRA_FLAGS_NO_RUN & set(flags):  # --help, --cfg job, ...: Hydra prints, nothing runs
         prepared = config.prepare(overrides)
-        if not {"--shell-completion", "-sc"} & set(flags):  # (it is given words half typed)
-            sweeps.check_overrides(prepared)
-            config.compose_launch(prepared, sweep=_multirun(flags))  # a typo: one line
+        sweeps.check_overrides(prepared)
+        config.compose_launch(prepared, sweep=_multirun(flags))  # a typo: one line
         sys.argv = ["trainkit train", *flags, *prepared]
         _run_hydra(_train_job)
         return
@@ -925,7 +930,7 @@ def _positive_int(options: dict[str, str], key: str, default: int) -> int:
 
 def _plugins_option(value: str | None) -> list[str]:
     """``plugins=[a,b]`` (or ``plugins=a``) as given on the command line."""
-    if value is None:
+    if value is None or value == "":  # (plugins= : none)
         return []
     from trainkit import config
 
