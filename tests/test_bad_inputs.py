@@ -131,6 +131,9 @@ def _(cwd, run):
     return ["train", "--experimental-rerun", "config.pickle"]
 
 
+mistake("model-weights-missing",
+        ["train", "data=synthetic", "model=resnet18", "model.weights=gone.pth"],
+        "model.weights=gone.pth: no such file")  # fmt: skip
 mistake("shell-completion", ["train", "-sc", "install=bash"],
         "--shell-completion is Hydra's, for a program of one word")  # fmt: skip
 mistake("two-modes", ["train", "--cfg", "job", "-m", "optimizer=adam,sgd"],

@@ -98,6 +98,20 @@ def test_imagenet_weights_not_in_the_cache_is_one_line_saying_where_to_put_them(
     )
 
 
+def test_a_checkpoints_model_is_built_without_the_weights_its_run_started_from(tmp_path):
+    """eval, predict and export load the checkpoint's weights: the file model.weights names
+    (ImageNet's, in torch hub's cache) need not be on the machine that evaluates."""
+    from trainkit import config
+    from trainkit.build import build as build_parts
+
+    overrides = ["data=synthetic", "data.num_samples=200", "data.shape=[3,8,8]", "model=resnet18",
+                 "model.stem=cifar", f"model.weights={tmp_path / 'gone.pth'}"]  # fmt: skip
+    cfg = config.compose(config.prepare(overrides))
+    assert build_parts(cfg, "evaluate").model.fc.out_features == 10
+    with pytest.raises(UserError, match="gone.pth: no such file"):
+        build_parts(cfg, "train")
+
+
 def test_imagenet_weights_load_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     (tmp_path / "checkpoints").mkdir()

@@ -93,6 +93,10 @@ def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Pa
     monitored metric the task does not log, ...).
     """
     cfg = config.effective(cfg)
+    if purpose == "evaluate" and cfg.model.get("weights") is not None:
+        # The checkpoint's weights replace what the run started from: that file (ImageNet's,
+        # in torch hub's cache) is not read, and need not be on the machine that evaluates.
+        cfg.model.weights = None
     settings = trainer_settings(cfg.trainer)
     tune = finetune_settings(cfg.get("finetune"))
     planning = purpose == "plan"

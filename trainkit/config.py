@@ -669,6 +669,7 @@ def validate(cfg: DictConfig) -> None:
     """Check every node of a composed config; raise UserError naming the first bad key."""
     # Imported here: they pull in torch, which `trainkit --help` must not wait for.
     from trainkit.distributed import check_devices
+    from trainkit.models.resnet import check_weights
     from trainkit.tasks import check_task_loss
 
     container = to_container(cfg)
@@ -688,6 +689,7 @@ def validate(cfg: DictConfig) -> None:
             node, _ = split_scheduler_node(node)
         registry.check(node, group)
     check_task_loss(container["task"]["name"], container["loss"]["name"])
+    check_weights(container["model"])  # a file to load: there, before any data is read
     for group, registry in MULTI_GROUPS.items():
         for key, node in (container.get(group) or {}).items():
             if not isinstance(node, Mapping):

@@ -129,9 +129,16 @@ def resnet_cifar(
 Stem = Literal["imagenet", "cifar"]
 
 
-def _read_weights(name: str, weights: str) -> dict[str, Any]:
-    """The state dict named by ``model.weights``: "imagenet" (torchvision's IMAGENET1K_V1
-    file, from torch hub's cache only) or a path to a .pth state dict or trainkit checkpoint."""
+def check_weights(node: dict[str, Any]) -> None:
+    """UserError unless the file a torchvision ResNet's ``model.weights`` names is there:
+    checked with the config, before any data is read or directory made."""
+    if node.get("weights") is not None and node.get("name") in TORCHVISION_RESNETS:
+        weights_file(node["name"], str(node["weights"]))
+
+
+def weights_file(name: str, weights: str) -> Path:
+    """The file ``model.weights`` names: "imagenet" (torchvision's IMAGENET1K_V1 file, from
+    torch hub's cache only) or a path to a .pth state dict or trainkit checkpoint."""
     from torchvision import models
 
     if weights == "imagenet":
@@ -152,6 +159,12 @@ def _read_weights(name: str, weights: str) -> dict[str, Any]:
                 f"model.weights={weights}: no such file; give a .pth state dict (relative to "
                 "the working directory), imagenet, or null for random weights"
             )
+    return path
+
+
+def _read_weights(name: str, weights: str) -> dict[str, Any]:
+    """The state dict in the file ``model.weights`` names (see ``weights_file``)."""
+    path = weights_file(name, weights)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # not a torch file, or one that needs arbitrary pickles
@@ -247,9 +260,10 @@ def _torchvision_resnet(name: str, summary: str):
     return build
 
 
-for _name, _summary in (
-    ("resnet18", "torchvision's ResNet-18 (11.7M parameters)."),
-    ("resnet34", "torchvision's ResNet-34 (21.8M parameters)."),
-    ("resnet50", "torchvision's ResNet-50 (25.6M parameters, bottleneck blocks)."),
-):
+TORCHVISION_RESNETS = {
+    "resnet18": "torchvision's ResNet-18 (11.7M parameters).",
+    "resnet34": "torchvision's ResNet-34 (21.8M parameters).",
+    "resnet50": "torchvision's ResNet-50 (25.6M parameters, bottleneck blocks).",
+}
+for _name, _summary in TORCHVISION_RESNETS.items():
     MODELS.register(_name)(_torchvision_resnet(_name, _summary))
