@@ -160,18 +160,42 @@ def test_a_failed_download_leaves_no_folder_it_made(name, tmp_path, monkeypatch)
 
 
 def test_a_download_that_fails_midway_removes_what_it_wrote_and_nothing_else(tmp_path):
-    """Its partial archive goes; a file another process put in the folder meanwhile stays,
-    and so does the folder that holds it."""
-    raw = tmp_path / "data" / "MNIST" / "raw"
+    """Its partial archive goes; what another process put in the folder meanwhile stays, a
+    file of the same name too (the same download in a parallel job), and the folders."""
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
 
-    def fetch():  # the connection drops after part of the archive, while another job writes
-        (raw / "train.gz").write_bytes(b"part of it")
-        (raw / "theirs.txt").write_text("another process's")
+    def fetch(into):  # the connection drops after part of the archive, while another job writes
+        (into / "MNIST" / "raw").mkdir(parents=True)
+        (into / "MNIST" / "raw" / "train.gz").write_bytes(b"part of it")
+        raw.mkdir(parents=True)
+        (raw / "train.gz").write_text("another process's")
         raise OSError("connection reset")
 
     with pytest.raises(UserError, match="download failed"):
-        vision._ensure_files("mnist", [raw / "train"], [raw / "train.gz"], True, fetch, "hint")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["MNIST", "data", "raw", "theirs.txt"]
+        vision._ensure_files("mnist", root, [raw / "train"], [raw / "train.gz"], True, fetch, "")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["MNIST", "data", "raw", "train.gz"]
+    assert (raw / "train.gz").read_text() == "another process's"
+
+
+def test_a_download_puts_its_files_in_place_and_writes_over_none(tmp_path):
+    """Each file goes to its place from the download's own folder, which then goes; a file
+    already there (another process's download, finished first) is kept as it is."""
+    root = tmp_path / "data"
+    raw = root / "MNIST" / "raw"
+
+    def fetch(into):
+        (into / "MNIST" / "raw").mkdir(parents=True)
+        for name in ("train.gz", "train", "test"):
+            (into / "MNIST" / "raw" / name).write_text(f"downloaded {name}")
+        raw.mkdir(parents=True)
+        (raw / "test").write_text("theirs")
+
+    vision._ensure_files("mnist", root, [raw / "train", raw / "test"], [raw / "train.gz"], True,
+                         fetch, "")  # fmt: skip
+    assert sorted(p.name for p in root.rglob("*")) == ["MNIST", "raw", "test", "train", "train.gz"]
+    assert (raw / "train").read_text() == "downloaded train"
+    assert (raw / "test").read_text() == "theirs"
 
 
 def test_mnist_offline_error_lists_the_four_files(tmp_path, monkeypatch):

@@ -22,8 +22,10 @@ import functools
 import logging
 import os
 import pickle
+import shutil
 import socket
 import struct
+import tempfile
 import warnings
 import weakref
 from collections.abc import Callable
@@ -60,14 +62,16 @@ def _one_line(error: Exception) -> str:
 
 def _ensure_files(
     name: str,
+    root: Path,
     needed: list[Path],
     archives: list[Path],
     download: bool,
-    fetch: Callable[[], object],
+    fetch: Callable[[Path], object],
     hint: str,
 ) -> None:
-    """Make sure every ``needed`` file exists: extract ``archives`` the user put in place, else
-    call ``fetch`` (a torchvision download) when ``download``; raise UserError with ``hint``."""
+    """Make sure every ``needed`` file (under ``root``) exists: extract ``archives`` the user
+    put in place, else, when ``download``, call ``fetch(into)`` (a torchvision download into
+    a folder laid out as ``root``); raise UserError with ``hint``."""
     from torchvision.datasets.utils import extract_archive
 
     if all(path.is_file() for path in needed):
@@ -83,28 +87,44 @@ def _ensure_files(
                 ) from None
     missing = [path for path in needed if not path.is_file()]
     if missing and download:
-        # The download's folders (data/, data/MNIST/raw/), made here: on failure, what the
-        # download writes in them (its archives and files, by name: not whatever another
-        # process put beside them) goes, then the folders, where empty.
-        made = make_folders(missing[0].parent, "data.root")
+        # The download goes to a folder of its own, then its files are linked into place:
+        # whatever another process writes in root meanwhile (the same download, in a parallel
+        # sweep job) is never removed or written over. On failure the folders made here go.
+        made = make_folders(root, "data.root")
+        staging = Path(tempfile.mkdtemp(prefix=".trainkit-download-", dir=root))
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        failure = None
         try:
-            fetch()
-        except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
+            fetch(staging)
             for path in [*archives, *needed]:
-                if path.parent in made:
-                    path.unlink(missing_ok=True)
-            remove_made(made)
-            raise UserError(
-                f"data {name}: download failed ({_one_line(error)}); without network, {hint}"
-            ) from None
+                _link_new(staging / path.relative_to(root), path, made)
+        except (OSError, RuntimeError) as error:  # URLError, timeouts, bad checksums
+            failure = error
         finally:
             socket.setdefaulttimeout(previous)
+            shutil.rmtree(staging, ignore_errors=True)  # mkdtemp's: this download's alone
+        if failure is not None:
+            remove_made(made)
+            raise UserError(
+                f"data {name}: download failed ({_one_line(failure)}); without network, {hint}"
+            )
         missing = [path for path in needed if not path.is_file()]
     if missing:
         why = "data.download=false" if not download else "the download did not provide it"
         raise UserError(f"data {name}: {missing[0]} is missing and {why}; {hint}")
+
+
+def _link_new(source: Path, path: Path, made: list[Path]) -> None:
+    """``path`` as a new name of the downloaded ``source``, unless a file is there already
+    (another process's download, or the user's: kept as it is); folders made go in ``made``."""
+    if not source.is_file():
+        return
+    made += make_folders(path.parent, "data.root")
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        pass
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -175,10 +195,13 @@ def _load_cifar(name: str, root: str, download: bool, fine: bool):
     meta_file = source.meta["filename"]
     _ensure_files(
         name,
+        base,
         [folder / f for f in (*train_files, *test_files, meta_file)],
         [base / source.filename],
         download,
-        lambda: download_and_extract_archive(source.url, base, source.filename, md5=source.tgz_md5),
+        lambda into: download_and_extract_archive(
+            source.url, into, filename=source.filename, md5=source.tgz_md5
+        ),
         f"put {source.filename} (from https://www.cs.toronto.edu/~kriz/cifar.html) in {base}/ "
         f"or extract it to {folder}",
     )
@@ -198,10 +221,11 @@ def _load_mnist(name: str, root: str, download: bool, fashion: bool):
     archives = [file_name for file_name, _ in source.resources]
     _ensure_files(
         name,
+        Path(root),
         [raw / Path(file_name).stem for file_name in archives],
         [raw / file_name for file_name in archives],
         download,
-        lambda: source(root, train=True, download=True),
+        lambda into: source(into, train=True, download=True),
         f"put {', '.join(archives)} (from {source.mirrors[0]}) in {raw}",
     )
     train, test = source(root, train=True), source(root, train=False)
