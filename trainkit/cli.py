@@ -101,7 +101,6 @@ _HYDRA_MODES = {
     **dict.fromkeys(("-m", "--multirun"), "-m"),
     **dict.fromkeys(("-c", "--cfg"), "--cfg"),
     **dict.fromkeys(("-i", "--info"), "--info"),
-    **dict.fromkeys(("-sc", "--shell-completion"), "--shell-completion"),
 }
 _HYDRA_FLAGS_NO_RUN = {
     "--help",
@@ -111,8 +110,6 @@ _HYDRA_FLAGS_NO_RUN = {
     "-c",
     "--info",
     "-i",
-    "--shell-completion",
-    "-sc",
 }
 
 
@@ -200,7 +197,9 @@ def command_usage(command: str) -> str:
     if "[OVERRIDES]" in synopsis[0]:
         text += "\nOVERRIDES are train's; `trainkit train --help` lists the config groups.\n"
     examples = [line for line in lines if line.startswith(f"  trainkit {command} ")]
-    return text + "".join(f"\nexamples:\n{chr(10).join(examples)}\n" for _ in examples[:1])
+    if examples:
+        text += "\nexamples:\n" + "\n".join(examples) + "\n"
+    return text
 
 
 def _exit_interrupted(number: int) -> None:

@@ -96,7 +96,8 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
 def warn_if_frozen_unloaded(frozen: list[str], loaded: list[str], unfreeze_at_epoch: int) -> None:
     """A warning when ``finetune.freeze`` holds tensors that ``init_from`` did not load (a
     stem of another shape, say): they keep their random initial values while frozen."""
-    unloaded = [name for name in frozen if name not in set(loaded)]
+    loaded_names = set(loaded)
+    unloaded = [name for name in frozen if name not in loaded_names]
     if unloaded:
         until = f"until epoch {unfreeze_at_epoch}" if unfreeze_at_epoch else "for the whole run"
         log.warning(
