@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# pytest-xdist runs two workers on these 2 cores, and each starts trainkit commands: one
+# thread a process, so that no process's OpenMP threads spin while another's wait for a core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
