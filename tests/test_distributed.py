@@ -56,6 +56,8 @@ def test_a_global_batch_holds_the_same_samples_for_one_or_two_processes():
 # The first layer frozen for epoch 1: DDP is built again around the model when it unfreezes,
 # or its gradients would never be averaged across the processes.
 UNFREEZING = ["finetune.freeze=[1.*]", "finetune.unfreeze_at_epoch=2"]
+# A schedule that never acts within the run, for its warning.
+FLAT = ["scheduler=step", "scheduler.step_size=1000"]
 
 
 @pytest.mark.distributed
@@ -68,9 +70,12 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
     two.mkdir()
     temporary.mkdir()
     env = {**ONE_THREAD, "TMPDIR": str(temporary)}
+    extra = [*extra, *FLAT]
     result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=env)
     assert result.returncode == 0, result.stderr
     assert "on cpu in 2 processes (DDP)" in result.stdout + result.stderr
+    # Each process finds the config's warning; the main one says it.
+    assert (result.stdout + result.stderr).count("keeps the lr at") == 1
     assert not list(temporary.iterdir())  # (torch's launcher left a torchelastic_* folder)
     (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
     one = tmp_path / "one"

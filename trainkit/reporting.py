@@ -317,9 +317,21 @@ def setup_console_logging() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[console_handler()], force=True)
 
 
+# ``log.warning(..., extra=OWN_SHARE)``: a warning about this process's share of the work
+# (the images it decoded), which the other DDP processes cannot say for it.
+OWN_SHARE = {"own_share": True}
+
+
+def _own_share_or_error(record: logging.LogRecord) -> bool:
+    """What a DDP process other than the main one says: its errors and the warnings about its
+    own share. Every process finds a config's warning or a Ctrl-C alike; the main one says it."""
+    return record.levelno >= logging.ERROR or getattr(record, "own_share", False)
+
+
 def setup_worker_logging(run_dir: Path, main: bool, sweep_job: str = "") -> None:
     """Logging in a DDP worker process: the main one writes to the console and appends to
-    the run's train.log (as Hydra set up for a single process); the others only warn.
+    the run's train.log (as Hydra set up for a single process); the others say only their
+    errors and the warnings about their own share (``OWN_SHARE``).
     ``sweep_job``: the job's prefix when the run is a sweep's job (a quiet console)."""
     handlers: list[logging.Handler] = []
     if main:
@@ -334,6 +346,9 @@ def setup_worker_logging(run_dir: Path, main: bool, sweep_job: str = "") -> None
         format=f"[rank {os.environ.get('RANK', '?')}] %(message)s",
         force=True,
     )
+    if not main:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_share_or_error)
     if sweep_job:
         quiet_console(sweep_job)
 

@@ -41,6 +41,7 @@ from trainkit.data.preprocess import convert_image, image_record
 from trainkit.data.splits import Splits, TensorSplit, stratified_split
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, PositiveFloat, PositiveInt, Probability
+from trainkit.reporting import OWN_SHARE
 from trainkit.rundir import make_folders, remove_made
 
 # Per socket operation (connect, each read), not per file: a machine without network fails in
@@ -360,7 +361,8 @@ def _report_undecodable(owner_pid: int, splits: list[tuple[list[str], torch.Tens
     if bad:
         log.warning(
             f"data imagefolder: {len(bad)} images could not be decoded and were skipped "
-            f"(data.on_bad_image=skip); first: {bad[0]}"
+            f"(data.on_bad_image=skip); first: {bad[0]}",
+            extra=OWN_SHARE,
         )
 
 
