@@ -8,11 +8,12 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import run_dirs, run_trainkit
 from trainkit import config
 from trainkit.build import build
-from trainkit.lr_find import _centred_mean, _suggestions, find_lr
+from trainkit.lr_find import _centred_mean, _step, _suggestions, find_lr
 
 SMALL = ["data=synthetic", "data.num_samples=300", "model=mlp", "model.hidden=[16]"]
 
@@ -70,6 +71,20 @@ def test_a_range_test_wraps_around_a_small_data_set_and_writes_nothing(tmp_path,
         assert test.lrs[-1] == pytest.approx(1.0)
     assert 1e-5 <= test.suggestion <= 1.0
     assert list(tmp_path.iterdir()) == []  # no run directory, no file
+
+
+def test_an_accumulated_step_with_a_short_batch_is_one_batch_of_its_samples(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A step of 32 + 8 samples (an epoch's short last batch) against one batch of the 40.
+    accumulated, whole = (
+        build(compose(*SMALL, f"trainer.accumulate={k}"), "find_lr") for k in (2, 1)
+    )
+    inputs, targets, index = (t[:40] for t in next(iter(whole.loaders["train"])))
+    parts = [(inputs[:32], targets[:32], index[:32]), (inputs[32:], targets[32:], index[32:])]
+    loss = _step(accumulated, iter(parts))
+    assert loss == pytest.approx(_step(whole, iter([(inputs, targets, index)])), rel=1e-6)
+    for a, b in zip(accumulated.model.parameters(), whole.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_every_param_group_keeps_its_ratio_to_the_lr(tmp_path, monkeypatch):

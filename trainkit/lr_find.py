@@ -105,17 +105,20 @@ def _endless(parts: Parts) -> Iterator:
 
 def _step(parts: Parts, batches: Iterator) -> float:
     """One optimizer step of ``trainer.accumulate`` batches, as the train loop takes it
-    (mixing, penalties, precision, clipping); returns the mean loss of its batches."""
-    speed, accumulate, total = parts.speed, parts.settings.accumulate, 0.0
-    for _ in range(accumulate):
-        inputs, targets, _ = next(batches)
+    (mixing, penalties, precision, clipping, each batch weighed by its samples, as one batch
+    of them all); returns the step's mean loss."""
+    speed, total = parts.speed, 0.0
+    step = [next(batches) for _ in range(parts.settings.accumulate)]
+    samples = sum(targets.shape[0] for _, targets, _ in step)
+    for inputs, targets, _ in step:
+        share = targets.shape[0] / samples  # (a short batch at an epoch's end weighs less)
         inputs = speed.inputs(inputs.to(parts.device, non_blocking=True))
         targets = targets.to(parts.device, non_blocking=True)
         for regularizer in parts.regularizers:
             inputs, targets = regularizer.mix_batch(inputs, targets, parts.splits.num_classes)
         _, loss = batch_loss(parts, parts.model, inputs, targets)
-        speed.scaler.scale(loss / accumulate).backward()
-        total += loss.item() / accumulate
+        speed.scaler.scale(loss * share).backward()
+        total += loss.item() * share
     if not math.isfinite(total):
         parts.optimizer.zero_grad(set_to_none=True)
         return total
