@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 
 from trainkit import paths
-from trainkit.augment import STEPS, UnitRange, device_augmentation
+from trainkit.augment import STEPS, UnitRange, device_augmentation, mirrors
 from trainkit.errors import UserError
 from trainkit.registry import AUGMENTATIONS, load_components
 
@@ -46,6 +46,29 @@ def test_presets_build_from_yaml_and_keep_shape(name, shape):
 
 def _flips(transform) -> list:
     return [t for t in transform.transforms if isinstance(t, (v2.RandomHorizontalFlip,))]
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "expected"),
+    [
+        ("none", {}, False),
+        ("digits", {}, False),
+        ("basic", {}, True),
+        ("basic", {"flip": 0.0}, False),
+        ("cifar", {}, True),
+        ("imagenet", {}, True),
+        ("randaugment", {}, True),
+    ],
+)
+def test_which_presets_train_on_mirror_images(name, overrides, expected):
+    assert mirrors(preset(name, **overrides)) is expected
+
+
+def test_a_pipeline_mirrors_when_one_of_its_steps_flips_left_to_right():
+    assert mirrors(pipeline({"name": "RandomCrop", "padding": 2}, {"name": "RandomHorizontalFlip"}))
+    assert not mirrors(pipeline({"name": "RandomVerticalFlip"}, {"name": "RandomErasing"}))
+    assert not mirrors(pipeline({"name": "RandomHorizontalFlip", "p": 0.0}))
+    assert mirrors(v2.RandomApply([v2.Compose([v2.RandomHorizontalFlip()])]))
 
 
 def test_digits_never_flips():

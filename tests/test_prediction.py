@@ -84,7 +84,7 @@ def test_predict_on_pngs_of_the_test_split_gives_evals_predictions(
 
 
 def test_any_image_mode_and_size_and_an_npy_array_are_read(
-    digits_run, tmp_path, monkeypatch, capsys
+    digits_run, tmp_path, monkeypatch, capsys, caplog
 ):
     from sklearn.datasets import load_digits
 
@@ -97,6 +97,21 @@ def test_any_image_mode_and_size_and_an_npy_array_are_read(
     )  # fmt: skip
     assert [row["input"] for row in predicted] == ["big.jpg", "many.npy:0", "many.npy:1"]
     assert predicted[1]["prediction"] == predicted[2]["prediction"] == "0"
+    # The run trained without flips (augmentation=none): averaging with mirrors is warned of.
+    warning = "tta=hflip averages with mirror images, and the run trained without flips"
+    assert warning in caplog.text  # (on stderr: predict's lines are warnings and its result)
+
+
+def test_tta_on_a_run_that_trained_on_mirror_images_is_said_nothing_of(
+    tmp_path, monkeypatch, capsys, caplog
+):
+    run = trained(tmp_path / "run", "model=mlp", "augmentation=basic", "trainer.max_epochs=1")
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8), dtype=np.float32))
+    predicted, said = predict(
+        tmp_path, monkeypatch, capsys, f"checkpoint={run}", "input=x.npy", "output=out.csv",
+        "tta=hflip",
+    )  # fmt: skip
+    assert len(predicted) == 2 and "tta=hflip" not in caplog.text + said
 
 
 def test_npy_pixels_are_0_to_255_or_floats_from_0_to_1_as_float_images_are(

@@ -337,6 +337,17 @@ class BatchRandomFlip(nn.Module):
         return torch.where(flip, images.flip(self.dim), images)
 
 
+def mirrors(transform: Transform | None) -> bool:
+    """Whether a train transform flips images left to right: a model trained with it saw
+    mirror images as their own class (test-time averaging with mirrors is then sound)."""
+    if isinstance(transform, v2.RandomHorizontalFlip):
+        return transform.p > 0
+    inner = getattr(transform, "transforms", None) or getattr(transform, "transform", None)
+    if isinstance(inner, list | tuple):
+        return any(mirrors(step) for step in inner)
+    return inner is not None and mirrors(inner)
+
+
 DEVICE_STEPS = ("RandomCrop", "RandomHorizontalFlip", "RandomVerticalFlip")
 
 

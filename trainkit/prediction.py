@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,13 +22,17 @@ import numpy as np
 import torch
 
 from trainkit import checkpoint, config
+from trainkit.augment import mirrors
 from trainkit.build import build
 from trainkit.data import Splits
 from trainkit.data.preprocess import check_description, list_inputs, prepare
 from trainkit.errors import UserError, first_line
+from trainkit.registry import AUGMENTATIONS
 from trainkit.reporting import is_terminal
 from trainkit.rundir import free_file_name, write_new_file
 from trainkit.tasks import MetricLearning
+
+log = logging.getLogger("trainkit")
 
 
 def predict(
@@ -49,7 +54,7 @@ def predict(
     if path.suffix.lower() == ".onnx":
         forward, task, description = _from_onnx(path)
     else:
-        forward, task, description = _from_checkpoint(path, plugins, device)
+        forward, task, description = _from_checkpoint(path, plugins, device, tta)
     record = description["preprocessing"]
     if tta == "hflip" and record["kind"] != "image":
         raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
@@ -108,9 +113,10 @@ def predict(
     return {"rows": len(rows), "skipped": bad, "output": output, "embeddings": embeddings}
 
 
-def _from_checkpoint(path: Path, plugins: list[str], device: str):
+def _from_checkpoint(path: Path, plugins: list[str], device: str, tta: str = "none"):
     """The model's forward function (CPU tensors in and out), its task, and the data's
-    description, from a checkpoint: through the assembly, without the data."""
+    description, from a checkpoint: through the assembly, without the data. ``tta=hflip``
+    is warned about when the run never trained on mirror images."""
     state = checkpoint.load(path)
     description = state.get("data")
     if description:
@@ -122,7 +128,17 @@ def _from_checkpoint(path: Path, plugins: list[str], device: str):
             "of a run trained with this version"
         )
     cfg = config.resolve(checkpoint.config_of(state, path, plugins, device))
-    parts = build(cfg, "evaluate", splits=Splits.described(description))
+    splits = Splits.described(description)
+    if tta == "hflip" and splits.image_size:
+        trained_on = AUGMENTATIONS.build(cfg.augmentation, image_size=splits.image_size)
+        if not mirrors(trained_on):
+            log.warning(
+                f"warning: tta=hflip averages with mirror images, and the run trained without "
+                f"flips (augmentation={cfg.augmentation.name}): a mirror image may look like "
+                "another class (a mirrored 6 is no digit); use tta=none unless mirrors keep "
+                "their label"
+            )
+    parts = build(cfg, "evaluate", splits=splits)
     checkpoint.load_weights(
         parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
     )
