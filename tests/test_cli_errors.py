@@ -81,6 +81,34 @@ def test_a_recipe_with_a_yaml_syntax_error(tmp_path, monkeypatch, capsys):
     assert "recipe broken.yaml is not valid YAML" in err and err.count("\n") == 1
 
 
+# A recipe file's lines, and the error: said to be in the file when the file sets its key.
+RECIPE_MISTAKES = [
+    ("trainer:\n  max_epochz: 3", [], "my.yaml: unknown key trainer.max_epochz; did you mean"),
+    ("defaults:\n  - override /optimizer: adamm", [], "my.yaml: unknown optimizer 'adamm'"),
+    ("model:\n  hidden: [a]", ["model=mlp"], "my.yaml: model.hidden[0]='a' has the wrong type"),
+    ("model:\n  hidden: [8]", [], "my.yaml: unknown key model.hidden"),  # (for model=mlp)
+    ("optimizer:\n  lr: -1", [], "my.yaml: optimizer.lr=-1 is out of range"),
+    # The command line's own value, or another key's mistake: said as it is.
+    ("optimizer:\n  lr: -1", ["optimizer.lr=-2"], "error: optimizer.lr=-2 is out of range"),
+    ("optimizer:\n  lr: 0.1", ["trainer.max_epochs=0"], "error: trainer.max_epochs=0 is out"),
+]
+
+
+@pytest.mark.parametrize("verb", ["train", "lr-plot"])
+@pytest.mark.parametrize(("lines", "overrides", "message"), RECIPE_MISTAKES)
+def test_a_mistake_a_recipe_file_makes_is_said_to_be_in_the_file(
+    tmp_path, monkeypatch, capsys, verb, lines, overrides, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text(f"# @package _global_\n{lines}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "recipe=my.yaml", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("trainkit: error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my.yaml"]
+
+
 def test_unknown_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["trian"])

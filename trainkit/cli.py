@@ -254,9 +254,21 @@ def train(args: list[str]) -> None:
     gc.disable()
     try:
         _train(args)
+    except UserError as error:
+        raise _in_recipe_file(error, args) from None
     finally:
         if collecting:  # (a run that failed before training; or train() called in-process)
             gc.enable()
+
+
+def _in_recipe_file(error: UserError, args: list[str]) -> UserError:
+    """``error`` said to be in the recipe file that made it (``config.in_recipe_file``)."""
+    from trainkit import config
+
+    try:
+        return config.in_recipe_file(error, _split_hydra_args(args)[0])
+    except UserError:  # (the arguments' own mistake: said as it is)
+        return error
 
 
 def _train(args: list[str]) -> None:
@@ -1043,7 +1055,7 @@ def lr_plot(args: list[str]) -> None:
     from trainkit.plotting import format_lr, lr_figure, png_bytes, terminal_plot
     from trainkit.schedulers import idle_warning
 
-    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    cfg = config.from_overrides(overrides)
     if cfg.get("resume"):  # the plan is a new run's, from its overrides
         raise UserError("lr-plot plans a run from its overrides; leave out resume=")
     plan = build(cfg, "plan")
@@ -1098,7 +1110,7 @@ def lr_find(args: list[str]) -> None:
     from trainkit.lr_find import find_lr
     from trainkit.plotting import format_lr, lr_find_figure, png_bytes, terminal_plot
 
-    cfg = config.resolve(config.compose(config.prepare(overrides)))
+    cfg = config.from_overrides(overrides)
     if cfg.get("resume"):
         raise UserError("lr-find starts from a fresh build of the run; leave out resume=")
     if cfg.trainer.devices > 1:

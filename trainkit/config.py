@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,38 @@ def prepare(overrides: list[str]) -> list[str]:
             text = f"recipe={recipe.stem}"
         rewritten.append(text)
     return rewritten
+
+
+# The key a mistake's message starts with: "unknown key trainer.max_epochz; ...",
+# "model.hidden[0]='a' has the wrong type", "unknown optimizer 'adamm'" (a group).
+_KEY_IN_MESSAGE = re.compile(r"(?:unknown key )?([A-Za-z_]\w*(?:\.\w+)+)|unknown (\w+) '")
+
+
+def in_recipe_file(error: UserError, overrides: list[str]) -> UserError:
+    """``error`` said to be in the recipe file given as ``recipe=path/to/file.yaml`` when
+    that file sets the key the error names and ``overrides`` do not: the key alone would send
+    the user to the command line. Other errors come back as they are."""
+    typed = override_value(overrides, "recipe")
+    file = RECIPE_FILES.get(Path(typed).stem) if isinstance(typed, str) else None
+    found = _KEY_IN_MESSAGE.match(str(error))
+    if file is None or found is None or not file.is_file():
+        return error
+    key = found.group(1) or found.group(2)
+    for override, text in zip(_parse_overrides(overrides), overrides, strict=True):
+        given = override.key_or_group  # (model=mlp chooses a model: it sets no model.hidden)
+        if given == key or (key.startswith(f"{given}.") and not _is_group(text)):
+            return error
+    node = OmegaConf.load(file)  # (the file composed: it is YAML)
+    chosen = {
+        str(entry).removeprefix("override").strip().lstrip("/")
+        for item in node.get("defaults") or []
+        if isinstance(item, Mapping)
+        for entry in item
+    }
+    missing = object()
+    if key in chosen or OmegaConf.select(node, key, default=missing) is not missing:
+        return UserError(f"{typed}: {error}")
+    return error
 
 
 def _parse_overrides(overrides: list[str]):
@@ -503,6 +536,15 @@ def resolve(cfg: DictConfig) -> DictConfig:
     (``effective``); UserError naming the first mistake. Needs no data and makes nothing."""
     validate(cfg)
     return effective(cfg)
+
+
+def from_overrides(overrides: list[str]) -> DictConfig:
+    """The checked config the run of ``overrides`` would train with, composed without a Hydra
+    run (lr-plot, lr-find); a mistake a recipe file makes is said to be in that file."""
+    try:
+        return resolve(compose(prepare(overrides)))
+    except UserError as error:
+        raise in_recipe_file(error, overrides) from None
 
 
 def effective(cfg: DictConfig) -> DictConfig:
