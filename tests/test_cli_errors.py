@@ -109,6 +109,22 @@ def test_a_mistake_a_recipe_file_makes_is_said_to_be_in_the_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my.yaml"]
 
 
+def test_a_sweep_job_names_the_recipe_file_its_mistake_is_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "my.yaml").write_text(
+        "# @package _global_\ntrainer:\n  max_epochz: 3\n"
+    )
+    with pytest.raises(SystemExit):
+        main(["train", "-m", "recipe=recipes/my.yaml", "optimizer.lr=0.1,0.2"])
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "trainkit: error: sweep job 0 (optimizer.lr=0.1): recipes/my.yaml: unknown key "
+        "trainer.max_epochz"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipes"]
+
+
 def test_unknown_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["trian"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -138,7 +139,7 @@ def in_recipe_file(error: UserError, overrides: list[str]) -> UserError:
     }
     missing = object()
     if key in chosen or OmegaConf.select(node, key, default=missing) is not missing:
-        return UserError(f"{typed}: {error}")
+        return UserError(f"{os.path.relpath(file)}: {error}")
     return error
 
 
@@ -319,6 +320,7 @@ def check_sweep(overrides: list[str], plugins: list[str]) -> None:
             check_plugins(cfg, plugins)
             resolve(cfg)
         except UserError as error:
+            error = in_recipe_file(error, job)
             raise UserError(f"sweep job {number} ({which}): {error}") from None
 
 
