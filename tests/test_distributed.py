@@ -56,6 +56,17 @@ def test_a_global_batch_holds_the_same_samples_for_one_or_two_processes():
 # The first layer frozen for epoch 1: DDP is built again around the model when it unfreezes,
 # or its gradients would never be averaged across the processes.
 UNFREEZING = ["finetune.freeze=[1.*]", "finetune.unfreeze_at_epoch=2"]
+# A module of the working directory's that stands in for one of Python's, and says so in a
+# process started as `python -c` (the test's `python -m trainkit` puts the directory on
+# sys.path itself, as Python does for -m).
+STAND_IN = """
+import importlib, os, sys
+if sys.argv[0] == "-c":
+    open(f"imported-{os.getpid()}", "w").close()
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
+del sys.modules[__name__]
+sys.modules[__name__] = importlib.import_module(__name__)
+"""
 # A schedule that never acts within the run, for its warning.
 FLAT = ["scheduler=step", "scheduler.step_size=1000"]
 
@@ -69,6 +80,7 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
     two, temporary = tmp_path / "two", tmp_path / "tmp"
     two.mkdir()
     temporary.mkdir()
+    two.joinpath("multiprocessing.py").write_text(STAND_IN)  # files here are data, not code
     env = {**ONE_THREAD, "TMPDIR": str(temporary)}
     extra = [*extra, *FLAT]
     result = run_trainkit("train", *RUN, *extra, "trainer.devices=2", cwd=two, env=env)
@@ -76,6 +88,7 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
     assert "on cpu in 2 processes (DDP)" in result.stdout + result.stderr
     # Each process finds the config's warning; the main one says it.
     assert (result.stdout + result.stderr).count("keeps the lr at") == 1
+    assert not list(two.glob("imported-*"))  # (the workers start as `python -c`)
     assert not list(temporary.iterdir())  # (torch's launcher left a torchelastic_* folder)
     (run_dir,) = run_dirs(two)  # one directory, whatever the number of processes
     one = tmp_path / "one"

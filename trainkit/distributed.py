@@ -187,8 +187,17 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
         # /tmp/torchelastic_* left behind by every run.
         logs_specs=DefaultLogsSpecs(log_dir=(logs := tempfile.mkdtemp(prefix="trainkit-ddp-"))),
     )
+    # A worker (and multiprocessing's resource tracker) starts as `python -c ...`, which puts
+    # the working directory first on sys.path: a multiprocessing.py there would run. Python
+    # 3.11 and later leave it out under PYTHONSAFEPATH, which the new processes inherit.
+    safe_path = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
     try:
         results = elastic_launch(config, worker)(*args)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
+        if safe_path is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = safe_path
     return results[0]

@@ -432,7 +432,8 @@ def load_components(plugins: Iterable[str] = ()) -> None:
             ) from error
     if plugins and os.getcwd() not in sys.path:
         # A console script's sys.path starts at its own bin/ directory, not where the user is.
-        sys.path.insert(0, os.getcwd())
+        # Last: the named module is found here, and no file here stands in for another module.
+        sys.path.append(os.getcwd())
     for module in plugins:
         try:
             importlib.import_module(module)
