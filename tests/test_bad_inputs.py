@@ -136,6 +136,10 @@ mistake("model-weights-missing",
         "model.weights=gone.pth: no such file")  # fmt: skip
 mistake("shell-completion", ["train", "-sc", "install=bash"],
         "--shell-completion is Hydra's, for a program of one word")  # fmt: skip
+# Another config than trainkit's would pass around its checks (a log file of the user's).
+for flag in ("--config-name", "--config-dir", "-cd", "--config-path"):
+    mistake(f"own-config{flag}", ["train", flag, "mine", "optimizer=sgd"],
+            f"{flag} chooses Hydra's config, and trainkit checks and runs its own")  # fmt: skip
 mistake("two-modes", ["train", "--cfg", "job", "-m", "optimizer=adam,sgd"],
         "--cfg and -m cannot be given together; give one of them")  # fmt: skip
 mistake(
@@ -1376,6 +1380,12 @@ def unfinished(run: Path, to: Path) -> Path:
 @case("resume-changed-epochs", "resume: the config differs from the run's (trainer.max_epochs: 2")
 def _(cwd, run):
     return ["train", f"resume={unfinished(run, cwd / 'run')}", "trainer.max_epochs=60"]
+
+
+@case("resume-in-a-search", "resume=PATH continues one run; it cannot be part of a sweep")
+def _(cwd, run):  # hparams_search= sweeps without -m
+    folder = unfinished(run, cwd / "run")
+    return ["train", "hparams_search=random", "hydra.sweeper.n_trials=1", f"resume={folder}"]
 
 
 def planted_link(run: Path, cwd: Path, name: str, hard: bool = False) -> list[str]:

@@ -290,11 +290,14 @@ def load_study(sweep_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name="trainkit", storage=f"sqlite:///{sweep_dir}/optuna.db")
 
 
-@pytest.mark.parametrize("search", ["random", "tpe"])
-def test_optuna_search_runs_its_trials_and_keeps_the_study_in_the_sweep_dir(tmp_path, search):
+# tpe without -m: hparams_search= makes the command a sweep by itself.
+@pytest.mark.parametrize(("search", "flags"), [("random", ["-m"]), ("tpe", [])])
+def test_optuna_search_runs_its_trials_and_keeps_the_study_in_the_sweep_dir(
+    tmp_path, search, flags
+):
     result = run_trainkit(
         "train",
-        "-m",
+        *flags,
         f"hparams_search={search}",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.seed=0",
@@ -303,6 +306,9 @@ def test_optuna_search_runs_its_trials_and_keeps_the_study_in_the_sweep_dir(tmp_
     )
     assert result.returncode == 0, result.stdout + result.stderr
     sweep_dir = only_sweep_dir(tmp_path)
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no run dir
+    jobs = list(sweep_dir.glob("[01]_*"))  # named by what varies, not what all share
+    assert len(jobs) == 2 and not [p for p in jobs if "hparams_search" in p.name]
     study = load_study(sweep_dir)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val/acc
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -75,6 +75,8 @@ _HYDRA_FLAGS_WITH_VALUE = {
     "-cn",
     "--config-dir",
     "-cd",
+    "--config-path",
+    "-cp",
     "--experimental-rerun",  # (refused: see _train)
     "--info",
     "-i",
@@ -92,9 +94,9 @@ _HYDRA_FLAGS = {
     "-m",
     "--shell-completion",
     "-sc",
-    "--config-path",
-    "-cp",
 }
+# Hydra's flags that name another config than trainkit's (refused: see _train).
+_HYDRA_CONFIG_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp"}
 # Hydra's modes, of which a command takes one (its short and long names).
 _HYDRA_MODES = {
     **dict.fromkeys(("-r", "--run"), "--run"),
@@ -272,6 +274,8 @@ def _in_recipe_file(error: UserError, args: list[str]) -> UserError:
 
 
 def _train(args: list[str]) -> None:
+    from hydra.types import RunMode
+
     from hydra_plugins.trainkit_optuna_sweeper import check_search
     from trainkit import checkpoint, config, rundir, sweeps
     from trainkit.overrides import override, quote_value
@@ -289,6 +293,12 @@ def _train(args: list[str]) -> None:
             "--shell-completion is Hydra's, for a program of one word: its script for "
             "`trainkit train` would complete a program named train too, and not trainkit's "
             "words; trainkit has no shell completion (trainkit train --help lists the config)"
+        )
+    own_config = [n for n in names if n in _HYDRA_CONFIG_FLAGS]
+    if own_config:  # (another config would pass around trainkit's checks of this one)
+        raise UserError(
+            f"{own_config[0]} chooses Hydra's config, and trainkit checks and runs its own; "
+            "put your settings in a recipe file and give recipe=path/to/file.yaml"
         )
     modes = list(dict.fromkeys(_HYDRA_MODES[n] for n in names if n in _HYDRA_MODES))
     if len(modes) > 1:
@@ -310,7 +320,12 @@ def _train(args: list[str]) -> None:
     config.check_plugins(launch, config.plugins_named(rewritten))
     placement = ("hydra.run.dir=", "hydra.sweep.dir=")
     passed_on = [o for o in rewritten if not o.startswith(placement)]
-    multirun = _multirun(flags) or str(launch.hydra.mode) == "MULTIRUN"
+    # (hparams_search= sets hydra.mode: a sweep without -m)
+    multirun = _multirun(flags) or launch.hydra.mode == RunMode.MULTIRUN
+    if multirun and resuming is not None:
+        raise UserError(
+            "resume=PATH continues one run; it cannot be part of a sweep (-m, hparams_search=)"
+        )
     if multirun:
         if _torchrun():
             raise UserError(
