@@ -266,3 +266,24 @@ def test_sigterm_to_a_ddp_run_saves_says_how_to_resume_in_one_place_and_exits_14
     lines = err.strip().splitlines()
     assert lines[-2] == f"trainkit: SIGTERM at a step's end; checkpoint saved: {last}"
     assert lines[-1] == f"resume with: trainkit train resume={tmp_path / 'run'}"
+
+
+def test_a_librarys_own_start_method_gives_way_to_pythons_for_the_workers():
+    """In a joblib (loky) worker, multiprocessing's start method is "loky", which processes
+    spawned from there are told to use and cannot find: a parallel sweep's DDP jobs failed."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend import context  # noqa: F401 (registers "loky")
+
+    from trainkit.distributed import standard_start_method
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("loky", force=True)
+    try:
+        standard_start_method()
+        assert multiprocessing.get_start_method() in multiprocessing.get_all_start_methods()
+        multiprocessing.set_start_method("spawn", force=True)
+        standard_start_method()  # Python's own: left as it is
+        assert multiprocessing.get_start_method() == "spawn"
+    finally:
+        multiprocessing.set_start_method(before, force=True)

@@ -10,6 +10,7 @@ MASTER_PORT in each worker's environment.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import socket
@@ -156,6 +157,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def standard_start_method() -> None:
+    """multiprocessing's default start method back to one of Python's own where a library
+    set its own: in a joblib (loky) worker it is "loky", which a process spawned from there
+    is told to use and cannot find (a parallel sweep's DDP workers failed so)."""
+    if multiprocessing.get_start_method(allow_none=True) not in (
+        None,
+        *multiprocessing.get_all_start_methods(),
+    ):
+        multiprocessing.set_start_method(None, force=True)
+
+
 def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
     """Run ``worker(*args)`` in ``processes`` new processes on this machine through torch's
     elastic launcher (what torchrun uses); returns what rank 0's worker returned.
@@ -187,6 +199,7 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
         # /tmp/torchelastic_* left behind by every run.
         logs_specs=DefaultLogsSpecs(log_dir=(logs := tempfile.mkdtemp(prefix="trainkit-ddp-"))),
     )
+    standard_start_method()
     # A worker (and multiprocessing's resource tracker) starts as `python -c ...`, which puts
     # the working directory first on sys.path: a multiprocessing.py there would run. Python
     # 3.11 and later leave it out under PYTHONSAFEPATH, which the new processes inherit.
