@@ -51,7 +51,7 @@ def check_search(launch: DictConfig, arguments: list[str], sweep_dir: str) -> No
     it continues searched the same space. ``launch`` is the composed config, Hydra's part
     included; ``arguments`` the command line's overrides of the run's keys. Nothing to check
     for another sweeper."""
-    from trainkit.config import one_line
+    from trainkit.config import check_metric_name, one_line
 
     node = launch.hydra.sweeper
     if node.get("_target_") != f"{__name__}.{TrainkitOptunaSweeper.__name__}":
@@ -64,6 +64,8 @@ def check_search(launch: DictConfig, arguments: list[str], sweep_dir: str) -> No
     check_params("hydra.sweeper", values, TrainkitOptunaSweeper)
     sweeper = TrainkitOptunaSweeper(**values)
     sweeper.config = launch
+    for name in sweeper.objectives:  # (a misspelt one was found after the first trial)
+        check_metric_name("hydra.sweeper.objectives", name, launch.task.name)
     space, fixed = sweeper.search(arguments)[:2]
     _check_storage(sweeper.storage, OmegaConf.to_container(node)["storage"])
     # (Optuna writes its tables into a file it opens: only a study of trainkit's is opened.)

@@ -136,6 +136,18 @@ mistake("model-weights-missing",
         "model.weights=gone.pth: no such file")  # fmt: skip
 mistake("shell-completion", ["train", "-sc", "install=bash"],
         "--shell-completion is Hydra's, for a program of one word")  # fmt: skip
+# A metric no run of the task logs: found before a sweep's jobs run (they each failed).
+mistake(
+    "monitor-misspelt-in-a-sweep",
+    ["train", "-m", "trainer.monitor=val/accc", "optimizer=adam,sgd"],
+    "trainer.monitor='val/accc' is not a metric a task=classification run monitors; "
+    "did you mean 'val/acc'?",
+)
+mistake(
+    "objective-misspelt",
+    ["train", "-m", "hparams_search=random", "hydra.sweeper.objectives=[val/accc]"],
+    "hydra.sweeper.objectives: 'val/accc' is not a metric",
+)
 # Another config than trainkit's would pass around its checks (a log file of the user's).
 for flag in ("--config-name", "--config-dir", "-cd", "--config-path"):
     mistake(f"own-config{flag}", ["train", flag, "mine", "optimizer=sgd"],
@@ -298,8 +310,9 @@ def _(cwd, run):
 
 mistake(
     "unknown-objective",
-    [*SEARCH, "hparams_search=random", "hydra.sweeper.objectives=[val/acc,val/acuracy]"],
-    "hydra.sweeper.objectives: val/acuracy is not in a job's summary.json",
+    # (a class these data lack: only a job's summary.json can tell)
+    [*SEARCH, "hparams_search=random", "hydra.sweeper.objectives=[val/acc,test/f1/99]"],
+    "hydra.sweeper.objectives: test/f1/99 is not in a job's summary.json",
     leaves_record=True,  # the job that ran is kept
 )
 mistake("resume-in-sweep", ["train", "-m", "resume=x"], "resume=PATH continues one run")
@@ -838,9 +851,9 @@ def _(cwd, run):
 # --- data: found when the data is read; the directory made for the run goes again ---
 
 
-@case("monitor-not-logged", "trainer.monitor='val/auc' is not a logged metric")
-def _(cwd, run):
-    return train("trainer.monitor=val/auc")
+@case("monitor-not-logged", "trainer.monitor='val/auroc' is not a logged metric")
+def _(cwd, run):  # (a binary run's: these data have 10 classes)
+    return train("trainer.monitor=val/auroc")
 
 
 mistake("depth-not-6n2", ["train", "model=resnet_cifar", "model.depth=9", *QUIET],

@@ -289,6 +289,16 @@ def test_score_names_are_the_scores_the_metrics_compute(task, data):
     computed = built.metrics().scalar_names("val")
     assert sorted(computed) == sorted(["val/loss", *(f"val/{n}" for n in built.score_names())])
     assert built.default_monitor in computed
+    # What a monitor is checked against before any data is read: every run's scores.
+    assert set(built.score_names()) <= set(task.scores)
+
+
+def test_each_score_a_task_may_log_is_logged_by_some_run_of_it():
+    assert {
+        name
+        for n in (2, 3, 10)
+        for name in Classification(splits(n), {"name": "nll"}).score_names()
+    } == set(Classification.scores)
 
 
 @pytest.mark.parametrize(

@@ -740,6 +740,8 @@ def validate(cfg: DictConfig) -> None:
                 raise UserError(f"{group}.{key} must be a mapping with a name; got {node!r}")
             registry.check(node, f"{group}.{key}")
     trainer = check_params("trainer", _mapping(container, "trainer"), TrainerSettings)
+    if trainer.get("monitor") not in (None, "auto"):
+        check_metric_name("trainer.monitor", trainer["monitor"], container["task"]["name"])
     check_devices(trainer.get("device", "auto"), trainer.get("devices", 1))
     _check_fractions(container["data"])
     check_params("logger", _mapping(container, "logger"), LoggerSettings)
@@ -754,6 +756,30 @@ def validate(cfg: DictConfig) -> None:
         )
     if container.get("init_from") is not None and not isinstance(container["init_from"], str):
         raise UserError(f"init_from={container['init_from']!r} must be a path")
+
+
+def check_metric_name(key: str, metric: str, task: str) -> None:
+    """UserError when no run of ``task`` logs ``metric`` (given by ``key``): a misspelt name,
+    found before any data is read or directory made. A monitor is a train or val metric; an
+    objective (``hydra.sweeper.objectives``) may be a test one, a class's (test/f1/3), or a
+    number of the run's summary (train_time_s)."""
+    from trainkit.tasks import metrics_any_run_reports  # (torch: not for `trainkit --help`)
+
+    monitor = key == "trainer.monitor"
+    split = metric.split("/")[0]
+    known = metrics_any_run_reports(task, ("train", "val") if monitor else ("train", "val", "test"))
+    if known is None or (not monitor and split not in ("train", "val", "test")):
+        return
+    if "/".join(metric.split("/")[:2]) not in known:
+        hint = difflib.get_close_matches(metric, sorted(known), n=1)
+        did_you_mean = f"did you mean {hint[0]!r}? " if hint else ""
+        given, does = (
+            (f"{key}={metric!r}", "monitors") if monitor else (f"{key}: {metric!r}", "logs")
+        )
+        raise UserError(
+            f"{given} is not a metric a task={task} run {does}; {did_you_mean}"
+            f"use one of {', '.join(sorted(known))}"
+        )
 
 
 def _check_fractions(data: Mapping[str, Any]) -> None:

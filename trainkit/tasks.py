@@ -58,6 +58,18 @@ def task_losses(task: str) -> list[str]:
     return [name for name in LOSSES.names() if (fit := fit_of(name)) and fit.task == task]
 
 
+def metrics_any_run_reports(task: str, splits: tuple[str, ...]) -> set[str] | None:
+    """The metrics (``val/acc``) of ``splits`` that some run of ``task`` reports; None when
+    the task does not say (a plugin's)."""
+    kind = TASKS.get(task)
+    if not kind.scores:
+        return None
+    names = {"train": ["loss", *(["acc"] if kind.tracks_accuracy else [])]}
+    return {
+        f"{split}/{name}" for split in splits for name in names.get(split, ["loss", *kind.scores])
+    }
+
+
 def check_task_loss(task: str, loss: str) -> None:
     """Raise UserError if ``loss`` belongs to another task than ``task``.
 
@@ -89,6 +101,10 @@ class Task:
     target_kind = "class"  # the kind of targets it needs: "class", "continuous", "sequence"
     default_monitor = "val/loss"
     tracks_accuracy = False  # whether training logs a running train/acc
+    # Every score a run of the task can report (``score_names``' possible answers: a run's
+    # data decides which, acc_top5 needs 5 classes), so that a misspelt metric is found
+    # before any data is read; empty (a plugin's task): not checked before then.
+    scores: tuple[str, ...] = ()
 
     def __init__(self, splits: Splits, loss: Mapping[str, Any]):
         if splits.target_kind != self.target_kind:
@@ -180,6 +196,16 @@ class Classification(Task):
 
     name = "classification"
     default_monitor = "val/acc"
+    scores = (
+        "acc",
+        "balanced_acc",
+        "precision",
+        "recall",
+        "f1",
+        "acc_top5",
+        "auroc",
+        "average_precision",
+    )
     tracks_accuracy = True
 
     def __init__(self, splits: Splits, loss: Mapping[str, Any]):
@@ -276,6 +302,7 @@ class Regression(Task):
     name = "regression"
     target_kind = "continuous"
     default_monitor = "val/rmse"
+    scores = ("mae", "rmse", "r2")
 
     def __init__(self, splits: Splits, loss: Mapping[str, Any]):
         super().__init__(splits, loss)
@@ -360,6 +387,7 @@ class MetricLearning(Task):
 
     name = "metric_learning"
     default_monitor = "val/knn_acc"
+    scores = ("knn_acc",)
 
     def __init__(
         self,
@@ -431,6 +459,7 @@ class Sequence(Task):
     name = "sequence"
     target_kind = "sequence"
     default_monitor = "val/seq_acc"
+    scores = ("seq_acc", "cer")
 
     def __init__(self, splits: Splits, loss: Mapping[str, Any]):
         super().__init__(splits, loss)
