@@ -29,6 +29,9 @@ EARLY_MISTAKES = [
     ),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 is out of range: it must be >= 1"),
     (["optimizer.lr=-1"], "optimizer.lr=-1 is out of range: it must be > 0"),
+    # (SGD trained at torch's lr 0.001, which no file of the run said)
+    (["~optimizer.lr"], "~optimizer.lr deletes a setting, and what it sets would then fall"),
+    (["~data.batch_size"], "give it a value instead: data.batch_size=VALUE"),
     (["optimizer.lr=0"], "optimizer.lr=0 is out of range: it must be > 0"),
     (["model.dropout=1.5"], "model.dropout=1.5 is out of range: it must be >= 0 and < 1"),
     (["loss.label_smoothing=1.0"], "loss.label_smoothing=1.0 is out of range"),

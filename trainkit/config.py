@@ -86,6 +86,11 @@ def check_plugins(cfg: DictConfig, named: list[str]) -> None:
 RECIPE_FILES: dict[str, Path] = {}
 
 
+# The groups and sections whose settings a component takes (regularization's entries and
+# plugins are lists of what to use, and may lose an entry).
+_SETTINGS_GROUPS = {*GROUP_REGISTRIES, "trainer", "logger", "finetune"}
+
+
 def prepare(overrides: list[str]) -> list[str]:
     """Load components and plugins, register recipes; return the overrides to compose with.
 
@@ -93,6 +98,14 @@ def prepare(overrides: list[str]) -> list[str]:
     and the override rewritten to ``recipe=<stem>``.
     """
     parsed = _parse_overrides(overrides)
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_delete() and key.partition(".")[0] in _SETTINGS_GROUPS and "." in key:
+            raise UserError(
+                f"~{key} deletes a setting, and what it sets would then fall back to a default "
+                f"that no run file records (torch's own for an optimizer); give it a value "
+                f"instead: {key}=VALUE"
+            )
     load_components(plugins_named(overrides))
     _register_plugin_options()
     for recipe in sorted(paths.recipes_dir().glob("*.yaml")):
