@@ -41,7 +41,7 @@ def test_piped_output_is_plain_lines_never_padded_or_wrapped(tmp_path):
 
 def test_a_sweep_says_one_line_a_job_and_the_ranked_table(tmp_path):
     result = run_trainkit(
-        "train", "-m", *TINY, "optimizer=adam,sgd", "hydra.sweep.dir=sweep", cwd=tmp_path
+        "train", "-m", *TINY, "optimizer=adam,sgd", "hydra.sweep.dir='my sweep'", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert_plain(result.stdout)
@@ -50,8 +50,10 @@ def test_a_sweep_says_one_line_a_job_and_the_ranked_table(tmp_path):
         (line,) = [line for line in lines if line.startswith(f"[job {job}] ")]
         assert line.startswith(f"[job {job}] done: val/acc ") and "test/acc" in line
     assert not any(line.startswith("epoch ") for line in lines)  # in each job's train.log
-    assert "epoch   2" in (tmp_path / "sweep" / "0_optimizer=adam" / "train.log").read_text()
+    assert "epoch   2" in (tmp_path / "my sweep" / "0_optimizer=adam" / "train.log").read_text()
     assert any("2 jobs ranked by val/acc" in line for line in lines)
+    # Ready to paste: the path is quoted for the shell.
+    assert f"compare jobs:  tensorboard --logdir '{tmp_path / 'my sweep'}'" in lines
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from trainkit.overrides import command
 from trainkit.settings import LoggerSettings
 
 log = logging.getLogger("trainkit")
@@ -388,7 +389,7 @@ def print_summary(summary: dict[str, Any], output_dir: Path, eval_only: bool = F
         out.print(f"summary.json and predictions.csv written to {output_dir}")
     else:
         out.print(f"run directory: {output_dir}")
-        out.print(f"compare runs:  tensorboard --logdir {output_dir.parent}")
+        out.print(f"compare runs:  {command('tensorboard', '--logdir', str(output_dir.parent))}")
 
 
 def job_line(summary: dict[str, Any], output_dir: Path) -> str:

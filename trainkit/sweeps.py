@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import UserError
+from trainkit.overrides import command
 
 log = logging.getLogger("trainkit")
 
@@ -576,7 +577,7 @@ def print_table(
     if groups:
         console.print(groups_table(groups, monitor, shared))
     console.print(f"sweep summary: {sweep_dir / 'sweep_summary.csv'} (and .json)")
-    console.print(f"compare jobs:  tensorboard --logdir {sweep_dir}")
+    console.print(f"compare jobs:  {command('tensorboard', '--logdir', str(sweep_dir))}")
 
 
 def groups_table(groups: list[Group], monitor: str, shared: set[str] = frozenset()):
