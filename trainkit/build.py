@@ -43,7 +43,7 @@ from trainkit.settings import (
     trainer_settings,
 )
 from trainkit.speed import Speed
-from trainkit.tasks import Task, lower_is_better
+from trainkit.tasks import Task, logged_metrics, lower_is_better
 
 Purpose = Literal["train", "evaluate", "plan", "find_lr"]
 # A run's planned lr curve (train/lr_planned in TensorBoard) takes about 20 us a step to
@@ -318,9 +318,7 @@ def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
 
 def check_monitor(monitor: str, task: Task) -> None:
     """UserError unless the run logs ``monitor`` (a metric of this task, or a loss)."""
-    known = {"train/loss", "val/loss", *(f"val/{name}" for name in task.score_names())}
-    if task.tracks_accuracy:
-        known.add("train/acc")
+    known = logged_metrics(type(task), task.score_names(), ("train", "val"))
     if monitor not in known:
         raise UserError(
             f"trainer.monitor={monitor!r} is not a logged metric; use one of "

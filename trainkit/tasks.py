@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,16 +58,20 @@ def task_losses(task: str) -> list[str]:
     return [name for name in LOSSES.names() if (fit := fit_of(name)) and fit.task == task]
 
 
+def logged_metrics(kind: type[Task], scores: Iterable[str], splits: Iterable[str]) -> set[str]:
+    """The metrics (``val/acc``) a run of the task ``kind`` logs for ``splits``, its
+    evaluations giving ``scores``: training's loss (and running accuracy), the others' loss
+    and scores."""
+    train = ["loss", "acc"] if kind.tracks_accuracy else ["loss"]
+    evaluated = ["loss", *scores]
+    return {f"{s}/{name}" for s in splits for name in (train if s == "train" else evaluated)}
+
+
 def metrics_any_run_reports(task: str, splits: tuple[str, ...]) -> set[str] | None:
     """The metrics (``val/acc``) of ``splits`` that some run of ``task`` reports; None when
     the task does not say (a plugin's)."""
     kind = TASKS.get(task)
-    if not kind.scores:
-        return None
-    names = {"train": ["loss", *(["acc"] if kind.tracks_accuracy else [])]}
-    return {
-        f"{split}/{name}" for split in splits for name in names.get(split, ["loss", *kind.scores])
-    }
+    return logged_metrics(kind, kind.scores, splits) if kind.scores else None
 
 
 def check_task_loss(task: str, loss: str) -> None:
