@@ -98,6 +98,45 @@ def test_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeyp
     assert epochs_logged(tmp_path / "crashed") == epochs_logged(tmp_path / "straight")
 
 
+class OnTheGpu:
+    """A tensor as ``torch.load(map_location="cuda")`` gives it: no generator takes it, and
+    ``.cpu()`` gives the host copy (a CPU machine's stand-in for a GPU tensor)."""
+
+    def __init__(self, tensor):
+        self.host = tensor
+
+    def cpu(self):
+        return self.host
+
+
+def test_generator_states_loaded_onto_the_runs_gpu_are_restored_from_host_copies(
+    tmp_path, monkeypatch
+):
+    # A resume loads its checkpoint onto the run's device; on a GPU the generators' states
+    # came back as CUDA tensors, which numpy and torch's generators refuse (found on an H200).
+    straight = make_runner(tmp_path / "straight", "trainer.max_epochs=2")
+    straight.fit()
+    crash_at_step(make_runner(tmp_path / "crashed", "trainer.max_epochs=2"), 6, monkeypatch)
+    real_load = checkpoint.load
+
+    def load_onto_the_gpu(path, map_location="cpu"):
+        state = real_load(path, map_location)
+        rng = state["rng"]
+        kind, keys, *rest = rng["numpy"]
+        rng["numpy"] = (kind, OnTheGpu(keys), *rest)
+        rng["torch"] = OnTheGpu(rng["torch"])
+        state["train_generator"] = OnTheGpu(state["train_generator"])
+        return state
+
+    monkeypatch.setattr(checkpoint, "load", load_onto_the_gpu)
+    resumed = make_runner(
+        tmp_path / "crashed", "trainer.max_epochs=2", f"resume={tmp_path / 'crashed'}"
+    )
+    monkeypatch.undo()
+    resumed.fit()
+    assert_bitwise_equal(final_weights(tmp_path / "straight"), final_weights(tmp_path / "crashed"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("loader", [[], ON_DEVICE], ids=["dataloader", "on_device"])
 def test_on_a_gpu_a_run_crashed_within_an_epoch_resumes_bitwise(loader, tmp_path, monkeypatch):

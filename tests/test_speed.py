@@ -104,36 +104,32 @@ def test_compiled_training_matches_eager_training(tmp_path):
 
 # --- on a GPU ----------------------------------------------------------------------------------
 
+# A small CNN on SMALL's data as 16x16 images, channels-last on the GPU.
+ON_A_GPU = [
+    *(override for override in SMALL if not override.startswith("model")),
+    "model=resnet_cifar",
+    "data.shape=[3,16,16]",
+    "trainer.device=cuda",
+    "trainer.channels_last=true",
+]
+
+
+def gpu_runner(tmp_path, *overrides):
+    return Runner(config.compose(config.prepare([*ON_A_GPU, *overrides])), tmp_path / "run")
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cuda_learns(tmp_path, precision):
-    run = runner(
-        tmp_path,
-        "run",
-        f"trainer.precision={precision}",
-        "trainer.device=cuda",
-        "trainer.max_epochs=3",
-        "model=resnet_cifar",
-        "data.shape=[3,16,16]",
-        "trainer.channels_last=true",
-    )
+    run = gpu_runner(tmp_path, f"trainer.precision={precision}", "trainer.max_epochs=3")
     assert run.speed.scaler.is_enabled() == (precision == "fp16")
     assert run.fit()["test/acc"] > 0.8
 
 
 @pytest.mark.gpu
 def test_compile_and_channels_last_on_cuda(tmp_path):
-    run = runner(
-        tmp_path,
-        "run",
-        "trainer.device=cuda",
-        "trainer.compile=true",
-        "trainer.channels_last=true",
-        "trainer.precision=bf16",
-        "model=resnet_cifar",
-        "data.shape=[3,16,16]",
-        "trainer.max_epochs=2",
+    run = gpu_runner(
+        tmp_path, "trainer.compile=true", "trainer.precision=bf16", "trainer.max_epochs=3"
     )
     assert run.fit()["test/acc"] > 0.5
 

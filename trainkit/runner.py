@@ -629,7 +629,7 @@ class Runner:
         self.best_epochs = [tuple(pair) for pair in state.get("best_epochs", [])]
         self.kept_checkpoints = list(state.get("kept_checkpoints", []))
         checkpoint.set_rng_state(state["rng"])
-        self.loaders["train"].generator.set_state(state["train_generator"])
+        self.loaders["train"].generator.set_state(state["train_generator"].cpu())
 
     def _progress_now(self) -> dict[str, Any] | None:
         """How far the current epoch has come (None between epochs), with its running sums."""
