@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 
 import pytest
 import torch
@@ -14,7 +15,14 @@ from tests import fake_images
 from tests.fake_images import make_imagefolder
 from tests.fake_text import make_text_csv
 from trainkit import config
-from trainkit.data import LoaderSettings, Splits, TensorSplit, build_loaders, split_data_node
+from trainkit.data import (
+    LoaderSettings,
+    Splits,
+    TensorSplit,
+    build_loaders,
+    split_data_node,
+    stop_workers,
+)
 from trainkit.data.loaders import DeviceLoader, EpochSampler
 from trainkit.errors import UserError
 from trainkit.registry import DATASETS, load_components
@@ -217,6 +225,19 @@ def test_prefetch_factor_reaches_the_workers():
     settings = LoaderSettings(num_workers=2, prefetch_factor=4)
     loader = build_loaders(image_splits(), settings, seed=0)["train"]
     assert loader.prefetch_factor == 4 and loader.persistent_workers
+
+
+def test_stop_workers_ends_the_persistent_workers_and_a_later_epoch_starts_new_ones():
+    loaders = build_loaders(image_splits(), LoaderSettings(num_workers=2), seed=0)
+    before = set(multiprocessing.active_children())
+    first = order(loaders["train"])
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == 2  # persistent: alive between epochs
+    stop_workers(loaders)
+    assert not any(worker.is_alive() for worker in started)
+    assert order(loaders["train"]) == first  # (the same epoch again, from new workers)
+    stop_workers(loaders)
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_workers_are_capped_at_the_cpus_the_process_may_use(monkeypatch, caplog):

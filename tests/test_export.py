@@ -4,6 +4,7 @@ batch, its data's description inside, and checked against PyTorch before it is w
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -129,3 +130,19 @@ def test_a_model_that_cannot_be_exported_says_why(tmp_path, monkeypatch, capsys)
     assert len(lines) == 1, "\n".join(lines)
     assert lines[0].startswith("trainkit: error: model branchy cannot be exported with torch")
     assert not (tmp_path / "model.pt2").exists()
+
+
+def test_export_stops_the_workers_that_read_its_test_inputs(tmp_path, monkeypatch):
+    from trainkit import export
+
+    best = trained(tmp_path / "run", "model=mlp", "trainer.max_epochs=1", "data.num_workers=2")
+    kept = []  # as the CLI's reference cycles keep them: collection must not be what stops them
+    real_build = export.build
+    monkeypatch.setattr(
+        export, "build", lambda *a, **k: kept.append(real_build(*a, **k)) or kept[-1]
+    )
+    monkeypatch.chdir(tmp_path)
+    before = set(multiprocessing.active_children())
+    export.export_checkpoint(best, "torch_export", tmp_path / "m.pt2", plugins=[])
+    assert (tmp_path / "m.pt2").exists() and len(kept) == 2
+    assert set(multiprocessing.active_children()) <= before

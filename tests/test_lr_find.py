@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import re
 
 import numpy as np
@@ -71,6 +72,13 @@ def test_a_range_test_wraps_around_a_small_data_set_and_writes_nothing(tmp_path,
         assert test.lrs[-1] == pytest.approx(1.0)
     assert 1e-5 <= test.suggestion <= 1.0
     assert list(tmp_path.iterdir()) == []  # no run directory, no file
+
+
+def test_a_range_test_stops_its_loaders_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = set(multiprocessing.active_children())
+    find_lr(compose(*SMALL, "data.num_workers=2"), 1e-5, 1.0, 10)
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_an_accumulated_step_with_a_short_batch_is_one_batch_of_its_samples(tmp_path, monkeypatch):

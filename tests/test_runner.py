@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 
 import pytest
@@ -314,6 +315,28 @@ def test_keep_last_removes_only_the_checkpoints_the_run_wrote(tmp_path, monkeypa
     names = sorted(p.name for p in mine.parent.iterdir())
     assert names == ["best.pt", "epoch_0000.pt", "epoch_0003.pt", "last.pt"]
     assert mine.read_text() == "mine"
+
+
+def test_train_and_eval_stop_their_loaders_workers(tmp_path, monkeypatch):
+    """Persistent workers left to the process's exit cost torch 2.11 five seconds each
+    there when memory is pinned (a GPU run sat a minute after its last line), and a sweep
+    whose jobs train in one process kept every job's."""
+    from trainkit import evaluation, launch
+
+    # Kept here, as the CLI's reference cycles keep them until the process exits: garbage
+    # collection must not be what stops the workers.
+    kept = []
+    real_fit, real_build = Runner.fit, evaluation.build
+    monkeypatch.setattr(Runner, "fit", lambda self: kept.append(self) or real_fit(self))
+    monkeypatch.setattr(evaluation, "build", lambda *a: kept.append(real_build(*a)) or kept[-1])
+    before = set(multiprocessing.active_children())
+    cfg = config.compose(config.prepare([*SMALL, "trainer.max_epochs=1", "data.num_workers=2"]))
+    launch.train(cfg, tmp_path / "run")
+    assert set(multiprocessing.active_children()) <= before
+    (tmp_path / "eval").mkdir()
+    evaluation.evaluate_checkpoint(tmp_path / "run", [], tmp_path / "eval", plugins=[])
+    assert set(multiprocessing.active_children()) <= before
+    assert len(kept) == 2
 
 
 def test_a_failed_fit_closes_the_runs_files(tmp_path, monkeypatch):

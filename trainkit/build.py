@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from trainkit import config, distributed, finetune
-from trainkit.data import Splits, build_loaders
+from trainkit.data import Splits, build_loaders, stop_workers
 from trainkit.data.splits import check_labels, k_fold
 from trainkit.errors import UserError, first_line
 from trainkit.registry import (
@@ -75,6 +75,10 @@ class Parts:
     steps_per_epoch: int = 0  # optimizer steps: one per trainer.accumulate batches
     planned_lrs: list[float] | None = None  # the lr of param group 0 at every step (planned)
     schedule: Schedule | None = None  # built to train only
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes: the verb is done with its data."""
+        stop_workers(self.loaders)
 
 
 def build(cfg: DictConfig, purpose: Purpose, splits: Splits | None = None) -> Parts:

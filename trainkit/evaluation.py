@@ -62,16 +62,19 @@ def evaluate_checkpoint(
         parts.model, state["evaluation_model"], path, f"model {parts.cfg.model.name}"
     )
     metrics = parts.task.metrics(per_class=True).to(parts.device)
-    values, outputs = evaluate(
-        parts.model,
-        parts.loaders["test"],
-        parts.loss_fn,
-        parts.task,
-        metrics,
-        parts.device,
-        "test",
-        keep_outputs=True,
-    )
+    try:
+        values, outputs = evaluate(
+            parts.model,
+            parts.loaders["test"],
+            parts.loss_fn,
+            parts.task,
+            metrics,
+            parts.device,
+            "test",
+            keep_outputs=True,
+        )
+    finally:
+        parts.close()
     summary = {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"], **values}
     parts.task.write_predictions(output_dir / "predictions.csv", outputs)
     checkpoint.save_json(summary, output_dir / "summary.json")

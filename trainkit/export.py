@@ -84,7 +84,10 @@ def _test_batch(cfg, description: dict) -> tuple[torch.Tensor, str]:
     data is not here (a downloaded checkpoint), said so."""
     try:
         parts = build(cfg, "evaluate")
-        inputs, _, _ = next(iter(parts.loaders["test"]))
+        try:
+            inputs, _, _ = next(iter(parts.loaders["test"]))
+        finally:
+            parts.close()
         return inputs[:8].cpu(), f"{len(inputs[:8])} of the run's test inputs"
     except (UserError, StopIteration) as error:
         reason = f" ({error})" if str(error) else ""

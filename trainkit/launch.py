@@ -42,9 +42,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         try:
             return runner.fit()
         finally:
-            # Flushed and closed now: TensorBoard's writer thread reopens its file by name,
-            # and would make it again after a failed run's directory is cleaned up.
-            runner.logger.close()
+            runner.close()
     except Exception as error:
         if not is_out_of_memory(error):
             raise

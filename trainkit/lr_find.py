@@ -66,23 +66,26 @@ def find_lr(
     model.train()
     if parts.finetune.freeze_norm:
         finetune.keep_norm_statistics(model)
-    for step in range(steps):
-        lr = min_lr * (max_lr / min_lr) ** (step / max(steps - 1, 1))
-        for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            group["lr"] = lr * ratio
-        loss = _step(parts, batches)
-        if not math.isfinite(loss):
-            test.stopped = f"the loss was {loss} at lr {lr:.3g}"
-            break
-        average = RUNNING * average + (1 - RUNNING) * loss
-        running = average / (1 - RUNNING ** (step + 1))
-        test.lrs.append(lr)
-        test.losses.append(loss)
-        best = min(best, running)
-        # "diverge times its best", for losses that may be negative too (Poisson NLL's).
-        if running > best + (diverge - 1) * abs(best):
-            test.stopped = f"the loss passed {diverge:g}x its best at lr {lr:.3g}"
-            break
+    try:
+        for step in range(steps):
+            lr = min_lr * (max_lr / min_lr) ** (step / max(steps - 1, 1))
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                group["lr"] = lr * ratio
+            loss = _step(parts, batches)
+            if not math.isfinite(loss):
+                test.stopped = f"the loss was {loss} at lr {lr:.3g}"
+                break
+            average = RUNNING * average + (1 - RUNNING) * loss
+            running = average / (1 - RUNNING ** (step + 1))
+            test.lrs.append(lr)
+            test.losses.append(loss)
+            best = min(best, running)
+            # "diverge times its best", for losses that may be negative too (Poisson NLL's).
+            if running > best + (diverge - 1) * abs(best):
+                test.stopped = f"the loss passed {diverge:g}x its best at lr {lr:.3g}"
+                break
+    finally:
+        parts.close()  # its loader's worker processes
     if test.stopped and len(test.lrs) <= max(2, steps // 10):
         raise UserError(
             f"the loss diverged within the first {len(test.lrs) + 1} steps ({test.stopped}): "

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from trainkit import checkpoint, distributed, finetune
 from trainkit.build import build
+from trainkit.data import stop_workers
 from trainkit.errors import UserError
 from trainkit.losses import mean_over
 from trainkit.reporting import RunLogger, chosen_hparams, log
@@ -454,6 +455,13 @@ class Runner:
                     )
                     break
         return self.test(train_time_s=self.train_time_s)
+
+    def close(self) -> None:
+        """The run is over, finished or not: its logger flushed and closed (TensorBoard's
+        writer thread reopens its file by name, and would make it again after a failed run's
+        directory is cleaned up) and its loaders' worker processes stopped."""
+        self.logger.close()
+        stop_workers(self.loaders)
 
     def _recover(self, error: NonFinite) -> None:
         """After a non-finite loss or gradient: roll back to last.pt with a lower lr (with

@@ -15,7 +15,7 @@ know about the data (number of classes, input shape, vocabulary size).
 
 from trainkit.data import bundled, text, vision  # noqa: F401  (registers the data sets)
 from trainkit.data.bundled import breast_cancer, digits, synthetic
-from trainkit.data.loaders import build_loaders
+from trainkit.data.loaders import build_loaders, stop_workers
 from trainkit.data.splits import Splits, TensorSplit, stratified_split, tensor_splits
 from trainkit.settings import LoaderSettings, split_data_node
 
@@ -27,6 +27,7 @@ __all__ = [
     "build_loaders",
     "digits",
     "split_data_node",
+    "stop_workers",
     "stratified_split",
     "synthetic",
     "tensor_splits",
