@@ -58,6 +58,7 @@ class Step:
     check: Callable[[subprocess.CompletedProcess], dict] | None = None  # figures; raises
     gpu_only: bool = False  # skipped in a rehearsal
     min_s: float = 20  # not started with less time left
+    max_s: float | None = None  # fails when it takes longer (a process that hangs at exit)
     run: Callable[[Step, float], subprocess.CompletedProcess] | None = None  # how, if special
     needs: str = ""  # a step whose files it uses
 
@@ -270,6 +271,9 @@ def steps(check: Check) -> list[Step]:
             120,
             check=learned("loader"),
             gpu_only=True,
+            # Its persistent workers, left to the process's exit, held torch 2.11 there for
+            # 5 s each (about a minute; the other runs take 15-25 s).
+            max_s=50,
         ),
         Step(
             "torchrun_one_process",
@@ -557,6 +561,8 @@ def run_step(check: Check, step: Step) -> dict:
         )
         if step.check:
             record["figures"] = step.check(result)
+        took = time.monotonic() - started
+        expect(step.max_s is None or took <= step.max_s, f"took {took:.0f} s, not {step.max_s}")
         record["ok"] = True
     except (CheckFailed, OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         record["ok"] = False

@@ -123,3 +123,25 @@ def test_gpu_check_rehearses_a_step_with_the_one_it_needs_and_reports_it(tmp_pat
     assert report["steps"][1]["figures"]["test/acc"] > 0.5
     log = (out / "gpu_check.log").read_text()
     assert "format=torch_export" in log and "=== export_torch_export: passed" in log
+
+
+def test_gpu_check_fails_a_step_that_passes_but_takes_longer_than_its_max_s(tmp_path, monkeypatch):
+    """As a run that hangs at exit after its last line does (DataLoader workers)."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH.parent / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # (its dataclasses look it up)
+    spec.loader.exec_module(gpu_check)
+    check = gpu_check.Check(tmp_path, tmp_path, True, time.monotonic() + 60)
+    with open(tmp_path / "log", "w") as check.log:
+        sleep = [sys.executable, "-c", "import time; time.sleep(1.5)"]
+        slow = gpu_check.run_step(check, gpu_check.Step("slow", sleep, 30, min_s=0, max_s=1))
+        quick = gpu_check.run_step(check, gpu_check.Step("quick", sleep, 30, min_s=0, max_s=20))
+    assert (
+        slow["ok"] is False
+        and slow["note"].startswith("took ")
+        and slow["note"].endswith("s, not 1")
+    )
+    assert quick["ok"] is True

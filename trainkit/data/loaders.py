@@ -183,10 +183,10 @@ def _workers(asked: int) -> int:
 def stop_workers(loaders: dict[str, DataLoader | DeviceLoader]) -> None:
     """Stop the loaders' worker processes now: a verb calls this when it is done with them.
 
-    A DataLoader keeps persistent workers until the process exits, and there torch 2.11
-    (not 2.14) joins each one with a 5-second timeout when memory is pinned
-    (pytorch/pytorch#81794): a GPU run with 4 workers sat a minute after its last line
-    (found on an H200). A sweep whose jobs train in one process also kept every job's."""
+    A DataLoader keeps persistent workers until the process exits, and there, with pinned
+    memory, torch 2.11 waited 5 seconds for each (pytorch/pytorch#81794): a GPU run with 4
+    workers sat a minute after its last line (found on an H200). A sweep whose jobs train
+    in one process also kept every job's."""
     for loader in loaders.values():
         iterator = getattr(loader, "_iterator", None)  # where torch keeps persistent workers
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
