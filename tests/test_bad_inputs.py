@@ -1268,6 +1268,74 @@ for _id, _metadata in (
         return ["predict", "model=model.onnx", "input=ok.npy"]
 
 
+def onnx_with_our_metadata(cwd, run, input="input", batch="N", classes=None, outputs=1):
+    """A graph with the finished run's trainkit metadata that does not fit it (export's file
+    replaced or edited afterwards): Flatten, then MatMul to ``classes`` outputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trainkit import __version__, checkpoint
+
+    state = checkpoint.load(run / "checkpoints" / "best.pt")
+    classes = classes or state["data"]["num_classes"]
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [64, classes], [0.0] * (64 * classes))
+    nodes = [
+        helper.make_node("Flatten", [input], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["out0"]),
+        *(helper.make_node("Identity", ["out0"], [f"out{i}"]) for i in range(1, outputs)),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "replaced",
+        [helper.make_tensor_value_info(input, TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, None) for i in range(outputs)],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    metadata = {
+        "trainkit": __version__,
+        "task": state["config"]["task"],
+        "loss": state["config"]["loss"],
+        "data": state["data"],
+        "input": {"name": "input", "dtype": "float32"},
+    }
+    model.metadata_props.add(key="trainkit", value=json.dumps(metadata))
+    onnx.save(model, str(cwd / "model.onnx"))
+    arrays(cwd / "ok.npy", 3, 1, 8, 8)
+    return ["predict", "model=model.onnx", "input=ok.npy"]
+
+
+for _id, _graph, _expect in (
+    ("predict-onnx-input-renamed", {"input": "x"}, "its graph takes ['x'] and gives 1 output(s)"),
+    ("predict-onnx-two-outputs", {"outputs": 2}, "its graph takes ['input'] and gives 2 output"),
+    ("predict-onnx-fixed-batch", {"batch": 1}, "onnxruntime cannot run its graph on (3, 1, 8, 8)"),
+    ("predict-onnx-other-width", {"classes": 5}, "its graph gives 5 outputs per sample, and the"),
+):
+
+    @case(_id, _expect)
+    def _(cwd, run, graph=_graph):
+        return onnx_with_our_metadata(cwd, run, **graph)
+
+
+# A key given twice: the last one winning would drop a checkpoint, an output or a setting.
+mistake("predict-checkpoint-twice", ["predict", "checkpoint=a", "checkpoint=b", "input=x.npy"],
+        "predict: checkpoint= is given twice (a and b); give it once")  # fmt: skip
+mistake("eval-output-dir-twice", ["eval", "checkpoint=a", "output_dir=e1", "output_dir=e2"],
+        "eval: output_dir= is given twice (e1 and e2); give it once")  # fmt: skip
+mistake("export-output-twice", ["export", "checkpoint=a", "output=a.onnx", "output=b.onnx"],
+        "export: output= is given twice")  # fmt: skip
+mistake("lr-find-steps-twice", ["lr-find", "steps=10", "steps=20"],
+        "lr-find: steps= is given twice (10 and 20)")  # fmt: skip
+mistake("lr-plot-output-twice", ["lr-plot", "output=a.png", "output=b.png"],
+        "lr-plot: output= is given twice")  # fmt: skip
+mistake("compare-metrics-twice", ["compare", ".", "metrics=val/acc", "metrics=test/acc"],
+        "compare: metrics= is given twice")  # fmt: skip
+mistake("export-opset-of-torch-export",
+        ["export", "checkpoint=a", "format=torch_export", "opset=17"],
+        "opset=17 is ONNX's; format=torch_export takes none")  # fmt: skip
+
+
 @case("predict-beyond-float32", "big.npy:0: a value is not a finite number", process=True)
 def _(cwd, run):
     """1e39 fits float64, not the model's float32: refused without numpy's warning."""

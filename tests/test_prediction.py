@@ -18,6 +18,7 @@ from PIL import Image
 
 from trainkit import config
 from trainkit.cli import main
+from trainkit.errors import UserError
 from trainkit.evaluation import evaluate_checkpoint
 from trainkit.runner import Runner
 
@@ -463,3 +464,22 @@ def test_on_a_gpu_predict_and_export_agree_with_the_cpu(tmp_path, monkeypatch, c
         assert float(on_gpu["probability"]) == pytest.approx(float(on_cpu["probability"]), abs=1e-3)
     main(["export", f"checkpoint={run}", "format=onnx"])
     assert "wrote model.onnx" in capsys.readouterr().out
+
+
+def test_a_bf16_run_is_evaluated_in_bf16_as_its_test_ran(tmp_path):
+    best = trained(tmp_path / "run", "trainer.max_epochs=2", "trainer.precision=bf16")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    (tmp_path / "eval").mkdir()
+    evaluated = evaluate_checkpoint(best, [], tmp_path / "eval", plugins=[])
+    for key in ("test/loss", "test/acc", "test/f1"):  # (float32 gave another test/loss)
+        assert evaluated[key] == pytest.approx(summary[key], abs=1e-6), key
+
+
+def test_tta_hflip_is_refused_for_a_model_that_reads_a_sequence():
+    from trainkit.prediction import _check_tta
+
+    strings = {"preprocessing": {"kind": "image"}, "target_kind": "sequence"}
+    with pytest.raises(UserError, match="a mirror image reverses it"):
+        _check_tta("hflip", strings)
+    _check_tta("none", strings)
+    _check_tta("hflip", {"preprocessing": {"kind": "image"}, "target_kind": "class"})

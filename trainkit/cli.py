@@ -758,7 +758,7 @@ def evaluate(args: list[str]) -> None:
         key, sep, value = arg.partition("=")
         if not sep or not key:
             raise UserError(f"eval takes KEY=VALUE arguments; got {arg!r}")
-        options[key] = value
+        _set_once(options, key, value, "eval")
     if "checkpoint" not in options:
         near = [k for k in options if difflib.get_close_matches(k, ["checkpoint"], n=1)]
         did_you_mean = f"; {near[0]}= is no option: did you mean checkpoint=?" if near else ""
@@ -832,7 +832,7 @@ def predict(args: list[str]) -> None:
                 raise UserError("input= names no file or folder; give input=PATH")
             inputs.append(Path(value).expanduser())
         elif sep and key in known:
-            options[key] = value
+            _set_once(options, key, value, "predict")
         else:
             hint = difflib.get_close_matches(key, [*known, "input"], n=1)
             did_you_mean = f"did you mean {hint[0]}=...? " if hint and sep else ""
@@ -896,13 +896,17 @@ def export(args: list[str]) -> None:
                 f"export: {arg!r} is not an option; export checkpoint=PATH "
                 "format=onnx|torch_export [output=FILE] [opset=N] [plugins=[MODULE]]"
             )
-        options[key] = value
+        _set_once(options, key, value, "export")
     if "checkpoint" not in options:
         raise UserError("export needs checkpoint=PATH (a .pt file or a run directory)")
     fmt = options.get("format", "onnx")
     suffix = {"onnx": ".onnx", "torch_export": ".pt2"}.get(fmt)
     if suffix is None:
         raise UserError(f"format={fmt}: use format=onnx or format=torch_export")
+    if "opset" in options and fmt != "onnx":
+        raise UserError(
+            f"opset={options['opset']} is ONNX's; format={fmt} takes none: leave it out"
+        )
     opset = _positive_int(options, "opset", 18) if "opset" in options else None
     wrong = f": format={fmt} writes a {suffix} file"
     output = _new_output(options.get("output"), (suffix,), wrong)
@@ -945,6 +949,16 @@ def _path_option(value: str, key: str) -> Path:
     if not value.strip():
         raise UserError(f"{key}= names no file; give {key}=PATH")
     return Path(value).expanduser()
+
+
+def _set_once(options: dict[str, str], key: str, value: str, verb: str, unset=None) -> None:
+    """``options[key] = value``, refused when the key was given another value already: the
+    last one winning would silently drop a checkpoint, an output or a setting the user
+    typed (``unset``: the value of a key not given yet)."""
+    earlier = options.get(key, unset)
+    if earlier != unset and earlier != value:
+        raise UserError(f"{verb}: {key}= is given twice ({earlier} and {value}); give it once")
+    options[key] = value
 
 
 def _positive_int(options: dict[str, str], key: str, default: int) -> int:
@@ -1059,7 +1073,9 @@ def lr_plot(args: list[str]) -> None:
         raise UserError("lr-plot plans one run; -m sweeps belong to trainkit train -m")
     own = [arg for arg in args if arg.startswith(("output=", "scale="))]
     overrides = [arg for arg in args if arg not in own]
-    options = dict(arg.partition("=")[::2] for arg in own)
+    options: dict[str, str] = {}
+    for arg in own:
+        _set_once(options, *arg.partition("=")[::2], "lr-plot")
     if options.get("scale", "linear") not in ("linear", "log"):
         raise UserError(f"scale={options['scale']}: use scale=linear or scale=log")
     log_scale = options.get("scale") == "log"
@@ -1106,7 +1122,10 @@ def lr_find(args: list[str]) -> None:
     if {"-m", "--multirun"} & set(args):
         raise UserError("lr-find runs one range test; -m sweeps belong to trainkit train -m")
     overrides = [arg for arg in args if not arg.startswith(own)]
-    options = dict(arg.partition("=")[::2] for arg in args if arg.startswith(own))
+    options: dict[str, str] = {}
+    for arg in args:
+        if arg.startswith(own):
+            _set_once(options, *arg.partition("=")[::2], "lr-find")
     if options.get("output") == "":
         raise UserError("output= needs a file name, like output=lr_find.png")
     min_lr, max_lr = (
@@ -1188,7 +1207,7 @@ def compare_runs(args: list[str]) -> None:
     for arg in args:
         key, sep, value = arg.partition("=")
         if sep and key in options:
-            options[key] = value
+            _set_once(options, key, value, "compare", unset="")
         elif sep and not Path(arg).expanduser().exists():
             raise UserError(
                 f"compare takes directories, metrics=A,B and output=PATH.png; got {arg!r}"

@@ -72,6 +72,7 @@ def evaluate_checkpoint(
             parts.device,
             "test",
             keep_outputs=True,
+            speed=parts.speed,  # the run's precision: a bf16 run's test was in bf16
         )
     finally:
         parts.close()

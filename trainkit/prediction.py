@@ -53,11 +53,10 @@ def predict(
     written)."""
     if path.suffix.lower() == ".onnx":
         forward, task, description = _from_onnx(path)
+        _check_tta(tta, description)
     else:
         forward, task, description = _from_checkpoint(path, plugins, device, tta)
     record = description["preprocessing"]
-    if tta == "hflip" and record["kind"] != "image":
-        raise UserError(f"tta=hflip flips images; this model reads {record['kind']}")
     if isinstance(task, MetricLearning):  # the embeddings as an array too
         # Checked before anything is written: a refused command leaves no predictions behind.
         planned = output or free_file_name("predictions.csv")
@@ -127,6 +126,7 @@ def _from_checkpoint(path: Path, plugins: list[str], device: str, tta: str = "no
             "trainkit kept that, or its data set cannot say): predict needs a checkpoint "
             "of a run trained with this version"
         )
+    _check_tta(tta, description)
     cfg = config.resolve(checkpoint.config_of(state, path, plugins, device))
     splits = Splits.described(description)
     if tta == "hflip" and splits.image_size:
@@ -145,9 +145,22 @@ def _from_checkpoint(path: Path, plugins: list[str], device: str, tta: str = "no
     model, device = parts.model.eval(), parts.device
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        # In float32 whatever the run's precision: the same probabilities on any device (a
+        # CPU's bf16 kernels are not a GPU's), as the exported file gives them.
         return model(x.to(device)).float().cpu()
 
     return forward, parts.task, description
+
+
+def _check_tta(tta: str, description: dict) -> None:
+    kind = description["preprocessing"]["kind"]
+    if tta == "hflip" and kind != "image":
+        raise UserError(f"tta=hflip flips images; this model reads {kind}")
+    if tta == "hflip" and description["target_kind"] == "sequence":
+        raise UserError(
+            "tta=hflip: this model reads a sequence from left to right, and a mirror image "
+            "reverses it (its strings would be averaged with their reversals); leave tta out"
+        )
 
 
 def _from_onnx(path: Path):
@@ -179,9 +192,29 @@ def _from_onnx(path: Path):
         raise UserError(
             f"model={path} cannot be run by onnxruntime ({first_line(error)})"
         ) from None
+    # A graph replaced after export keeps the metadata and may fit it no more.
+    named = [each.name for each in session.get_inputs()]
+    outputs = session.get_outputs()
+    if named != ["input"] or len(outputs) != 1:
+        raise UserError(
+            f"model={path}: its graph takes {named} and gives {len(outputs)} output(s); a file "
+            "trainkit export wrote takes one input named 'input' and gives one output"
+        )
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        (out,) = session.run(None, {"input": x.numpy()})
+        try:
+            (out,) = session.run(None, {"input": x.numpy()})
+        except Exception as error:  # onnxruntime's own types: a shape the graph does not take
+            raise UserError(
+                f"model={path}: onnxruntime cannot run its graph on {tuple(x.shape)} inputs "
+                f"({first_line(error)}); use the file trainkit export wrote"
+            ) from None
+        if out.shape[-1] != task.head_size:
+            raise UserError(
+                f"model={path}: its graph gives {out.shape[-1]} outputs per sample, and the "
+                f"task its metadata describes needs {task.head_size}; use the file trainkit "
+                "export wrote"
+            )
         return torch.as_tensor(out).float()
 
     return forward, task, description
