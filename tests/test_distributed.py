@@ -115,13 +115,15 @@ def test_two_gloo_processes_make_one_run_with_the_numbers_of_one_process(tmp_pat
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_a_mistake_found_in_the_workers_is_one_line(tmp_path):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     result = run_trainkit(
         "train",
         *RUN,
         "trainer.devices=2",
         "optimizer.lr_multipliers={nothing.*:2.0}",
         cwd=tmp_path,
-        env=ONE_THREAD,
+        env={**ONE_THREAD, "TMPDIR": str(temporary)},
     )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
@@ -129,6 +131,8 @@ def test_a_mistake_found_in_the_workers_is_one_line(tmp_path):
         "trainkit: error: optimizer.lr_multipliers: pattern 'nothing.*' matches no parameter"
     )
     assert run_dirs(tmp_path) == []
+    # (torch left each failed worker's pytorch-errorfile-*.pickle; its inductor cache stays)
+    assert [path.name for path in temporary.iterdir()] in ([], ["torchinductor_root"])
 
 
 @pytest.mark.distributed

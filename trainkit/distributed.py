@@ -205,9 +205,14 @@ def launch(processes: int, worker: Callable[..., Any], *args: Any) -> Any:
     # 3.11 and later leave it out under PYTHONSAFEPATH, which the new processes inherit.
     safe_path = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
+    # A failing worker's traceback also goes to a pytorch-errorfile-*.pickle that torch
+    # names here, in the temporary folder, and never removes: in this launch's folder, it
+    # goes with it.
+    temporary, tempfile.tempdir = tempfile.tempdir, logs
     try:
         results = elastic_launch(config, worker)(*args)
     finally:
+        tempfile.tempdir = temporary
         shutil.rmtree(logs, ignore_errors=True)
         if safe_path is None:
             del os.environ["PYTHONSAFEPATH"]
