@@ -1318,6 +1318,18 @@ for _id, _graph, _expect in (
         return onnx_with_our_metadata(cwd, run, **graph)
 
 
+for _id, _override, _expect in (
+    ("eval-a-recut-split", "data.seed=7", "the run's test split would be cut anew, and take in"),
+    ("eval-test-fraction", "data.test_fraction=0.5", "the run's test split would be cut anew"),
+    ("eval-resume", "resume=run", "resume only changes training; leave it out"),
+    ("eval-optimizer-lr", "optimizer.lr=5", "optimizer.lr only changes training; leave it out"),
+):
+
+    @case(_id, _expect)
+    def _(cwd, run, override=_override):
+        return ["eval", f"checkpoint={run}", override, "output_dir=e"]
+
+
 # A key given twice: the last one winning would drop a checkpoint, an output or a setting.
 mistake("predict-checkpoint-twice", ["predict", "checkpoint=a", "checkpoint=b", "input=x.npy"],
         "predict: checkpoint= is given twice (a and b); give it once")  # fmt: skip

@@ -33,10 +33,21 @@ def check_checkpoint(path: Path, overrides: list[str], plugins: list[str]) -> Ch
     path = checkpoint.find(path)
     state = checkpoint.load(path)
     cfg = checkpoint.config_of(state, path, plugins)
+    other_data = any(o.startswith(("data.root=", "data.path=")) for o in overrides)
     for override in overrides:
         key = override.partition("=")[0]
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise UserError(f"unknown key {key}: the checkpoint's config has no such key")
+        if key in ("resume", "init_from") or key.startswith(_TRAINING_ONLY):
+            raise UserError(
+                f"{override}: eval tests the checkpoint's model as it was trained, and "
+                f"{key} only changes training; leave it out"
+            )
+        if key in _SPLIT_KEYS and not other_data:
+            raise UserError(
+                f"{override}: the run's test split would be cut anew, and take in samples the "
+                "model trained on; eval tests on its run's own split (other data: data.root=...)"
+            )
         if isinstance(OmegaConf.select(cfg, key), DictConfig):  # optimizer=adamw: a group
             raise UserError(
                 f"{override}: eval tests the checkpoint's model as it was trained, and changes "
@@ -83,3 +94,6 @@ def evaluate_checkpoint(
 
 
 _ABSENT = object()
+_TRAINING_ONLY = ("optimizer.", "scheduler.", "finetune.")
+# What a data set's split is cut by: changed, the test split is another (the same data).
+_SPLIT_KEYS = ("data.seed", "data.val_fraction", "data.test_fraction", "data.num_samples")
