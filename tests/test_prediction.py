@@ -189,9 +189,9 @@ def test_image_arrays_with_a_non_finite_or_complex_pixel_are_bad_inputs(
     digits_run, tmp_path, monkeypatch, capsys, recwarn
 ):
     good = np.full((8, 8), 128, dtype=np.float32)
-    nan, inf = good.copy(), good.copy()
-    nan[0, 0], inf[3, 3] = np.nan, -np.inf
-    np.save(tmp_path / "x.npy", np.stack([good, nan, inf]))
+    nan, inf, high, low = good.copy(), good.copy(), good.copy(), good.copy()
+    nan[0, 0], inf[3, 3], high[1, 1], low[2, 2] = np.nan, -np.inf, 300, -1
+    np.save(tmp_path / "x.npy", np.stack([good, nan, inf, high, low]))
     np.save(tmp_path / "complex.npy", good.astype(np.complex64))
     predicted, said = predict(
         tmp_path, monkeypatch, capsys, f"checkpoint={digits_run}", "input=x.npy",
@@ -201,6 +201,9 @@ def test_image_arrays_with_a_non_finite_or_complex_pixel_are_bad_inputs(
     assert "nan" not in predicted[0]["probability"]
     assert "x.npy:1: a pixel is not a finite number" in said
     assert "x.npy:2: a pixel is not a finite number" in said
+    # (an image file's pixels cannot be: they were fed on unclipped)
+    assert "x.npy:3: pixels from 128 to 300; an image's are 0..255 (or 0..1)" in said
+    assert "x.npy:4: pixels from -1 to 128" in said
     assert "complex.npy: an array of complex64 values, not real numbers" in said
     assert not [w for w in recwarn if "complex" in str(w.message).lower()]
 
@@ -302,10 +305,14 @@ def test_texts_use_the_runs_vocabulary(tmp_path, monkeypatch, capsys):
         writer.writeheader()
         writer.writerows({"text": row["text"]} for row in texts)
         writer.writerow({"text": ""})
+    lines = ['{"text": "a"}', "", '{"text": "b"}', "not json"]  # its 4th line
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     predicted, said = predict(
-        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=new.csv", "output=out.csv"
-    )
+        tmp_path, monkeypatch, capsys, f"checkpoint={best}", "input=new.csv", "input=bad.jsonl",
+        "output=out.csv",
+    )  # fmt: skip
     assert len(predicted) == 10 and "new.csv:10: the text is empty" in said
+    assert "bad.jsonl: cannot be read as JSONL (line 4 is not JSON (Expecting value))" in said
     classes = {row["label"] for row in csv.DictReader(open(data))}
     assert {row["prediction"] for row in predicted} <= classes
 

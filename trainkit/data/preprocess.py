@@ -385,7 +385,14 @@ def _table_rows(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
     utf8 = codecs.lookup(encoding).name == "utf-8"
     text = path.read_text(encoding="utf-8-sig" if utf8 else encoding)
     if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:  # its own "line 1" is within the line
+                raise ValueError(f"line {number} is not JSON ({error.msg})") from None
         if not all(isinstance(row, dict) for row in rows):
             raise ValueError("every line must be a JSON object")
         return rows
@@ -475,7 +482,10 @@ def _image(item: Path | np.ndarray, record: dict[str, Any]) -> torch.Tensor:
             x = torch.as_tensor(np.asarray(item, dtype=np.float32))
         if not torch.isfinite(x).all():
             raise _BadInput("a pixel is not a finite number")
-        if np.asarray(item).dtype.kind == "f" and x.numel() and x.min() >= 0 and x.max() <= 1:
+        if x.numel() and (x.min() < 0 or x.max() > 255):  # an image file's pixels cannot be
+            low, high = x.min().item(), x.max().item()
+            raise _BadInput(f"pixels from {low:g} to {high:g}; an image's are 0..255 (or 0..1)")
+        if np.asarray(item).dtype.kind == "f" and x.numel() and x.max() <= 1:
             x = x * 255
     x = x.float()
     size = record["size"]
