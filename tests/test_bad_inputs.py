@@ -1330,6 +1330,17 @@ for _id, _override, _expect in (
         return ["eval", f"checkpoint={run}", override, "output_dir=e"]
 
 
+@case("export-nan-weights", "its model's outputs on 8 of the run's test inputs are not finite")
+def _(cwd, run):
+    """It said 'differs from the PyTorch model by nan (at most nan allowed)'."""
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    for tensor in state["evaluation_model"].values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    torch.save(state, cwd / "nan.pt")
+    return ["export", "checkpoint=nan.pt", "format=torch_export"]
+
+
 # A key given twice: the last one winning would drop a checkpoint, an output or a setting.
 mistake("predict-checkpoint-twice", ["predict", "checkpoint=a", "checkpoint=b", "input=x.npy"],
         "predict: checkpoint= is given twice (a and b); give it once")  # fmt: skip

@@ -63,6 +63,11 @@ def export_checkpoint(
     )
     with torch.no_grad():
         expected = model(inputs).float()
+    if not torch.isfinite(expected).all():  # (no tolerance can be said of NaN)
+        raise UserError(
+            f"checkpoint {path}: its model's outputs on {where} are not finite numbers (its "
+            "weights are damaged, or its run diverged); nothing was written"
+        )
     if fmt == "onnx":
         data, got = _onnx(model, inputs, metadata, opset, cfg.model.name)
     else:
