@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -173,15 +174,24 @@ def test_every_command_answers_help_with_its_usage_and_examples():
         assert ("OVERRIDES are train's" in text) == (verb in ("lr-plot", "lr-find"))
 
 
+REGISTRY_NAMES = """
+import json
+from trainkit.registry import GROUP_REGISTRIES, MULTI_GROUPS, load_components
+load_components()
+print(json.dumps({g: r.names() for g, r in {**GROUP_REGISTRIES, **MULTI_GROUPS}.items()}))
+"""
+
+
 def test_train_help_lists_the_groups_and_options(tmp_path):
     result = run_trainkit("train", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    from trainkit.registry import GROUP_REGISTRIES, MULTI_GROUPS, load_components
-
-    load_components()
+    # The registries of a fresh process: this one may hold a plugin an earlier test imported.
+    names = subprocess.run(
+        [sys.executable, "-c", REGISTRY_NAMES], capture_output=True, text=True, check=True
+    )
     lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if ": " in line}
-    for group, registry in {**GROUP_REGISTRIES, **MULTI_GROUPS}.items():
-        assert lines[group] == f"{group}: {', '.join(registry.names())}"
+    for group, registered in json.loads(names.stdout).items():
+        assert lines[group] == f"{group}: {', '.join(registered)}"
     recipes = sorted(p.stem for p in paths.recipes_dir().glob("*.yaml"))
     assert lines["recipe"] == f"recipe: {', '.join(recipes)}"
     assert not (tmp_path / "outputs").exists()
