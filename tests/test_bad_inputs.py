@@ -1330,15 +1330,28 @@ for _id, _override, _expect in (
         return ["eval", f"checkpoint={run}", override, "output_dir=e"]
 
 
-@case("export-nan-weights", "its model's outputs on 8 of the run's test inputs are not finite")
-def _(cwd, run):
-    """It said 'differs from the PyTorch model by nan (at most nan allowed)'."""
+def nan_weights(cwd: Path, run: Path) -> None:
+    """nan.pt: the finished run's best checkpoint with every weight NaN."""
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     for tensor in state["evaluation_model"].values():
         if tensor.is_floating_point():
             tensor.fill_(float("nan"))
     torch.save(state, cwd / "nan.pt")
+
+
+@case("export-nan-weights", "its model's outputs on 8 of the run's test inputs are not finite")
+def _(cwd, run):
+    """It said 'differs from the PyTorch model by nan (at most nan allowed)'."""
+    nan_weights(cwd, run)
     return ["export", "checkpoint=nan.pt", "format=torch_export"]
+
+
+@case("predict-nan-weights", "nan.pt: the model's outputs are not finite numbers (on ok.npy:0")
+def _(cwd, run):
+    """It wrote rows of nan, with exit 0."""
+    nan_weights(cwd, run)
+    arrays(cwd / "ok.npy", 2, 1, 8, 8)
+    return ["predict", "checkpoint=nan.pt", "input=ok.npy", "output=p.csv"]
 
 
 # A key given twice: the last one winning would drop a checkpoint, an output or a setting.

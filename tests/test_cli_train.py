@@ -232,6 +232,14 @@ def test_eval_mistakes_are_one_line(default_run, tmp_path, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_evals_default_folder_moves_on_past_a_dangling_link(tmp_path):
+    from trainkit.cli import _unused_name
+
+    (tmp_path / "eval_best").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "eval_best-2").mkdir()
+    assert _unused_name(tmp_path / "eval_best") == tmp_path / "eval_best-3"
+
+
 def test_a_refused_checkpoint_leaves_its_folder_untouched(default_run, tmp_path):
     """eval checks the checkpoint before it makes eval_<name>/ beside it: not even the
     folder's modification time changes."""

@@ -981,7 +981,7 @@ def _plugins_option(value: str | None) -> list[str]:
 def _unused_name(path: Path) -> Path:
     """``path``, or ``path-2``, ``path-3``, ... : the first name that is free."""
     candidate, number = path, 1
-    while candidate.exists():
+    while os.path.lexists(candidate):  # (a dangling link is taken too)
         number += 1
         candidate = path.with_name(f"{path.name}-{number}")
     return candidate

@@ -90,6 +90,12 @@ def predict(
                 continue
             x = torch.stack([sample.tensor for sample in batch])
             outputs = forward(x)
+            if not torch.isfinite(outputs).all():  # NaN rows would be written without a word
+                raise UserError(
+                    f"{path}: the model's outputs are not finite numbers (on {batch[0].source} "
+                    "and its batch): its weights are damaged, or its run diverged; nothing "
+                    "was written"
+                )
             if tta == "hflip":
                 outputs = _average_with_flipped(forward, x, outputs, task)
             for sample, row in zip(batch, task.predictions(outputs, topk), strict=True):
