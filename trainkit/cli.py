@@ -951,12 +951,12 @@ def _path_option(value: str, key: str) -> Path:
     return Path(value).expanduser()
 
 
-def _set_once(options: dict[str, str], key: str, value: str, verb: str, unset=None) -> None:
+def _set_once(options: dict[str, str], key: str, value: str, verb: str) -> None:
     """``options[key] = value``, refused when the key was given another value already: the
     last one winning would silently drop a checkpoint, an output or a setting the user
-    typed (``unset``: the value of a key not given yet)."""
-    earlier = options.get(key, unset)
-    if earlier != unset and earlier != value:
+    typed."""
+    earlier = options.get(key)
+    if earlier is not None and earlier != value:
         raise UserError(f"{verb}: {key}= is given twice ({earlier} and {value}); give it once")
     options[key] = value
 
@@ -1202,12 +1202,12 @@ def _short_float(value: float) -> str:
 
 def compare_runs(args: list[str]) -> None:
     """``trainkit compare RUN_OR_SWEEP_DIR ... [metrics=NAME,...] [output=PATH.png]``."""
-    options = {"metrics": "", "output": ""}
+    options: dict[str, str] = {}
     paths = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if sep and key in options:
-            _set_once(options, key, value, "compare", unset="")
+        if sep and key in ("metrics", "output"):
+            _set_once(options, key, value, "compare")
         elif sep and not Path(arg).expanduser().exists():
             raise UserError(
                 f"compare takes directories, metrics=A,B and output=PATH.png; got {arg!r}"
@@ -1217,8 +1217,8 @@ def compare_runs(args: list[str]) -> None:
     if not paths:
         raise UserError("compare needs at least one run or sweep directory")
 
-    output = _new_output(options["output"] or None, (".png",), " must end in .png")
+    output = _new_output(options.get("output") or None, (".png",), " must end in .png")
 
     from trainkit.compare import compare
 
-    compare(paths, [m for m in options["metrics"].split(",") if m], output)
+    compare(paths, [m for m in options.get("metrics", "").split(",") if m], output)
